@@ -1,0 +1,3 @@
+from kamengsite.cli import main
+
+main()

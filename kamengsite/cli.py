@@ -1,0 +1,243 @@
+"""The ``kamengsite`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import KamengsiteError
+from .instance import DEFAULT_INSTANCE, Instance
+
+
+class Context:
+    def __init__(self, instance_path):
+        self.instance_path = Path(instance_path)
+
+    def instance(self) -> Instance:
+        return Instance.load(self.instance_path)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _fail_cleanly(fn):
+    """Operator errors print as one clear line and exit 1, without a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except KamengsiteError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@click.group()
+@click.option("--instance", "instance_path", envvar="KAMENGSITE_INSTANCE", default=str(DEFAULT_INSTANCE),
+              show_default=True, type=click.Path(file_okay=False), help="Instance folder (secrets, sites, database).")
+@click.version_option(package_name="kamengsite")
+@click.pass_context
+def main(ctx, instance_path):
+    """kamengsite: a 卡盟 platform of a main site and white-label sub-sites."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(instance_path)
+
+
+# -- init / db -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--base-domain", default=None, help="Platform domain; sub-sites answer at <name>.<base-domain>.")
+@click.option("--database-url", default=None, help="Database URL stored in the instance (DATABASE_URL overrides it).")
+@pass_ctx
+@_fail_cleanly
+def init(ctx, base_domain, database_url):
+    """Create the instance folder with generated secrets, migrate the database, create the main site."""
+    instance = Instance.create(ctx.instance_path, base_domain=base_domain, database_url=database_url)
+    applied = _upgrade(instance)
+    click.echo(f"instance ready at {instance.path}")
+    if applied:
+        click.echo(f"applied migrations: {', '.join(applied)}")
+    _ensure_main_site(instance)
+
+
+@main.group()
+def db():
+    """Database schema."""
+
+
+@db.command("upgrade")
+@pass_ctx
+@_fail_cleanly
+def db_upgrade(ctx):
+    """Apply pending schema migrations."""
+    applied = _upgrade(ctx.instance())
+    click.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+@db.command("status")
+@pass_ctx
+@_fail_cleanly
+def db_status(ctx):
+    """List migrations and whether they are applied."""
+    from . import migrations
+    from .db import make_database
+
+    database = make_database(ctx.instance().database_url)
+    with database.connection_context():
+        for m in migrations.runner(database).status():
+            click.echo(f"{'applied' if m.applied else 'pending'}  {m.name}")
+
+
+def _upgrade(instance) -> list[str]:
+    from . import migrations
+    from .db import make_database
+
+    database = make_database(instance.database_url)
+    try:
+        return migrations.upgrade(database)
+    finally:
+        database.close()
+
+
+def _host(instance):
+    from .host import Host
+
+    return Host(instance)
+
+
+def _ensure_main_site(instance):
+    host = _host(instance)
+    if instance.main_site not in host.registry.slugs():
+        host.registry.create(instance.main_site, template="main")
+        click.echo(f"created main site {instance.main_site!r}")
+
+
+# -- sites -----------------------------------------------------------------------
+
+
+@main.group()
+def site():
+    """Sub-sites: create, list, disable."""
+
+
+@site.command("new")
+@click.argument("slug")
+@click.option("--template", default="shop", show_default=True, help="Site template to copy (see `site templates`).")
+@click.option("--domain", "domains", multiple=True, help="A custom domain for the site (repeatable).")
+@click.option("--name", default=None, help="Shop name shown to visitors.")
+@click.option("--parent", default=None, help="Parent site (default: the main site).")
+@click.option("--theme", default=None, help="Theme (default: the template's).")
+@pass_ctx
+@_fail_cleanly
+def site_new(ctx, slug, template, domains, name, parent, theme):
+    """Create site SLUG from a template; it serves at once, no restart needed."""
+    instance = ctx.instance()
+    config = _host(instance).registry.create(slug, template=template, domains=domains, name=name,
+                                             parent=parent, theme=theme)
+    click.echo(f"created site {config.slug!r} ({config.name}, theme {config.theme})")
+    click.echo(f"  http://{config.slug}.{instance.base_domain}/")
+    for domain in config.domains:
+        click.echo(f"  http://{domain}/")
+
+
+@site.command("list")
+@pass_ctx
+@_fail_cleanly
+def site_list(ctx):
+    """List every site folder with its status; broken ones with the reason."""
+    host = _host(ctx.instance())
+    broken = host.registry.sync()
+    for slug, result in host.registry.scan():
+        if slug in broken:
+            click.echo(f"{slug:<20} BROKEN    {broken[slug]}")
+            continue
+        status = "enabled " if result.enabled else "disabled"
+        domains = ", ".join(result.domains) or "-"
+        click.echo(f"{slug:<20} {status}  theme={result.theme:<10} parent={result.parent or '-':<10} domains={domains}")
+    if broken:
+        sys.exit(1)
+
+
+@site.command("templates")
+@pass_ctx
+@_fail_cleanly
+def site_templates(ctx):
+    """List the site templates new sites can be created from."""
+    for name in _host(ctx.instance()).registry.templates():
+        click.echo(name)
+
+
+@site.command("disable")
+@click.argument("slug")
+@pass_ctx
+@_fail_cleanly
+def site_disable(ctx, slug):
+    """Close site SLUG: it shows a closed page; orders and money are kept."""
+    _host(ctx.instance()).registry.update(slug, enabled=False)
+    click.echo(f"site {slug!r} disabled")
+
+
+@site.command("enable")
+@click.argument("slug")
+@pass_ctx
+@_fail_cleanly
+def site_enable(ctx, slug):
+    """Re-open site SLUG."""
+    _host(ctx.instance()).registry.update(slug, enabled=True)
+    click.echo(f"site {slug!r} enabled")
+
+
+# -- serving ---------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
+@click.option("--threads", default=8, show_default=True, type=int, help="Threads per worker.")
+@click.option("--access-log/--no-access-log", default=False)
+@pass_ctx
+@_fail_cleanly
+def serve(ctx, bind_host, port, workers, threads, access_log):
+    """Serve every site with gunicorn (a production WSGI server)."""
+    from . import migrations
+    from .db import make_database
+    from .serve import run
+
+    instance = ctx.instance()
+    database = make_database(instance.database_url)
+    pending = migrations.pending(database)
+    database.close()
+    if pending:
+        raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
+    broken = _host(instance).registry.sync()
+    for slug, error in broken.items():
+        click.echo(f"warning: site {slug} is broken and not served: {error}", err=True)
+    click.echo(f"serving on http://{instance.main_site}.{instance.base_domain}:{port}/ "
+               f"(every site at http://<name>.{instance.base_domain}:{port}/)")
+    run(instance, host=bind_host, port=port, workers=workers, threads=threads, access_log=access_log)
+
+
+@main.command()
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", "bind_host", default="127.0.0.1", show_default=True)
+@click.option("--no-serve", is_flag=True, help="Set up the demo data, do not start the server.")
+@pass_ctx
+@_fail_cleanly
+def demo(ctx, port, bind_host, no_serve):
+    """Set up a demo instance (main site, two themed sub-sites, products and keys) and serve it."""
+    from .demo import setup_demo
+
+    instance = Instance.create(ctx.instance_path)
+    _upgrade(instance)
+    for line in setup_demo(instance):
+        click.echo(line)
+    if no_serve:
+        return
+    ctx.invoke(serve, bind_host=bind_host, port=port, workers=2, threads=8, access_log=False)

@@ -1,0 +1,72 @@
+"""The database: one peewee proxy, bound at start-up from ``DATABASE_URL``.
+
+SQLite (the embedded default) runs in WAL mode with foreign keys on and a busy
+timeout; its write transactions begin IMMEDIATE so two writers queue at BEGIN
+instead of deadlocking when a reader upgrades to a writer. PostgreSQL and
+MariaDB use connection pools.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+import peewee
+from playhouse.db_url import connect as connect_url
+
+database = peewee.DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    "busy_timeout": 15000,
+    "synchronous": "normal",
+    "cache_size": -16000,
+}
+
+# Plain schemes are given pools: app processes are long-lived and threaded.
+POOLED = {
+    "postgresql": "postgresql+pool",
+    "postgres": "postgresql+pool",
+    "mysql": "mysql+pool",
+    "mariadb": "mysql+pool",
+}
+
+
+def backend_name(url: str) -> str:
+    """'sqlite', 'postgresql' or 'mysql' for a database URL."""
+    scheme = urlparse(url).scheme.split("+")[0]
+    return {"postgres": "postgresql", "mariadb": "mysql"}.get(scheme, scheme)
+
+
+def make_database(url: str) -> peewee.Database:
+    """A peewee database for ``url``, configured for concurrent app processes."""
+    parsed = urlparse(url)
+    scheme = parsed.scheme
+    if scheme.startswith("sqlite"):
+        path = url.split("://", 1)[1]
+        path = path[1:] if path.startswith("/") else path
+        return peewee.SqliteDatabase(
+            path or ":memory:",
+            pragmas=SQLITE_PRAGMAS,
+            timeout=15,
+            lock_type="IMMEDIATE",
+            check_same_thread=False,
+        )
+    if scheme in POOLED:
+        url = POOLED[scheme] + url[len(scheme):]
+    kwargs = {"max_connections": 32, "stale_timeout": 300}
+    if backend_name(url) == "mysql":
+        kwargs.update(charset="utf8mb4")
+    return connect_url(url, **kwargs)
+
+
+def init_database(url: str) -> peewee.Database:
+    """Bind the module-level proxy to the database at ``url`` and return it."""
+    db = make_database(url)
+    database.initialize(db)
+    return db
+
+
+def is_sqlite(db=None) -> bool:
+    db = db or database.obj
+    return isinstance(db, peewee.SqliteDatabase)

@@ -1,0 +1,125 @@
+"""The host: one WSGI app in front of every site, dispatching on the Host header.
+
+Site apps are built on first use and kept in a bounded LRU keyed by the site
+folder's version: a changed folder is rebuilt on its next request, a new folder
+serves at once, and 10,000 sites never mean 10,000 apps in memory. An unknown
+host gets the host's own 404 page, never another site's content.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import jinja2
+from werkzeug.wrappers import Response
+
+from .app import create_site_app
+from .db import database, init_database
+from .errors import ConfigError
+from .plugins import PluginHost
+from .sites import SiteRegistry
+from .themes import HOST_TEMPLATES, ThemeRegistry
+
+log = logging.getLogger(__name__)
+
+
+class _Broken:
+    """A cached failure to build a site's app, so a broken folder is logged once per version."""
+
+    def __init__(self, error):
+        self.error = error
+
+
+class Host:
+    def __init__(self, instance, *, plugins: PluginHost | None = None, bind_database: bool = True):
+        self.instance = instance
+        if bind_database:
+            init_database(instance.database_url)
+        self.themes = ThemeRegistry(instance.themes_dir, auto_reload=not instance.production)
+        for name, error in self.themes.errors.items():
+            log.error("theme %s is broken and not offered: %s", name, error)
+        self.registry = SiteRegistry(instance, themes=self.themes)
+        self.plugins = plugins or PluginHost()
+        self.cache_size = instance.app_cache_size
+        self._apps: OrderedDict[str, tuple[object, object]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._pages = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HOST_TEMPLATES)), autoescape=True)
+
+    # -- WSGI ---------------------------------------------------------------
+
+    def __call__(self, environ, start_response):
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
+        slug, via_domain = self.registry.resolve(host)
+        if slug is None:
+            return self._page("unknown_host.html", 404)(environ, start_response)
+        app = self.app_for(slug)
+        if isinstance(app, _Broken):
+            return self._page("unavailable.html", 503)(environ, start_response)
+        if app is None:
+            return self._page("unknown_host.html", 404)(environ, start_response)
+        config = app.extensions["kamengsite.site"].config
+        if via_domain and host.split(":")[0].lower().rstrip(".") not in config.domains:
+            # The domain index is behind the folder (the domain moved away): never serve the wrong site.
+            self.registry.forget_domain(host)
+            return self._page("unknown_host.html", 404)(environ, start_response)
+        if not config.enabled:
+            return self._page("closed.html", 503, site=config)(environ, start_response)
+        return app(environ, start_response)
+
+    def _page(self, template: str, status: int, **context) -> Response:
+        body = self._pages.get_template(template).render(**context)
+        return Response(body, status=status, mimetype="text/html")
+
+    # -- site apps ----------------------------------------------------------
+
+    def app_for(self, slug: str):
+        """The current app of site ``slug``; None if the folder is gone, ``_Broken`` if it is invalid."""
+        version = self.registry.version(slug)
+        if version is None:
+            self._drop(slug)
+            return None
+        cached = self._apps.get(slug)
+        if cached is not None and cached[0] == version:
+            with self._lock:
+                if slug in self._apps:
+                    self._apps.move_to_end(slug)
+            return cached[1]
+        # One builder per site; other sites build in parallel.
+        with self._lock:
+            build_lock = self._build_locks.setdefault(slug, threading.Lock())
+        with build_lock:
+            cached = self._apps.get(slug)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+            app = self._build(slug)
+            with self._lock:
+                self._apps[slug] = (version, app)
+                self._apps.move_to_end(slug)
+                while len(self._apps) > self.cache_size:
+                    evicted, _ = self._apps.popitem(last=False)
+                    self._build_locks.pop(evicted, None)
+        return app
+
+    def _build(self, slug: str):
+        try:
+            config = self.registry.load(slug)
+            site = self.registry.site_row(config)
+            return create_site_app(config, site_id=site.id, instance=self.instance,
+                                   themes=self.themes, plugins=self.plugins)
+        except ConfigError as exc:
+            log.error("site %s is broken and not served: %s", slug, exc)
+            return _Broken(exc)
+
+    def _drop(self, slug: str):
+        with self._lock:
+            self._apps.pop(slug, None)
+
+    def cached_sites(self) -> list[str]:
+        return list(self._apps)
+
+    def close(self):
+        if not database.is_closed():
+            database.close()

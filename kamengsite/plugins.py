@@ -1,0 +1,74 @@
+"""The plugin manager: built-in plugins plus those found through the ``kamengsite`` entry-point group.
+
+Each entry point is loaded on its own: one that fails to import is recorded in
+``broken`` and skipped, and the host keeps serving. Hooks for a site's requests
+go only to the plugins that site enables (``subset_hook_caller``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from importlib.metadata import entry_points
+
+import pluggy
+
+from . import hookspecs
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "kamengsite"
+
+#: Modules that are plugins of the host itself; always enabled on every site.
+CORE_PLUGINS = ("kamengsite.storefront",)
+
+
+class PluginHost:
+    def __init__(self, *, load_entry_points: bool = True, blocked=()):
+        self.pm = pluggy.PluginManager("kamengsite")
+        self.pm.add_hookspecs(hookspecs)
+        self.broken: dict[str, str] = {}
+        self.core: set[str] = set()
+        for name in blocked:
+            self.pm.set_blocked(name)
+        for module_name in CORE_PLUGINS:
+            self.pm.register(importlib.import_module(module_name), name=module_name)
+            self.core.add(module_name)
+        if load_entry_points:
+            self._load_entry_points()
+
+    def _load_entry_points(self):
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if self.pm.is_blocked(ep.name) or self.pm.has_plugin(ep.name):
+                continue
+            try:
+                self.pm.register(ep.load(), name=ep.name)
+            except Exception as exc:  # a broken plugin must not take the host down
+                self.broken[ep.name] = f"{type(exc).__name__}: {exc}"
+                log.error("plugin %s failed to load and is skipped: %s", ep.name, self.broken[ep.name])
+
+    def register(self, plugin, name: str):
+        self.pm.register(plugin, name=name)
+
+    def names(self) -> list[str]:
+        return sorted(name for name, _ in self.pm.list_name_plugin() if name not in self.core)
+
+    def hook_for(self, enabled: tuple[str, ...]):
+        """A hook relay that reaches the core plugins and the plugins in ``enabled`` only."""
+        wanted = set(enabled) | self.core
+        excluded = [plugin for name, plugin in self.pm.list_name_plugin() if name not in wanted]
+        if not excluded:
+            return self.pm.hook
+        return _SubsetRelay(self.pm, excluded)
+
+
+class _SubsetRelay:
+    """``pm.hook``-like object whose callers skip the excluded plugins."""
+
+    def __init__(self, pm, excluded):
+        self._pm = pm
+        self._excluded = excluded
+
+    def __getattr__(self, name):
+        caller = self._pm.subset_hook_caller(name, remove_plugins=self._excluded)
+        setattr(self, name, caller)
+        return caller

@@ -1,0 +1,255 @@
+"""The site folders of an instance: reading them, finding one by host name, creating new ones.
+
+A folder's *version* is a few stat() results, cheap enough to take on every
+request, so a changed folder is picked up on the next request in every process.
+Custom domains resolve through the ``site_domain`` index in the database (one
+unique row per domain); sub-domains of the platform domain resolve by name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import peewee
+import tomli_w
+
+from .config import DOMAIN_RE, SITE_FILE, SiteConfig, check_slug, read_site_config, validate_site_config
+from .db import database
+from .errors import ConfigError, KamengsiteError
+from .models import Site, SiteDomain
+
+#: How long an unknown host name is remembered as unknown, in seconds.
+NEGATIVE_TTL = 1.0
+
+
+def normalize_host(host: str) -> str | None:
+    """'Shop1.Example.com:8080.' → 'shop1.example.com'; None for anything that is not a host name."""
+    if not host:
+        return None
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal: never a site
+        return None
+    host = host.rsplit(":", 1)[0] if ":" in host else host
+    host = host.rstrip(".")
+    if host == "localhost" or DOMAIN_RE.match(host):
+        return host
+    return None
+
+
+class SiteRegistry:
+    def __init__(self, instance, themes=None):
+        self.instance = instance
+        self.root = Path(instance.sites_dir)
+        self.base_domain = instance.base_domain
+        self.main_site = instance.main_site
+        self.themes = themes
+        self._domain_cache: dict[str, tuple[str | None, float]] = {}
+        self._lock = threading.Lock()
+
+    # -- folders ------------------------------------------------------------
+
+    def folder(self, slug: str) -> Path:
+        return self.root / check_slug(slug)
+
+    def version(self, slug: str):
+        """A token that changes whenever the site's config or content files change; None if gone."""
+        folder = self.root / slug
+        try:
+            d = os.stat(folder)
+            c = os.stat(folder / SITE_FILE)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            p = os.stat(folder / "pages").st_mtime_ns
+        except FileNotFoundError:
+            p = 0
+        return (d.st_mtime_ns, c.st_mtime_ns, c.st_size, c.st_ino, p)
+
+    def load(self, slug: str) -> SiteConfig:
+        return read_site_config(self.folder(slug), base_domain=self.base_domain,
+                                main_site=self.main_site, themes=self.themes)
+
+    def slugs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith((".", "_")))
+
+    def scan(self):
+        """Yield (slug, SiteConfig or ConfigError) for every folder."""
+        for slug in self.slugs():
+            try:
+                yield slug, self.load(slug)
+            except ConfigError as exc:
+                yield slug, exc
+
+    # -- host names ---------------------------------------------------------
+
+    def resolve(self, host: str) -> tuple[str | None, bool]:
+        """Map a Host header to (slug, via_custom_domain); (None, False) when no site answers it."""
+        host = normalize_host(host)
+        if host is None:
+            return None, False
+        base = self.base_domain
+        if host == base or host == "www." + base:
+            return self.main_site, False
+        if host.endswith("." + base):
+            label = host[: -len(base) - 1]
+            if "." in label or not label:
+                return None, False
+            return (label if self.version(label) else None), False
+        return self._lookup_domain(host), True
+
+    def _lookup_domain(self, host: str) -> str | None:
+        cached = self._domain_cache.get(host)
+        now = time.monotonic()
+        if cached is not None and (cached[0] is not None or now - cached[1] < NEGATIVE_TTL):
+            return cached[0]
+        with database.connection_context():
+            row = (SiteDomain.select(Site.slug).join(Site)
+                   .where(SiteDomain.domain == host).tuples().first())
+        slug = row[0] if row else None
+        with self._lock:
+            if len(self._domain_cache) > 100_000:
+                self._domain_cache.clear()
+            self._domain_cache[host] = (slug, now)
+        return slug
+
+    def forget_domain(self, host: str):
+        self._domain_cache.pop(normalize_host(host), None)
+
+    # -- the database index -------------------------------------------------
+
+    def site_row(self, config: SiteConfig) -> Site:
+        """The ``site`` row for a loaded folder, created or brought in line with its config."""
+        with database.connection_context():
+            with database.atomic():
+                site = Site.get_or_none(Site.slug == config.slug)
+                parent = None
+                if config.parent:
+                    parent = Site.get_or_none(Site.slug == config.parent)
+                    if parent is None:
+                        raise ConfigError(config.config_file, "parent", f"no site named {config.parent!r}")
+                status = "active" if config.enabled else "disabled"
+                if site is None:
+                    site = Site.create(slug=config.slug, parent=parent, status=status)
+                elif site.parent_id != (parent.id if parent else None) or site.status != status:
+                    site.parent, site.status = parent, status
+                    site.save()
+                self._index_domains(site, config)
+        return site
+
+    def _index_domains(self, site: Site, config: SiteConfig):
+        wanted = set(config.domains)
+        have = {d.domain: d for d in SiteDomain.select().where(SiteDomain.site == site)}
+        for domain in set(have) - wanted:
+            have[domain].delete_instance()
+            self.forget_domain(domain)
+        for i, domain in enumerate(config.domains):
+            if domain in have:
+                continue
+            owner = SiteDomain.select(Site.slug).join(Site).where(SiteDomain.domain == domain).tuples().first()
+            if owner:
+                raise ConfigError(config.config_file, f"domains[{i}]", f"{domain!r} is already bound to site {owner[0]!r}")
+            try:
+                with database.atomic():
+                    SiteDomain.create(domain=domain, site=site)
+            except peewee.IntegrityError:
+                raise ConfigError(config.config_file, f"domains[{i}]", f"{domain!r} is already bound to another site") from None
+            self.forget_domain(domain)
+
+    def sync(self) -> dict[str, ConfigError]:
+        """Bring the database index in line with every folder; return the broken ones."""
+        broken = {}
+        configs = {}
+        for slug, result in self.scan():
+            if isinstance(result, ConfigError):
+                broken[slug] = result
+            else:
+                configs[slug] = result
+        # Parents first, so every child finds its parent's row.
+        done: set[str] = set()
+
+        def visit(slug, trail=()):
+            if slug in done or slug in broken:
+                return
+            config = configs[slug]
+            if config.parent and config.parent in configs and config.parent not in trail:
+                visit(config.parent, trail + (slug,))
+            try:
+                self.site_row(config)
+            except ConfigError as exc:
+                broken[slug] = exc
+            done.add(slug)
+
+        for slug in configs:
+            visit(slug)
+        return broken
+
+    # -- changing folders ---------------------------------------------------
+
+    def create(self, slug: str, *, template: str, name: str | None = None, domains=(),
+               parent: str | None = None, theme: str | None = None) -> SiteConfig:
+        """Copy a site template into a new folder and index it; serves on the next request."""
+        check_slug(slug)
+        target = self.root / slug
+        if target.exists():
+            raise KamengsiteError(f"site {slug!r} already exists at {target}")
+        source = Path(self.instance.templates_dir) / check_slug(template, where="--template")
+        if not (source / SITE_FILE).is_file():
+            available = ", ".join(self.templates()) or "none"
+            raise KamengsiteError(f"no site template {template!r} in {self.instance.templates_dir} (available: {available})")
+        with open(source / SITE_FILE, "rb") as fh:
+            values = tomllib.load(fh)
+        values["template"] = template
+        if name:
+            values["name"] = name
+        if theme:
+            values["theme"] = theme
+        values["domains"] = [d.lower().rstrip(".") for d in domains]
+        if slug != self.main_site:
+            values["parent"] = parent or self.main_site
+        # Validate before anything touches the disk: a bad template or domain creates nothing.
+        validate_site_config(values, target, base_domain=self.base_domain, main_site=self.main_site, themes=self.themes)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Build in a hidden folder and rename: other processes never see half a site.
+        staging = self.root / f".new-{slug}-{os.getpid()}-{threading.get_ident()}"
+        try:
+            shutil.copytree(source, staging, ignore=shutil.ignore_patterns(SITE_FILE, "__pycache__"))
+            with open(staging / SITE_FILE, "wb") as fh:
+                tomli_w.dump(values, fh)
+            os.rename(staging, target)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise KamengsiteError(f"could not create {target}: {exc}") from None
+        try:
+            config = self.load(slug)
+            self.site_row(config)
+        except Exception:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return config
+
+    def update(self, slug: str, **changes) -> SiteConfig:
+        """Change keys of a site's ``site.toml`` atomically, then re-index it."""
+        folder = self.folder(slug)
+        with open(folder / SITE_FILE, "rb") as fh:
+            values = tomllib.load(fh)
+        values.update(changes)
+        tmp = folder / f".{SITE_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as fh:
+            tomli_w.dump(values, fh)
+        os.replace(tmp, folder / SITE_FILE)
+        config = self.load(slug)
+        self.site_row(config)
+        return config
+
+    def templates(self) -> list[str]:
+        root = Path(self.instance.templates_dir)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / SITE_FILE).is_file())
