@@ -19,7 +19,7 @@ from .app import create_site_app
 from .db import database, init_database
 from .errors import ConfigError
 from .plugins import PluginHost
-from .sites import SiteRegistry
+from .sites import SiteRegistry, normalize_host
 from .themes import HOST_TEMPLATES, ThemeRegistry
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Host:
         if app is None:
             return self._page("unknown_host.html", 404)(environ, start_response)
         config = app.extensions["kamengsite.site"].config
-        if via_domain and host.split(":")[0].lower().rstrip(".") not in config.domains:
+        if via_domain and normalize_host(host) not in config.domains:
             # The domain index is behind the folder (the domain moved away): never serve the wrong site.
             self.registry.forget_domain(host)
             return self._page("unknown_host.html", 404)(environ, start_response)
