@@ -241,3 +241,22 @@ def demo(ctx, port, bind_host, no_serve):
     if no_serve:
         return
     ctx.invoke(serve, bind_host=bind_host, port=port, workers=2, threads=8, access_log=False)
+
+
+def _register_more_commands():
+    """Command groups that live in their own modules (each may be absent while it is being built)."""
+    import importlib
+
+    for module_name, names in (("kamengsite.keys_cli", ("keys", "worker")),):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for name in names:
+            if hasattr(module, name):
+                main.add_command(getattr(module, name))
+
+
+_register_more_commands()

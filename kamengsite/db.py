@@ -70,3 +70,25 @@ def init_database(url: str) -> peewee.Database:
 def is_sqlite(db=None) -> bool:
     db = db or database.obj
     return isinstance(db, peewee.SqliteDatabase)
+
+
+_TRANSIENT = ("deadlock", "database is locked", "lock wait timeout", "could not serialize", "try restarting transaction")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lock conflict the database resolved by failing one side: safe to run the transaction again."""
+    return isinstance(exc, peewee.OperationalError) and any(s in str(exc).lower() for s in _TRANSIENT)
+
+
+def retry_transient(fn, attempts: int = 8):
+    """Run ``fn()`` again when it failed on a deadlock or lock timeout (whole transactions only)."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except peewee.OperationalError as exc:
+            if not is_transient(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))

@@ -24,3 +24,13 @@ def prepare_site_app(app, site):
 @hookspec
 def site_template_context(site):
     """Return a dict of extra variables for every template rendered on ``site``."""
+
+
+@hookspec
+def order_delivered(order, site):
+    """Called after the transaction that delivered ``order`` (a ``kamengsite.orders.Order``) committed.
+
+    ``site`` is the selling site's ``SiteConfig``. Use it for notifications
+    (the built-in mail plugin sends the keys to the buyer); it must not raise for
+    the buyer's sake — the order page shows the keys whatever happens here.
+    """

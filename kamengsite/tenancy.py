@@ -130,3 +130,13 @@ class TenantModel(BaseModel):
                 self.site_id = site_id
             self._check_site(self.site_id, site_id)
         return super().save(*args, **kwargs)
+
+
+@contextmanager
+def acting_for(site_id: int):
+    """Scope the block to ``site_id`` unless already inside it; refuse from inside another site."""
+    scope = _scope.get()
+    if scope is not None and scope is not _ALL and scope != site_id:
+        raise CrossTenantError(f"site {scope} tried to act for site {site_id}")
+    with site_scope(site_id):
+        yield site_id

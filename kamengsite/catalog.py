@@ -1,0 +1,93 @@
+"""The catalogue: categories, products and their SKUs (the unit a buyer pays for).
+
+The main site owns the catalogue every sub-site sells from; ``site`` on these
+rows is the owner. Per-site visibility, names and prices are layered on top by
+the pricing hooks of the sub-site economy. ``Sku.stock`` counts the units that
+can still be reserved: available card keys for card products (kept in the same
+transactions that reserve and release keys), a plain counter otherwise.
+"""
+
+from __future__ import annotations
+
+import peewee
+
+from .models import BaseModel, Site, utcnow
+
+KINDS = ("card", "topup", "manual")  # 卡密自动发货 / 代充 / 人工发货
+DELIVERY_ORDERS = ("fifo", "random")
+
+
+class Category(BaseModel):
+    site = peewee.ForeignKeyField(Site, on_delete="CASCADE")
+    parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    name = peewee.CharField(max_length=60)
+    sort = peewee.IntegerField(default=0)
+    visible = peewee.BooleanField(default=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+class Product(BaseModel):
+    site = peewee.ForeignKeyField(Site, on_delete="CASCADE")
+    category = peewee.ForeignKeyField(Category, null=True, backref="products", on_delete="SET NULL")
+    name = peewee.CharField(max_length=120)
+    summary = peewee.CharField(max_length=255, default="")
+    description = peewee.TextField(default="")
+    kind = peewee.CharField(max_length=16, default="card")
+    image = peewee.CharField(max_length=255, default="")
+    members_only = peewee.BooleanField(default=False)
+    per_buyer_limit = peewee.IntegerField(default=0)  # 0: no limit
+    min_qty = peewee.IntegerField(default=1)
+    max_qty = peewee.IntegerField(default=10)
+    delivery_order = peewee.CharField(max_length=8, default="fifo")
+    loop_key = peewee.BooleanField(default=False)  # one code sold many times
+    topup_fields = peewee.TextField(default="")  # JSON: fields a 代充 buyer fills in
+    low_stock_threshold = peewee.IntegerField(default=0)
+    low_stock_alerted = peewee.BooleanField(default=False)
+    status = peewee.CharField(max_length=8, default="on")
+    sort = peewee.IntegerField(default=0)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+
+class Sku(BaseModel):
+    product = peewee.ForeignKeyField(Product, backref="skus", on_delete="CASCADE")
+    name = peewee.CharField(max_length=60, default="")
+    price_fen = peewee.BigIntegerField()
+    stock = peewee.IntegerField(default=0)
+    sold = peewee.IntegerField(default=0)
+    sort = peewee.IntegerField(default=0)
+    status = peewee.CharField(max_length=8, default="on")
+
+
+def create_product(site, name: str, price_fen: int, *, category=None, kind="card", skus=None, **fields) -> Product:
+    """A product with its SKUs (one unnamed SKU at ``price_fen`` unless ``skus`` lists (name, price_fen))."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    _check_fen(price_fen)
+    with Product._meta.database.atomic():
+        product = Product.create(site=site, name=name, category=category, kind=kind, **fields)
+        for sort, (sku_name, sku_price) in enumerate(skus or [("", price_fen)]):
+            _check_fen(sku_price)
+            Sku.create(product=product, name=sku_name, price_fen=sku_price, sort=sort)
+    return product
+
+
+def _check_fen(value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"prices are whole fen (int >= 0), got {value!r}")
+
+
+def storefront_products(site_owner_id: int, limit: int = 200):
+    """Products on sale with their cheapest SKU price and total stock, for listing pages."""
+    rows = (
+        Product.select(Product.id, Product.name, Product.summary, Product.kind, Product.image,
+                       peewee.fn.MIN(Sku.price_fen).alias("price_fen"),
+                       peewee.fn.SUM(Sku.stock).alias("stock"))
+        .join(Sku)
+        .where((Product.site == site_owner_id) & (Product.status == "on") & (Sku.status == "on"))
+        .group_by(Product.id, Product.name, Product.summary, Product.kind, Product.image, Product.sort)
+        .order_by(Product.sort, Product.id)
+        .limit(limit)
+        .dicts()
+    )
+    return [dict(r, stock=int(r["stock"] or 0)) for r in rows]

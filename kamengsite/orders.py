@@ -1,0 +1,342 @@
+"""Orders: reservation at creation, payment, delivery and expiry — enforced by the database.
+
+State machine (every transition is a conditional UPDATE on the current status)::
+
+    created ──paid──▶ paid ──deliver──▶ delivered
+       │                 └──(card stock gone)──▶ refund_pending
+       └──expire──▶ expired ──late payment──▶ paid … (if stock can be re-reserved)
+                                            └──▶ refund_pending
+
+Stock is reserved when the order is created by a conditional decrement of
+``sku.stock`` (``WHERE stock >= qty``), which also serialises buyers of one SKU,
+then card keys are claimed with ``FOR UPDATE SKIP LOCKED`` (PostgreSQL/MariaDB)
+inside an IMMEDIATE transaction (SQLite). ``mark_paid`` is the single entry
+point payment channels call; it is idempotent by the unique (channel, trade no).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import random
+import secrets
+from dataclasses import dataclass
+
+import peewee
+
+from .cardkeys import CardKey
+from .catalog import Product, Sku
+from .db import database, is_sqlite, retry_transient
+from .errors import KamengsiteError
+from .models import BaseModel, utcnow
+from .tenancy import TenantModel, acting_for, all_sites
+
+DEFAULT_TTL = datetime.timedelta(minutes=10)
+STATUSES = ("created", "paid", "delivered", "expired", "refund_pending", "refunded", "cancelled")
+
+
+class OrderError(KamengsiteError):
+    code = "order_error"
+
+
+class OutOfStock(OrderError):
+    code = "out_of_stock"
+
+
+class InvalidOrder(OrderError):
+    code = "invalid_order"
+
+
+class PaymentRejected(OrderError):
+    """A payment that does not match its order; nothing was written."""
+
+    code = "payment_rejected"
+
+
+class Order(TenantModel):
+    order_no = peewee.CharField(max_length=32, unique=True)
+    product = peewee.ForeignKeyField(Product, on_delete="RESTRICT")
+    sku = peewee.ForeignKeyField(Sku, on_delete="RESTRICT")
+    quantity = peewee.IntegerField()
+    unit_price_fen = peewee.BigIntegerField()
+    amount_fen = peewee.BigIntegerField()
+    status = peewee.CharField(max_length=16, default="created")
+    contact = peewee.CharField(max_length=120, default="")
+    query_hash = peewee.CharField(max_length=255, default="")
+    member_id = peewee.IntegerField(null=True)
+    channel = peewee.CharField(max_length=32, default="")
+    channel_profile = peewee.CharField(max_length=32, default="")
+    buyer_ip = peewee.CharField(max_length=45, default="")
+    fields = peewee.TextField(default="")
+    note = peewee.TextField(default="")
+    expires_at = peewee.DateTimeField()
+    paid_at = peewee.DateTimeField(null=True)
+    delivered_at = peewee.DateTimeField(null=True)
+    created_at = peewee.DateTimeField(default=utcnow)
+    updated_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "shop_order"
+
+    def check_query_password(self, password: str) -> bool:
+        return bool(self.query_hash) and verify_password(password, self.query_hash)
+
+
+class Payment(BaseModel):
+    order = peewee.ForeignKeyField(Order, backref="payments", on_delete="RESTRICT")
+    channel = peewee.CharField(max_length=32)
+    trade_no = peewee.CharField(max_length=64)
+    amount_fen = peewee.BigIntegerField()
+    state = peewee.CharField(max_length=16, default="applied")  # applied | refund_due | refunded
+    created_at = peewee.DateTimeField(default=utcnow)
+
+
+@dataclass(frozen=True)
+class PaymentResult:
+    order_no: str
+    status: str  # the order's status after this call
+    duplicate: bool = False  # this (channel, trade no) was already recorded
+    refund_due: bool = False  # money arrived that no goods back: shown to buyer and operator
+
+
+# -- query passwords ---------------------------------------------------------------
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return f"scrypt$16384$8$1${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
+        got = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p),
+                             dklen=len(digest) // 2)
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def new_order_no() -> str:
+    """'K' + UTC time + 8 random digits: sortable, unguessable enough to be no key on its own."""
+    return "K" + utcnow().strftime("%Y%m%d%H%M%S") + f"{secrets.randbelow(10**8):08d}"
+
+
+# -- creating ----------------------------------------------------------------------
+
+
+def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, query_password: str = "",
+                 unit_price_fen: int | None = None, buyer_ip: str = "", member_id: int | None = None,
+                 channel: str = "", channel_profile: str = "", fields: dict | None = None,
+                 ttl: datetime.timedelta = DEFAULT_TTL) -> Order:
+    """Create an order and reserve its stock atomically, or raise OutOfStock / InvalidOrder."""
+    sku = Sku.get_or_none(Sku.id == sku_id)
+    if sku is None or sku.status != "on":
+        raise InvalidOrder("this item is not on sale")
+    product = Product.get_by_id(sku.product_id)
+    if product.status != "on":
+        raise InvalidOrder("this item is not on sale")
+    _check_quantity(product, quantity)
+    unit = sku.price_fen if unit_price_fen is None else unit_price_fen
+    if not isinstance(unit, int) or unit < 0:
+        raise InvalidOrder("price must be whole fen")
+    query_hash = hash_password(query_password) if query_password else ""  # slow KDF outside the lock
+
+    def reserve():
+        now = utcnow()
+        with acting_for(site_id), database.atomic():
+            if not _take_stock(sku.id, quantity):
+                raise OutOfStock("out of stock")
+            order = Order.create(
+                site=site_id, order_no=new_order_no(), product=product.id, sku=sku.id, quantity=quantity,
+                unit_price_fen=unit, amount_fen=unit * quantity, contact=contact.strip(), query_hash=query_hash,
+                member_id=member_id, channel=channel, channel_profile=channel_profile, buyer_ip=buyer_ip,
+                fields=json.dumps(fields, ensure_ascii=False) if fields else "", expires_at=now + ttl,
+                created_at=now, updated_at=now,
+            )
+            if _uses_key_rows(product):
+                _claim_keys(order, product, sku.id, quantity)
+        return order
+
+    return retry_transient(reserve)
+
+
+def _check_quantity(product: Product, quantity):
+    if not isinstance(quantity, int) or isinstance(quantity, bool):
+        raise InvalidOrder("quantity must be a whole number")
+    low, high = max(1, product.min_qty), product.max_qty
+    if quantity < low or (high and quantity > high):
+        raise InvalidOrder(f"quantity must be between {low} and {high}")
+
+
+def _uses_key_rows(product: Product) -> bool:
+    return product.kind == "card" and not product.loop_key
+
+
+def _take_stock(sku_id: int, quantity: int) -> bool:
+    """Decrement the SKU's stock if enough is left; the row lock serialises buyers of this SKU."""
+    return Sku.update(stock=Sku.stock - quantity).where(
+        (Sku.id == sku_id) & (Sku.stock >= quantity) & (Sku.status == "on")).execute() == 1
+
+
+def _claim_keys(order: Order, product: Product, sku_id: int, quantity: int):
+    ids = _available_key_ids(sku_id, quantity, random_pick=product.delivery_order == "random")
+    claimed = 0
+    if len(ids) == quantity:
+        claimed = CardKey.update(status="reserved", order=order.id).where(
+            CardKey.id.in_(ids) & (CardKey.status == "available")).execute()
+    if claimed != quantity:
+        # The counter said yes but the keys are not there: refuse, roll back, and say so loudly.
+        raise OutOfStock(f"stock counter of sku {sku_id} is ahead of its keys; run `kamengsite keys recount`")
+
+
+def _available_key_ids(sku_id: int, quantity: int, *, random_pick: bool) -> list[int]:
+    base = CardKey.select(CardKey.id).where((CardKey.sku == sku_id) & (CardKey.status == "available"))
+    if random_pick:
+        bounds = base.select(peewee.fn.MIN(CardKey.id), peewee.fn.MAX(CardKey.id)).tuples().first()
+        if bounds and bounds[0] is not None:
+            start = random.randint(bounds[0], bounds[1])
+            ids = _locked_ids(base.where(CardKey.id >= start).order_by(CardKey.id).limit(quantity))
+            if len(ids) < quantity:
+                ids += _locked_ids(base.where(CardKey.id < start).order_by(CardKey.id).limit(quantity - len(ids)))
+            return ids
+    return _locked_ids(base.order_by(CardKey.id).limit(quantity))
+
+
+def _locked_ids(query) -> list[int]:
+    if not is_sqlite():  # SQLite's IMMEDIATE transaction already excludes other writers
+        query = query.for_update("FOR UPDATE SKIP LOCKED")
+    return [row[0] for row in query.tuples()]
+
+
+# -- paying and delivering -------------------------------------------------------
+
+
+def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
+              channel_profile: str | None = None) -> PaymentResult:
+    """Record a verified payment and deliver the order: the one entry point for payment channels.
+
+    Idempotent by (channel, trade_no): N identical calls, even concurrent, write one
+    payment and deliver once. A payment that does not match its order raises
+    PaymentRejected before anything is written.
+    """
+    if not isinstance(amount_fen, int) or isinstance(amount_fen, bool):
+        raise PaymentRejected("amount must be whole fen")
+    with all_sites():  # notifications arrive on any domain; the order number names the site
+        order = Order.get_or_none(Order.order_no == order_no)
+        if order is None:
+            raise PaymentRejected(f"unknown order {order_no!r}")
+        if order.channel and order.channel != channel:
+            raise PaymentRejected(f"order {order_no} was created for channel {order.channel!r}, not {channel!r}")
+        if channel_profile is not None and order.channel_profile and order.channel_profile != channel_profile:
+            raise PaymentRejected(f"order {order_no} was created for another account of {channel!r}")
+        if amount_fen != order.amount_fen:
+            raise PaymentRejected(f"amount {amount_fen} fen does not match order {order_no} ({order.amount_fen} fen)")
+        def record():
+            with database.atomic():
+                payment = Payment.create(order=order.id, channel=channel, trade_no=trade_no, amount_fen=amount_fen)
+                return _apply_payment(order, payment)
+
+        try:
+            return retry_transient(record)
+        except peewee.IntegrityError:
+            existing = Payment.get_or_none((Payment.channel == channel) & (Payment.trade_no == trade_no))
+            if existing is None:
+                raise
+            if existing.order_id != order.id:
+                raise PaymentRejected(f"trade {trade_no} already paid another order") from None
+            current = Order.get_by_id(order.id)
+            return PaymentResult(order_no, current.status, duplicate=True,
+                                 refund_due=existing.state == "refund_due")
+
+
+def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
+    now = utcnow()
+    if _transition(order.id, "created", "paid", paid_at=now):
+        return _deliver(order, payment)
+    if _transition(order.id, "expired", "paid", paid_at=now):
+        # Late payment: the reservation was released; take stock again if there is any.
+        product = Product.get_by_id(order.product_id)
+        if _take_stock(order.sku_id, order.quantity):
+            if _uses_key_rows(product):
+                _claim_keys(order, product, order.sku_id, order.quantity)
+            return _deliver(order, payment)
+        return _owe_refund(order, payment, "paid after expiry and the stock is gone")
+    # Already paid by another trade: this money is owed back, visibly.
+    Payment.update(state="refund_due").where(Payment.id == payment.id).execute()
+    current = Order.get_by_id(order.id)
+    return PaymentResult(order.order_no, current.status, refund_due=True)
+
+
+def _deliver(order: Order, payment: Payment) -> PaymentResult:
+    now = utcnow()
+    product = Product.get_by_id(order.product_id)
+    if _uses_key_rows(product):
+        sold = CardKey.update(status="sold", sold_at=now).where(
+            (CardKey.order == order.id) & (CardKey.status == "reserved")).execute()
+        if sold != order.quantity:
+            raise OrderError(f"order {order.order_no}: {sold} reserved keys for quantity {order.quantity}")
+    if product.kind == "card":
+        _transition(order.id, "paid", "delivered", delivered_at=now)
+        status = "delivered"
+    else:
+        status = "paid"  # 代充 / manual: fulfilled by the shop or an upstream
+    Sku.update(sold=Sku.sold + order.quantity).where(Sku.id == order.sku_id).execute()
+    return PaymentResult(order.order_no, status)
+
+
+def _owe_refund(order: Order, payment: Payment, why: str) -> PaymentResult:
+    _transition(order.id, "paid", "refund_pending", note=why)
+    Payment.update(state="refund_due").where(Payment.id == payment.id).execute()
+    return PaymentResult(order.order_no, "refund_pending", refund_due=True)
+
+
+def _transition(order_id: int, from_status: str, to_status: str, **changes) -> bool:
+    """Move an order between states if — and only if — it is still in ``from_status``."""
+    changes.setdefault("updated_at", utcnow())
+    return Order.update(status=to_status, **changes).where(
+        (Order.id == order_id) & (Order.status == from_status)).execute() == 1
+
+
+# -- expiry ------------------------------------------------------------------------
+
+
+def expire_due(now: datetime.datetime | None = None, limit: int = 500) -> int:
+    """Expire unpaid orders past their deadline and release their stock; safe to run concurrently."""
+    now = now or utcnow()
+    expired = 0
+    with all_sites():
+        due = list(Order.select(Order.id, Order.sku, Order.quantity, Order.product)
+                   .where((Order.status == "created") & (Order.expires_at < now)).limit(limit))
+        for order in due:
+            expired += retry_transient(lambda: _expire_one(order))
+    return expired
+
+
+def _expire_one(order: Order) -> int:
+    with database.atomic():
+        if not _transition(order.id, "created", "expired"):
+            return 0  # paid or expired meanwhile
+        CardKey.update(status="available", order=None).where(
+            (CardKey.order == order.id) & (CardKey.status == "reserved")).execute()
+        Sku.update(stock=Sku.stock + order.quantity).where(Sku.id == order.sku_id).execute()
+        return 1
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+def delivered_keys(order: Order, cipher) -> list[str]:
+    """The plaintext card keys of a delivered order, for its buyer's page."""
+    if order.status != "delivered":
+        return []
+    product = Product.get_by_id(order.product_id)
+    if product.loop_key:
+        key = CardKey.select().where(CardKey.sku == order.sku_id).order_by(CardKey.id).first()
+        return [cipher.open(key.sealed, key.sku_id)] * order.quantity if key else []
+    keys = CardKey.select().where((CardKey.order == order.id) & (CardKey.status == "sold")).order_by(CardKey.id)
+    return [cipher.open(k.sealed, k.sku_id) for k in keys]
