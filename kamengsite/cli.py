@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from .config import check_slug
 from .errors import KamengsiteError
 from .instance import DEFAULT_INSTANCE, Instance
 
@@ -86,19 +87,43 @@ def db_upgrade(ctx):
 def db_status(ctx):
     """List migrations and whether they are applied."""
     from . import migrations
-    from .db import make_database
 
-    database = make_database(ctx.instance().database_url)
-    with database.connection_context():
+    database = _database(ctx.instance())
+    try:
         for m in migrations.runner(database).status():
             click.echo(f"{'applied' if m.applied else 'pending'}  {m.name}")
+    finally:
+        database.close()
+
+
+def _database(instance):
+    """A connected database; an unreachable or misspelt DATABASE_URL is an operator error, not a traceback."""
+    import peewee
+
+    from .db import make_database
+
+    try:
+        database = make_database(instance.database_url)
+        database.connect()
+    except (peewee.PeeweeException, peewee.ImproperlyConfigured, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())  # drivers' messages span lines
+        raise KamengsiteError(f"cannot open the database {_redact(instance.database_url)}: {reason}") from None
+    return database
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@", 1)
+    return url
 
 
 def _upgrade(instance) -> list[str]:
     from . import migrations
-    from .db import make_database
 
-    database = make_database(instance.database_url)
+    database = _database(instance)
     try:
         return migrations.upgrade(database)
     finally:
@@ -108,7 +133,14 @@ def _upgrade(instance) -> list[str]:
 def _host(instance):
     from .host import Host
 
+    _database(instance).close()
     return Host(instance)
+
+
+def _existing_site(host, slug) -> str:
+    if check_slug(slug) not in host.registry.slugs():
+        raise KamengsiteError(f"no site {slug!r} in {host.registry.root} (see `kamengsite site list`)")
+    return slug
 
 
 def _ensure_main_site(instance):
@@ -179,7 +211,8 @@ def site_templates(ctx):
 @_fail_cleanly
 def site_disable(ctx, slug):
     """Close site SLUG: it shows a closed page; orders and money are kept."""
-    _host(ctx.instance()).registry.update(slug, enabled=False)
+    host = _host(ctx.instance())
+    host.registry.update(_existing_site(host, slug), enabled=False)
     click.echo(f"site {slug!r} disabled")
 
 
@@ -189,7 +222,8 @@ def site_disable(ctx, slug):
 @_fail_cleanly
 def site_enable(ctx, slug):
     """Re-open site SLUG."""
-    _host(ctx.instance()).registry.update(slug, enabled=True)
+    host = _host(ctx.instance())
+    host.registry.update(_existing_site(host, slug), enabled=True)
     click.echo(f"site {slug!r} enabled")
 
 
@@ -207,11 +241,10 @@ def site_enable(ctx, slug):
 def serve(ctx, bind_host, port, workers, threads, access_log):
     """Serve every site with gunicorn (a production WSGI server)."""
     from . import migrations
-    from .db import make_database
     from .serve import run
 
     instance = ctx.instance()
-    database = make_database(instance.database_url)
+    database = _database(instance)
     pending = migrations.pending(database)
     database.close()
     if pending:
@@ -236,7 +269,7 @@ def demo(ctx, port, bind_host, no_serve):
 
     instance = Instance.create(ctx.instance_path)
     _upgrade(instance)
-    for line in setup_demo(instance):
+    for line in setup_demo(instance, port=port):
         click.echo(line)
     if no_serve:
         return

@@ -1,26 +1,182 @@
-"""The storefront: a core plugin that gives every site its shop pages."""
+"""The storefront: a core plugin that gives every site its shop pages.
+
+Buyer flow: product page → order (stock reserved) → pay → keys on the order
+page. Keys are shown only to the buyer: the browser session that placed the
+order, or whoever proves contact + query password on the lookup page.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask_wtf import FlaskForm
+from flask_wtf.csrf import CSRFProtect
+from wtforms import IntegerField, PasswordField, StringField
+from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
+from . import orders
 from .app import current_site
+from .catalog import Product, Sku, storefront_products
+from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
+from .models import Site
 
 bp = Blueprint("storefront", __name__)
+csrf = CSRFProtect()
+
+CONTACT_RE = r"^(?:[^@\s]+@[^@\s]+\.[^@\s]+|1\d{10})$"
+OWNED_ORDERS = "orders"  # session key: order numbers this browser placed
+MAX_OWNED = 30
+
+
+class BuyForm(FlaskForm):
+    sku = IntegerField("规格", validators=[DataRequired()])
+    quantity = IntegerField("数量", default=1, validators=[DataRequired(), NumberRange(min=1, max=1000)])
+    contact = StringField("联系方式（邮箱或手机号）", validators=[
+        DataRequired(message="请填写邮箱或手机号"), Length(max=120),
+        Regexp(CONTACT_RE, message="请填写有效的邮箱或 11 位手机号")])
+    query_password = PasswordField("查询密码", validators=[
+        DataRequired(message="请设置查询密码，用于查单"), Length(min=4, max=64, message="查询密码 4-64 位")])
+
+
+class LookupForm(FlaskForm):
+    order_no = StringField("订单号", validators=[Optional(), Length(max=32)])
+    contact = StringField("联系方式", validators=[Optional(), Length(max=120)])
+    query_password = PasswordField("查询密码", validators=[Optional(), Length(max=64)])
+
+
+def _catalog_owner_id() -> int:
+    """The site whose catalogue this site sells: the main site (sub-site pricing layers on top)."""
+    instance = current_site().instance
+    cache = current_app.extensions.setdefault("kamengsite.catalog_owner", {})
+    if "id" not in cache:
+        cache["id"] = Site.get(Site.slug == instance.main_site).id
+    return cache["id"]
+
+
+def _cipher() -> CardKeyCipher:
+    cipher = current_app.extensions.get("kamengsite.cipher")
+    if cipher is None:
+        cipher = current_app.extensions["kamengsite.cipher"] = CardKeyCipher.from_instance(current_site().instance)
+    return cipher
+
+
+def _on_sale_product(product_id: int) -> Product:
+    product = Product.get_or_none((Product.id == product_id) & (Product.site == _catalog_owner_id()))
+    if product is None or product.status != "on":
+        abort(404)
+    return product
+
+
+def _remember(order_no: str):
+    owned = [no for no in session.get(OWNED_ORDERS, []) if no != order_no]
+    session[OWNED_ORDERS] = (owned + [order_no])[-MAX_OWNED:]
+
+
+def _owns(order_no: str) -> bool:
+    return order_no in session.get(OWNED_ORDERS, [])
 
 
 @bp.get("/")
 def home():
-    return render_template("home.html")
+    return render_template("home.html", products=storefront_products(_catalog_owner_id()))
+
+
+@bp.route("/p/<int:product_id>", methods=["GET", "POST"])
+def product(product_id):
+    item = _on_sale_product(product_id)
+    skus = list(Sku.select().where((Sku.product == item.id) & (Sku.status == "on")).order_by(Sku.sort, Sku.id))
+    form = BuyForm()
+    if not form.is_submitted():
+        form.sku.data = skus[0].id if skus else None
+    if form.validate_on_submit():
+        if form.sku.data not in {s.id for s in skus}:
+            form.sku.errors = ["请选择规格"]
+        else:
+            try:
+                order = orders.create_order(
+                    site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
+                    contact=form.contact.data, query_password=form.query_password.data,
+                    buyer_ip=request.remote_addr or "", channel=_default_channel(),
+                )
+            except orders.OutOfStock:
+                flash("库存不足，请减少数量或稍后再来", "error")
+            except orders.InvalidOrder as exc:
+                flash(f"无法下单：{exc}", "error")
+            else:
+                _remember(order.order_no)
+                return redirect(url_for("storefront.order", order_no=order.order_no))
+    return render_template("storefront/product.html", product=item, skus=skus, form=form)
+
+
+def _default_channel() -> str:
+    # Until real channels are configured (payments issue), non-production instances pay through "demo".
+    return "" if current_site().instance.production else "demo"
+
+
+@bp.get("/order/<order_no>")
+def order(order_no):
+    found = orders.Order.get_or_none(orders.Order.order_no == order_no)  # scoped to this site
+    if found is None:
+        abort(404)
+    keys = orders.delivered_keys(found, _cipher()) if _owns(order_no) else []
+    product = Product.get_by_id(found.product_id)
+    return render_template("storefront/order.html", order=found, product=product, keys=keys,
+                           owner=_owns(order_no), demo_pay=_default_channel() == "demo")
+
+
+@bp.post("/order/<order_no>/demo-pay")
+def demo_pay(order_no):
+    """The demo's stand-in for a payment gateway; refused on production instances."""
+    if _default_channel() != "demo" or not _owns(order_no):
+        abort(404)
+    found = orders.Order.get_or_none(orders.Order.order_no == order_no)
+    if found is None:
+        abort(404)
+    result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen)
+    if result.status == "delivered" and not result.duplicate:
+        _notify_delivered(found)
+    return redirect(url_for("storefront.order", order_no=order_no))
+
+
+def _notify_delivered(order):
+    hook = current_app.extensions["kamengsite.hook"]
+    try:
+        hook.order_delivered(order=orders.Order.get_by_id(order.id), site=current_site().config)
+    except Exception:  # notifications never undo a delivery
+        current_app.logger.exception("order_delivered hook failed for %s", order.order_no)
+
+
+@bp.route("/lookup", methods=["GET", "POST"])
+def lookup():
+    form = LookupForm()
+    found = None
+    if form.validate_on_submit():
+        order_no = (form.order_no.data or "").strip()
+        contact = (form.contact.data or "").strip()
+        password = form.query_password.data or ""
+        if contact and password:
+            candidates = (orders.Order.select().where(orders.Order.contact == contact)
+                          .order_by(orders.Order.id.desc()).limit(20))
+            found = [o for o in candidates if o.check_query_password(password)]
+            for o in found:
+                _remember(o.order_no)  # proved ownership: keys become visible
+        elif order_no:
+            o = orders.Order.get_or_none(orders.Order.order_no == order_no)
+            found = [o] if o else []
+        else:
+            flash("请输入订单号，或联系方式加查询密码", "error")
+        if found == []:
+            flash("没有找到订单，请检查输入", "error")
+    return render_template("storefront/lookup.html", form=form, found=found)
 
 
 @bp.get("/healthz")
 def healthz():
-    site = current_site()
-    return jsonify(site=site.slug, ok=True)
+    return jsonify(site=current_site().slug, ok=True)
 
 
 @hookimpl
 def prepare_site_app(app, site):
+    app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # token lives as long as the session
+    csrf.init_app(app)
     app.register_blueprint(bp)

@@ -1,0 +1,72 @@
+"""Demo data: a main site, two sub-sites with different themes, products with real (random) keys."""
+
+from __future__ import annotations
+
+import secrets
+
+from .cardkeys import import_keys
+from .catalog import Category, Product, create_product
+from .crypto import CardKeyCipher
+from .db import database
+from .host import Host
+from .models import Site
+
+DEMO_SITES = (
+    # slug, template, name
+    ("shop1", "gaming", "电竞点卡铺"),
+    ("shop2", "wholesale", "商务批发站"),
+)
+
+DEMO_CATALOG = (
+    # category, product name, summary, [(sku name, price in fen)], keys per SKU
+    ("游戏点卡", "王者荣耀 点券", "官方直充点券兑换码，秒发", [("60 点券", 600), ("300 点券", 3000)], 40),
+    ("游戏点卡", "Steam 钱包充值卡", "国区可用，自动发货", [("50 元", 5200), ("100 元", 10300)], 25),
+    ("视频会员", "腾讯视频 VIP 月卡", "激活码兑换，1 个月", [("", 1500)], 60),
+    ("视频会员", "爱奇艺黄金会员 季卡", "激活码兑换，3 个月", [("", 4200)], 30),
+    ("软件激活", "Windows 11 专业版 激活密钥", "零售版密钥，一机一码", [("", 9900)], 15),
+    ("话费充值", "移动话费卡 50 元", "全国通用充值卡密", [("", 4950)], 50),
+)
+
+
+def setup_demo(instance, port: int = 8000):
+    """Create (once) the demo sites and catalogue; yield progress lines."""
+    host = Host(instance)
+    registry = host.registry
+    if instance.main_site not in registry.slugs():
+        registry.create(instance.main_site, template="main")
+        yield f"created main site {instance.main_site!r}"
+    for slug, template, name in DEMO_SITES:
+        if slug not in registry.slugs():
+            registry.create(slug, template=template, name=name)
+            yield f"created sub-site {slug!r} from template {template!r}"
+    broken = registry.sync()
+    for slug, error in broken.items():
+        yield f"warning: site {slug} is broken: {error}"
+    with database.connection_context():
+        main = Site.get(Site.slug == instance.main_site)
+        if Product.select().where(Product.site == main).exists():
+            yield "demo catalogue already present"
+        else:
+            yield from _demo_catalog(main, CardKeyCipher.from_instance(instance))
+    port_hint = f":{port}"
+    yield f"main site:  http://{instance.main_site}.{instance.base_domain}{port_hint}/"
+    for slug, _, _ in DEMO_SITES:
+        yield f"sub-site:   http://{slug}.{instance.base_domain}{port_hint}/"
+
+
+def _demo_catalog(main, cipher):
+    categories = {}
+    for sort, (category, name, summary, skus, per_sku) in enumerate(DEMO_CATALOG):
+        if category not in categories:
+            categories[category] = Category.create(site=main, name=category, sort=len(categories))
+        product = create_product(main, name, skus[0][1], category=categories[category], summary=summary,
+                                 skus=skus, sort=sort, low_stock_threshold=5)
+        for sku in product.skus:
+            codes = [_fake_code() for _ in range(per_sku)]
+            import_keys(sku, codes, cipher)
+        yield f"product {name}: {len(skus)} SKU(s), {per_sku} keys each"
+
+
+def _fake_code() -> str:
+    alphabet = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+    return "-".join("".join(secrets.choice(alphabet) for _ in range(5)) for _ in range(4))
