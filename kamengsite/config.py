@@ -17,8 +17,9 @@ import jsonschema
 from .errors import ConfigError
 
 SITE_FILE = "site.toml"
-SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
-DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]$")
+# \Z, not $: "$" also matches before a trailing newline, so "shop\n" would pass as a site name.
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?\Z")
+DOMAIN_RE = re.compile(r"^(?=.{1,253}\Z)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,61}[a-z0-9]\Z")
 #: Sub-domain labels that never name a sub-site.
 RESERVED_SLUGS = frozenset({"www", "admin", "api", "static", "assets", "mail", "smtp", "ftp", "ns1", "ns2"})
 LOCALES = ("zh_CN", "en")
@@ -42,7 +43,7 @@ SITE_SCHEMA = {
         "parent": {"type": "string", "pattern": SLUG_RE.pattern},
         "level": {"type": "string", "maxLength": 32},
         "enabled": {"type": "boolean"},
-        "plugins": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,40}$"}, "uniqueItems": True},
+        "plugins": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,40}\Z"}, "uniqueItems": True},
         "settings": {"type": "object", "additionalProperties": {"type": "object"}},
         "template": {"type": "string", "maxLength": 63},
     },

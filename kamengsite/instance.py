@@ -15,6 +15,7 @@ from pathlib import Path
 
 import tomli_w
 
+from .config import DOMAIN_RE, check_slug
 from .errors import ConfigError, InstanceError
 
 #: The checkout this package runs from; themes and site templates ship beside it.
@@ -33,6 +34,11 @@ ALLOWED_KEYS = {
     "templates_dir": str,
     "production": bool,
     "app_cache_size": int,
+    # mail and background jobs (KAMENGSITE_SMTP_URL, KAMENGSITE_MAIL_FROM, KAMENGSITE_OPERATOR_EMAIL, REDIS_URL override)
+    "smtp_url": str,
+    "mail_from": str,
+    "operator_email": str,
+    "redis_url": str,
 }
 
 
@@ -51,6 +57,10 @@ class Instance:
     production: bool = False
     app_cache_size: int = 256
     card_key_keys: list = field(default_factory=list)
+    smtp_url: str = ""
+    mail_from: str = ""
+    operator_email: str = ""
+    redis_url: str = ""
 
     def __post_init__(self):
         self.path = Path(self.path).resolve()
@@ -100,9 +110,11 @@ class Instance:
         values.update({k: str(v) if isinstance(v, Path) else v for k, v in settings.items() if v is not None})
         _check_types(config_file, values)
         tmp = config_file.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
+        # Created 0600 (not chmod-ed after writing): the secrets are never readable by others, not even briefly.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a stale tmp file keeps its old mode through O_CREAT
+        with open(fd, "wb") as fh:
             tomli_w.dump(values, fh)
-        os.chmod(tmp, 0o600)
         os.replace(tmp, config_file)
         (path / "sites").mkdir(exist_ok=True)
         return cls.load(path)
@@ -123,5 +135,17 @@ def _check_types(config_file, values):
         expected = ALLOWED_KEYS.get(key)
         if expected is None:
             raise ConfigError(config_file, key, f"unknown setting (known: {', '.join(sorted(ALLOWED_KEYS))})")
-        if not isinstance(value, expected):
+        # bool is a subclass of int: `app_cache_size = true` is a mistake, not 1.
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ConfigError(config_file, key, f"must be a {expected.__name__}, got {type(value).__name__}")
+    if values.get("app_cache_size", 1) < 1:
+        raise ConfigError(config_file, "app_cache_size", f"must be at least 1, got {values['app_cache_size']}")
+    base_domain = values.get("base_domain")
+    if base_domain is not None and base_domain != "localhost" and not DOMAIN_RE.match(base_domain):
+        raise ConfigError(config_file, "base_domain",
+                          f"{base_domain!r} is not a lowercase domain name like 'example.com' (no port, no trailing dot)")
+    if values.get("main_site") is not None:
+        try:
+            check_slug(values["main_site"])
+        except ConfigError as exc:
+            raise ConfigError(config_file, "main_site", exc.reason) from None

@@ -29,7 +29,7 @@ def site_scope(site_id: int):
     """Run the block as site ``site_id``: tenant queries see and write only its rows."""
     if isinstance(site_id, Site):
         site_id = site_id.id
-    if not isinstance(site_id, int):
+    if not isinstance(site_id, int) or isinstance(site_id, bool):
         raise TypeError(f"site_scope needs a site id, got {site_id!r}")
     token = _scope.set(site_id)
     try:
@@ -72,6 +72,12 @@ class TenantModel(BaseModel):
 
     @classmethod
     def update(cls, __data=None, **update):
+        site_id = current_site_id()
+        if site_id is not None:  # `update(site=other)` would move this site's rows into another site
+            data = dict(__data or {}, **update)
+            for key in ("site", "site_id", cls.site):
+                if key in data:
+                    cls._check_site(data[key], site_id)
         return cls._confine(super().update(__data, **update))
 
     @classmethod
@@ -90,12 +96,15 @@ class TenantModel(BaseModel):
         if site_id is None:
             return super().insert_many(rows, fields)
         if fields is not None:
-            names = [f if isinstance(f, str) else f.name for f in fields]
-            if "site" not in names:
-                fields = list(fields) + [cls.site]
-                rows = [tuple(row) + (site_id,) for row in rows]
+            fields = list(fields)
+            rows = [tuple(row) for row in rows]  # a generator would be used up by the check below
+            # The site column may be named "site", "site_id" or given as the field itself.
+            at = next((i for i, f in enumerate(fields)
+                       if cls._meta.combined.get(f if isinstance(f, str) else getattr(f, "name", None)) is cls.site), None)
+            if at is None:
+                fields.append(cls.site)
+                rows = [row + (site_id,) for row in rows]
             else:
-                at = names.index("site")
                 for row in rows:
                     cls._check_site(row[at], site_id)
             return super().insert_many(rows, fields)
@@ -105,6 +114,12 @@ class TenantModel(BaseModel):
             cls._stamp(row)
             stamped.append(row)
         return super().insert_many(stamped)
+
+    @classmethod
+    def insert_from(cls, query, fields):
+        if current_site_id() is not None:
+            raise CrossTenantError("insert_from() cannot be confined to one site: run it inside all_sites()")
+        return super().insert_from(query, fields)
 
     @classmethod
     def _stamp(cls, data: dict):

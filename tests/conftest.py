@@ -3,19 +3,29 @@
 Tests that take ``backend_url`` run once per database in KAMENGSITE_TEST_BACKENDS
 (default: sqlite, postgresql, mysql). A server that is not reachable skips the
 test on a laptop and fails it under CI=true.
+
+Besides the instance/host fixtures there are helpers for what an operator does
+by hand (``site_files``: edit a site's ``site.toml`` in place of the registry),
+for test-only plugins (``register_plugin``) and for the command line (``cli``).
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 import uuid
+from pathlib import Path
 
 import pytest
+import tomli_w
+from click.testing import CliRunner
 from werkzeug.test import Client
 
+from kamengsite.config import SITE_FILE
 from kamengsite.db import backend_name, make_database
+from kamengsite.hookspecs import hookimpl
 from kamengsite.host import Host
-from kamengsite.instance import Instance
+from kamengsite.instance import PROJECT_ROOT, Instance
 from kamengsite.migrations import upgrade
 
 SERVERS = {
@@ -24,6 +34,17 @@ SERVERS = {
 }
 BACKENDS = [b.strip() for b in os.environ.get("KAMENGSITE_TEST_BACKENDS", "sqlite,postgresql,mysql").split(",") if b.strip()]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: What the checkout ships: themes and the site templates new sites are copied from.
+THEMES_DIR = PROJECT_ROOT / "themes"
+TEMPLATES_DIR = PROJECT_ROOT / "sites"
+#: Settings the instance reads from the environment; a developer's shell must not leak into the tests.
+INSTANCE_ENV = ("DATABASE_URL", "KAMENGSITE_SECRET_KEY", "KAMENGSITE_PRODUCTION", "KAMENGSITE_INSTANCE")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch):
+    for name in INSTANCE_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 def _unavailable(reason):
@@ -128,8 +149,8 @@ def db_host(db_instance):
 class SiteClient(Client):
     """A test client that sends every request to one host name."""
 
-    def __init__(self, app, host_name):
-        super().__init__(app)
+    def __init__(self, app, host_name, **kwargs):
+        super().__init__(app, **kwargs)
         self.host_name = host_name
 
     def open(self, *args, **kwargs):
@@ -144,3 +165,101 @@ class SiteClient(Client):
 def client_for(host):
     """``client_for("shop1.localhost")`` → a client bound to that host name."""
     return lambda host_name: SiteClient(host, host_name)
+
+
+@pytest.fixture
+def host_factory(tmp_path):
+    """``host_factory(app_cache_size=2, base_domain="example.com")`` → a host on a fresh SQLite instance."""
+    hosts = []
+
+    def factory(name="custom", **settings):
+        instance = make_instance(tmp_path / name, f"sqlite:///{tmp_path / f'{name}.db'}", **settings)
+        h = make_host(instance)
+        hosts.append(h)
+        return h
+
+    yield factory
+    for h in hosts:
+        h.close()
+
+
+class SiteFiles:
+    """Edits a site folder the way an operator does: by hand, behind the registry's back.
+
+    Writes go to a temporary file renamed over ``site.toml`` (as editors and
+    deploy tools do), so the folder's version changes even within one clock tick.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    def path(self, slug) -> Path:
+        return self.root / slug / SITE_FILE
+
+    def read(self, slug) -> dict:
+        with open(self.path(slug), "rb") as fh:
+            return tomllib.load(fh)
+
+    def write_text(self, slug, content: str):
+        target = self.path(slug)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{SITE_FILE}.test-tmp")
+        tmp.write_text(content, encoding="utf-8")
+        os.replace(tmp, target)
+
+    def write(self, slug, values: dict):
+        self.write_text(slug, tomli_w.dumps(values))
+
+    def edit(self, slug, **changes):
+        values = self.read(slug)
+        values.update(changes)
+        self.write(slug, values)
+
+
+@pytest.fixture
+def site_files(host):
+    return SiteFiles(host.registry.root)
+
+
+class _TestPlugin:
+    def __init__(self, prepare):
+        self._prepare = prepare
+
+    @hookimpl
+    def prepare_site_app(self, app, site):
+        self._prepare(app, site)
+
+
+@pytest.fixture
+def register_plugin():
+    """``register_plugin(host, prepare, name=..., core=True)``: a test-only plugin calling ``prepare(app, site)``.
+
+    Register it before the first request: site apps are built once per folder version.
+    With ``core=False`` it only runs on sites that list ``name`` in their ``plugins``.
+    """
+
+    def register(h, prepare, *, name, core=True):
+        h.plugins.register(_TestPlugin(prepare), name=name)
+        if core:
+            h.plugins.core.add(name)
+
+    return register
+
+
+class Cli:
+    """Runs ``kamengsite --instance <folder> ...`` in-process."""
+
+    def __init__(self, instance_path):
+        self.instance_path = Path(instance_path)
+        self.runner = CliRunner()
+
+    def __call__(self, *args, instance_path=None, env=None):
+        from kamengsite.cli import main
+
+        path = self.instance_path if instance_path is None else instance_path
+        return self.runner.invoke(main, ["--instance", str(path), *map(str, args)], env=env)
+
+
+@pytest.fixture
+def cli(tmp_path):
+    return Cli(tmp_path / "cli-instance")
