@@ -64,12 +64,27 @@ def create_product(site, name: str, price_fen: int, *, category=None, kind="card
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     _check_fen(price_fen)
+    _check_product_fields(fields)
     with Product._meta.database.atomic():
         product = Product.create(site=site, name=name, category=category, kind=kind, **fields)
         for sort, (sku_name, sku_price) in enumerate(skus or [("", price_fen)]):
             _check_fen(sku_price)
             Sku.create(product=product, name=sku_name, price_fen=sku_price, sort=sort)
     return product
+
+
+def _check_product_fields(fields: dict):
+    """Settings that would otherwise be silently misread when buying (a typo'd delivery order is FIFO)."""
+    delivery_order = fields.get("delivery_order", "fifo")
+    if delivery_order not in DELIVERY_ORDERS:
+        raise ValueError(f"delivery_order must be one of {DELIVERY_ORDERS}, got {delivery_order!r}")
+    for name in ("min_qty", "max_qty", "per_buyer_limit"):
+        value = fields.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    min_qty, max_qty = fields.get("min_qty", 1), fields.get("max_qty", 10)
+    if max_qty and max(1, min_qty) > max_qty:  # max_qty 0: no upper bound
+        raise ValueError(f"max_qty ({max_qty}) is below min_qty ({min_qty}): nobody could buy it")
 
 
 def _check_fen(value):

@@ -10,6 +10,7 @@ product does not open. Dedupe uses an HMAC digest, never the plaintext.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -29,9 +30,21 @@ def _fingerprint(key: bytes) -> bytes:
     return hashlib.sha256(b"kamengsite-card-key-id:" + key).digest()[:4]
 
 
+#: Invisible characters editors leave around a line: a UTF-8 BOM (Windows Notepad) and zero-width ones.
+_INVISIBLE = "\ufeff\u200b\u200c\u200d\u2060"
+
+#: key id (4) + nonce (12) + GCM tag (16): no sealed value is shorter.
+_MIN_SEALED = 4 + 12 + 16
+
+
 def normalize_secret(secret: str) -> str:
-    """The form a card key is compared in: NFKC, surrounding whitespace dropped."""
-    return unicodedata.normalize("NFKC", secret).strip()
+    """The form a card key is compared in: NFKC, surrounding whitespace and invisible marks dropped."""
+    text = unicodedata.normalize("NFKC", secret)
+    previous = None
+    while text != previous:  # " \ufeffKEY " and "\ufeff KEY": strip both kinds until nothing changes
+        previous = text
+        text = text.strip().strip(_INVISIBLE)
+    return text
 
 
 class CardKeyCipher:
@@ -48,7 +61,13 @@ class CardKeyCipher:
 
     @classmethod
     def from_instance(cls, instance) -> "CardKeyCipher":
-        keys = [base64.b64decode(k) for k in instance.card_key_keys]
+        keys = []
+        for number, encoded in enumerate(instance.card_key_keys, start=1):
+            try:
+                keys.append(base64.b64decode(encoded, validate=True))
+            except (binascii.Error, ValueError, TypeError):
+                raise KamengsiteError(
+                    f"card_key_keys entry {number} in the instance config is not valid base64") from None
         digest_key = hmac.new(instance.secret_key.encode(), b"card-key-digest", hashlib.sha256).digest()
         return cls(keys, digest_key)
 
@@ -62,7 +81,11 @@ class CardKeyCipher:
         return self._active_id + nonce + self._active.encrypt(nonce, secret.encode("utf-8"), aad)
 
     def open(self, sealed: bytes, sku_id: int) -> str:
+        if not isinstance(sealed, (bytes, bytearray, memoryview)):
+            raise CardKeyCipherError(f"card key is not a sealed value ({type(sealed).__name__})")
         sealed = bytes(sealed)
+        if len(sealed) < _MIN_SEALED:
+            raise CardKeyCipherError("card key is truncated (tampered)")
         aead = self._by_id.get(sealed[:4])
         if aead is None:
             raise CardKeyCipherError("card key sealed with a key this instance does not have")

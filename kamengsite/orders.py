@@ -36,6 +36,10 @@ from .tenancy import TenantModel, acting_for, all_sites
 
 DEFAULT_TTL = datetime.timedelta(minutes=10)
 STATUSES = ("created", "paid", "delivered", "expired", "refund_pending", "refunded", "cancelled")
+#: Orders that hold or consumed stock: what a per-buyer limit counts.
+HOLDING = ("created", "paid", "delivered")
+CONTACT_MAX = 120  # the width of shop_order.contact
+ORDER_NO_ATTEMPTS = 5
 
 
 class OrderError(KamengsiteError):
@@ -134,16 +138,26 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
                  channel: str = "", channel_profile: str = "", fields: dict | None = None,
                  ttl: datetime.timedelta = DEFAULT_TTL) -> Order:
     """Create an order and reserve its stock atomically, or raise OutOfStock / InvalidOrder."""
+    if not isinstance(sku_id, int) or isinstance(sku_id, bool):
+        raise InvalidOrder("this item is not on sale")
     sku = Sku.get_or_none(Sku.id == sku_id)
     if sku is None or sku.status != "on":
         raise InvalidOrder("this item is not on sale")
     product = Product.get_by_id(sku.product_id)
     if product.status != "on":
         raise InvalidOrder("this item is not on sale")
+    if product.members_only and member_id is None:
+        raise InvalidOrder("this item is for members only: please sign in")
     _check_quantity(product, quantity)
+    if product.per_buyer_limit > 0 and quantity > product.per_buyer_limit:
+        raise InvalidOrder(f"at most {product.per_buyer_limit} per buyer")
     unit = sku.price_fen if unit_price_fen is None else unit_price_fen
-    if not isinstance(unit, int) or unit < 0:
+    if not isinstance(unit, int) or isinstance(unit, bool) or unit < 0:
         raise InvalidOrder("price must be whole fen")
+    contact = (contact or "").strip()
+    if len(contact) > CONTACT_MAX:
+        raise InvalidOrder(f"contact must be at most {CONTACT_MAX} characters")
+    buyer_ip = (buyer_ip or "")[:45]  # the column's width: an odd proxy header must not fail the order
     query_hash = hash_password(query_password) if query_password else ""  # slow KDF outside the lock
 
     def reserve():
@@ -151,9 +165,10 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
         with acting_for(site_id), database.atomic():
             if not _take_stock(sku.id, quantity):
                 raise OutOfStock("out of stock")
+            _check_buyer_limit(product, quantity, member_id, contact)
             order = Order.create(
                 site=site_id, order_no=new_order_no(), product=product.id, sku=sku.id, quantity=quantity,
-                unit_price_fen=unit, amount_fen=unit * quantity, contact=contact.strip(), query_hash=query_hash,
+                unit_price_fen=unit, amount_fen=unit * quantity, contact=contact, query_hash=query_hash,
                 member_id=member_id, channel=channel, channel_profile=channel_profile, buyer_ip=buyer_ip,
                 fields=json.dumps(fields, ensure_ascii=False) if fields else "", expires_at=now + ttl,
                 created_at=now, updated_at=now,
@@ -162,7 +177,35 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
                 _claim_keys(order, product, sku.id, quantity)
         return order
 
-    return retry_transient(reserve)
+    for attempt in range(ORDER_NO_ATTEMPTS):
+        try:
+            return retry_transient(reserve)
+        except peewee.IntegrityError as exc:
+            # The order number was taken (the only unique column; other constraints name other
+            # columns): the whole reservation was rolled back, so run it again under a new number.
+            # Not a savepoint: on MariaDB a deadlock inside one rolls back the whole transaction
+            # and the savepoint's own rollback then fails with an error no retry recognises.
+            if "order_no" not in str(exc) or attempt == ORDER_NO_ATTEMPTS - 1:
+                raise
+
+
+def _check_buyer_limit(product: Product, quantity: int, member_id: int | None, contact: str):
+    """Refuse if this buyer already holds ``per_buyer_limit`` units of the product on this site."""
+    limit = product.per_buyer_limit
+    if limit <= 0:
+        return
+    if member_id is not None:
+        buyer = Order.member_id == member_id
+    elif contact:
+        buyer = Order.contact == contact
+    else:
+        raise InvalidOrder("this item is limited per buyer: leave a contact")
+    if not is_sqlite():  # one product's buyers queue here, whichever of its SKUs they buy
+        list(Product.select(Product.id).where(Product.id == product.id).for_update().tuples())
+    held = Order.select(peewee.fn.COALESCE(peewee.fn.SUM(Order.quantity), 0)).where(
+        buyer & (Order.product == product.id) & Order.status.in_(HOLDING)).scalar()
+    if int(held or 0) + quantity > limit:
+        raise InvalidOrder(f"at most {limit} per buyer")
 
 
 def _check_quantity(product: Product, quantity):
@@ -170,7 +213,9 @@ def _check_quantity(product: Product, quantity):
         raise InvalidOrder("quantity must be a whole number")
     low, high = max(1, product.min_qty), product.max_qty
     if quantity < low or (high and quantity > high):
-        raise InvalidOrder(f"quantity must be between {low} and {high}")
+        if high:
+            raise InvalidOrder(f"quantity must be between {low} and {high}")
+        raise InvalidOrder(f"quantity must be at least {low}")
 
 
 def _uses_key_rows(product: Product) -> bool:
@@ -226,6 +271,11 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
     """
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool):
         raise PaymentRejected("amount must be whole fen")
+    # The payment row's columns: an empty or oversized trade no must be refused, not collide or fail late.
+    if not isinstance(channel, str) or not channel.strip() or len(channel) > 32:
+        raise PaymentRejected("channel must be a name of 1 to 32 characters")
+    if not isinstance(trade_no, str) or not trade_no.strip() or len(trade_no) > 64:
+        raise PaymentRejected("trade no must be 1 to 64 characters")
     with all_sites():  # notifications arrive on any domain; the order number names the site
         order = Order.get_or_none(Order.order_no == order_no)
         if order is None:
@@ -261,11 +311,16 @@ def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
     if _transition(order.id, "expired", "paid", paid_at=now):
         # Late payment: the reservation was released; take stock again if there is any.
         product = Product.get_by_id(order.product_id)
-        if _take_stock(order.sku_id, order.quantity):
-            if _uses_key_rows(product):
+        if not _take_stock(order.sku_id, order.quantity):
+            return _owe_refund(order, payment, "paid after expiry and the stock is gone")
+        if _uses_key_rows(product):
+            try:
                 _claim_keys(order, product, order.sku_id, order.quantity)
-            return _deliver(order, payment)
-        return _owe_refund(order, payment, "paid after expiry and the stock is gone")
+            except OutOfStock as exc:
+                # Undo the re-reservation by hand (no savepoint, see create_order) and keep the payment.
+                _release(order.id, order.sku_id, order.quantity)
+                return _owe_refund(order, payment, f"paid after expiry and {exc}")
+        return _deliver(order, payment)
     # Already paid by another trade: this money is owed back, visibly.
     Payment.update(state="refund_due").where(Payment.id == payment.id).execute()
     current = Order.get_by_id(order.id)
@@ -321,10 +376,15 @@ def _expire_one(order: Order) -> int:
     with database.atomic():
         if not _transition(order.id, "created", "expired"):
             return 0  # paid or expired meanwhile
-        CardKey.update(status="available", order=None).where(
-            (CardKey.order == order.id) & (CardKey.status == "reserved")).execute()
-        Sku.update(stock=Sku.stock + order.quantity).where(Sku.id == order.sku_id).execute()
+        _release(order.id, order.sku_id, order.quantity)
         return 1
+
+
+def _release(order_id: int, sku_id: int, quantity: int):
+    """Give an order's reservation back: its reserved keys and its units on the SKU's counter."""
+    CardKey.update(status="available", order=None).where(
+        (CardKey.order == order_id) & (CardKey.status == "reserved")).execute()
+    Sku.update(stock=Sku.stock + quantity).where(Sku.id == sku_id).execute()
 
 
 # -- reading -----------------------------------------------------------------------
