@@ -26,20 +26,14 @@ import json
 import os
 import random
 import resource
+import shutil
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from _common import percentile, temp_instance
 
-from kamengsite.db import make_database  # noqa: E402
-from kamengsite.host import Host  # noqa: E402
-from kamengsite.instance import Instance  # noqa: E402
-from kamengsite.migrations import upgrade  # noqa: E402
+from kamengsite.host import Host
 
 TARGETS = {"rss_mb": 512, "cold_p99_ms": 50, "warm_p50_ms": 5, "create_site_ms": 100}
 
@@ -59,15 +53,6 @@ def rss_mb() -> tuple[float, float]:
     if peak is None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return current if current is not None else peak, peak
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile (p in 0..100)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    rank = max(1, -(-len(ordered) * p // 100))  # ceil
-    return ordered[int(rank) - 1]
 
 
 def environ_for(host_name: str, path: str = "/") -> dict:
@@ -111,6 +96,27 @@ def request(app, host_name: str, path: str = "/") -> tuple[str, bytes, float]:
     return status_line[0], body, ms
 
 
+class GcPauses:
+    """Time spent in the cyclic garbage collector, by generation (evicted site apps are cyclic garbage)."""
+
+    def __init__(self):
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self._start = 0.0
+
+    def __call__(self, phase, info):
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses[info["generation"]].append((time.perf_counter() - self._start) * 1000)
+
+    def __enter__(self):
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self)
+
+
 def ms(value: float) -> float:
     return round(value, 3)
 
@@ -119,12 +125,8 @@ def log(message: str):
     print(message, file=sys.stderr, flush=True)
 
 
-def run(n_sites: int, warm_requests: int, workdir: Path, seed: int) -> dict:
+def run(instance, n_sites: int, warm_requests: int, seed: int) -> dict:
     rng = random.Random(seed)
-    instance = Instance.create(workdir / "instance", database_url=f"sqlite:///{workdir / 'bench.db'}")
-    db = make_database(instance.database_url)
-    upgrade(db)
-    db.close()
     host = Host(instance)
     host.registry.create(instance.main_site, template="main")
     status, _, _ = request(host, f"{instance.main_site}.{instance.base_domain}")
@@ -144,17 +146,25 @@ def run(n_sites: int, warm_requests: int, workdir: Path, seed: int) -> dict:
     create_total_s = time.perf_counter() - t_all
     rss_created, _ = rss_mb()
 
+    # What `kamengsite serve` does at start-up: check every folder against the index.
+    t0 = time.perf_counter()
+    broken = host.registry.sync()
+    sync_s = time.perf_counter() - t0
+    assert not broken, broken
+
     # -- cold: the first request to every site -----------------------------
     cold_ms = []
     t_all = time.perf_counter()
-    for i in range(n_sites):
-        status, body, took = request(host, f"s{i}.{base}")
-        if not status.startswith("200"):
-            raise SystemExit(f"s{i}: {status} {body[:200]!r}")
-        cold_ms.append(took)
-        if (i + 1) % 1000 == 0:
-            log(f"served {i + 1} cold ({time.perf_counter() - t_all:.1f}s, rss {rss_mb()[0]:.0f} MB)")
+    with GcPauses() as gc_pauses:
+        for i in range(n_sites):
+            status, body, took = request(host, f"s{i}.{base}")
+            if not status.startswith("200"):
+                raise SystemExit(f"s{i}: {status} {body[:200]!r}")
+            cold_ms.append(took)
+            if (i + 1) % 1000 == 0:
+                log(f"served {i + 1} cold ({time.perf_counter() - t_all:.1f}s, rss {rss_mb()[0]:.0f} MB)")
     cold_total_s = time.perf_counter() - t_all
+    full_gc = gc_pauses.pauses[2]
 
     # -- warm: repeat requests to recently used sites (inside the LRU) ------
     recent = min(n_sites, max(1, host.cache_size // 2))
@@ -168,7 +178,7 @@ def run(n_sites: int, warm_requests: int, workdir: Path, seed: int) -> dict:
         if not status.startswith("200"):
             raise SystemExit(f"{slug}: {status} {body[:200]!r}")
         warm_ms.append(took)
-    # A request to a site's second page, and an unknown host, for the record.
+    # An unknown host name, for the record (the host's own 404 page).
     unknown_status, _, unknown_ms = request(host, f"nosuchsite.{base}")
     assert unknown_status.startswith("404"), unknown_status
 
@@ -194,6 +204,9 @@ def run(n_sites: int, warm_requests: int, workdir: Path, seed: int) -> dict:
         "rss_after_create_mb": round(rss_created, 1),
         "rss_after_gc_mb": round(rss_after_gc, 1),
         "create_total_s": round(create_total_s, 1),
+        "sync_s": round(sync_s, 2),
+        "cold_gc_full_collections": len(full_gc),
+        "cold_gc_full_max_ms": ms(max(full_gc, default=0.0)),
         "cold_total_s": round(cold_total_s, 1),
         "app_cache_size": host.cache_size,
         "cached_apps": len(host.cached_sites()),
@@ -207,19 +220,20 @@ def main(argv=None):
     parser.add_argument("--sites", type=int, default=10_000, help="number of sub-sites (default 10000)")
     parser.add_argument("--warm", type=int, default=5000, help="number of timed warm requests (default 5000)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--dir", default=None, help="work in this folder (kept) instead of a temporary one")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary instance folder")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
     if args.sites < 1:
         parser.error("--sites must be at least 1")
 
-    if args.dir:
-        workdir = Path(args.dir)
-        workdir.mkdir(parents=True, exist_ok=False)
-        result = run(args.sites, args.warm, workdir, args.seed)
-    else:
-        with tempfile.TemporaryDirectory(prefix="kamengsite-bench-") as tmp:
-            result = run(args.sites, args.warm, Path(tmp), args.seed)
+    instance = temp_instance()  # SQLite, in a new temporary folder
+    try:
+        result = run(instance, args.sites, args.warm, args.seed)
+    finally:
+        if args.keep:
+            log(f"kept {instance.path.parent}")
+        else:
+            shutil.rmtree(instance.path.parent, ignore_errors=True)
     missed = [k for k, limit in TARGETS.items() if result[k] > limit]
     for key in missed:
         log(f"target missed: {key} = {result[key]} > {TARGETS[key]}")

@@ -52,10 +52,10 @@ class Host:
 
     def __call__(self, environ, start_response):
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
-        slug, via_domain = self.registry.resolve(host)
+        slug, via_domain, version = self.registry.resolve_version(host)
         if slug is None:
             return self._page("unknown_host.html", 404)(environ, start_response)
-        app = self.app_for(slug)
+        app = self.app_for(slug, version=version)
         if isinstance(app, _Broken):
             return self._page("unavailable.html", 503)(environ, start_response)
         if app is None:
@@ -75,9 +75,13 @@ class Host:
 
     # -- site apps ----------------------------------------------------------
 
-    def app_for(self, slug: str):
-        """The current app of site ``slug``; None if the folder is gone, ``_Broken`` if it is invalid."""
-        version = self.registry.version(slug)
+    def app_for(self, slug: str, *, version=None):
+        """The current app of site ``slug``; None if the folder is gone, ``_Broken`` if it is invalid.
+
+        ``version`` is the folder's ``registry.version(slug)`` if the caller has just taken it.
+        """
+        if version is None:
+            version = self.registry.version(slug)
         if version is None:
             self._drop(slug)
             return None
@@ -116,6 +120,7 @@ class Host:
     def _drop(self, slug: str):
         with self._lock:
             self._apps.pop(slug, None)
+            self._build_locks.pop(slug, None)
 
     def cached_sites(self) -> list[str]:
         return list(self._apps)

@@ -8,6 +8,7 @@ unique row per domain); sub-domains of the platform domain resolve by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -25,6 +26,11 @@ from .models import Site, SiteDomain
 
 #: How long an unknown host name is remembered as unknown, in seconds.
 NEGATIVE_TTL = 1.0
+
+
+def _connection():
+    """Open a connection for the block if this thread has none; leave an open one (and its transaction) alone."""
+    return database.connection_context() if database.is_closed() else contextlib.nullcontext()
 
 
 def normalize_host(host: str) -> str | None:
@@ -45,10 +51,12 @@ class SiteRegistry:
     def __init__(self, instance, themes=None):
         self.instance = instance
         self.root = Path(instance.sites_dir)
+        self._root_prefix = os.path.join(str(self.root), "")
         self.base_domain = instance.base_domain
         self.main_site = instance.main_site
         self.themes = themes
         self._domain_cache: dict[str, tuple[str | None, float]] = {}
+        self._row_sql: tuple[object, str] | None = None
         self._lock = threading.Lock()
 
     # -- folders ------------------------------------------------------------
@@ -58,15 +66,16 @@ class SiteRegistry:
 
     def version(self, slug: str):
         """A token that changes whenever the site's config or content files change; None if gone."""
-        folder = self.root / slug
+        # Plain string paths: this runs on every request, and pathlib's joins cost more than the stat()s.
+        folder = f"{self._root_prefix}{slug}"
         try:
             d = os.stat(folder)
-            c = os.stat(folder / SITE_FILE)
+            c = os.stat(f"{folder}/{SITE_FILE}")
         except (FileNotFoundError, NotADirectoryError):
             return None
         try:
-            p = os.stat(folder / "pages").st_mtime_ns
-        except FileNotFoundError:
+            p = os.stat(f"{folder}/pages").st_mtime_ns
+        except (FileNotFoundError, NotADirectoryError):
             p = 0
         return (d.st_mtime_ns, c.st_mtime_ns, c.st_size, c.st_ino, p)
 
@@ -91,25 +100,34 @@ class SiteRegistry:
 
     def resolve(self, host: str) -> tuple[str | None, bool]:
         """Map a Host header to (slug, via_custom_domain); (None, False) when no site answers it."""
+        slug, via_domain, _ = self.resolve_version(host)
+        return slug, via_domain
+
+    def resolve_version(self, host: str) -> tuple[str | None, bool, object]:
+        """``resolve`` plus the folder's ``version()`` when resolving already took it (else None).
+
+        The host passes that version on to ``Host.app_for``, so a request stats its folder once.
+        """
         host = normalize_host(host)
         if host is None:
-            return None, False
+            return None, False, None
         base = self.base_domain
         if host == base or host == "www." + base:
-            return self.main_site, False
+            return self.main_site, False, None
         if host.endswith("." + base):
             label = host[: -len(base) - 1]
             if "." in label or not label:
-                return None, False
-            return (label if self.version(label) else None), False
-        return self._lookup_domain(host), True
+                return None, False, None
+            version = self.version(label)
+            return (label if version else None), False, version
+        return self._lookup_domain(host), True, None
 
     def _lookup_domain(self, host: str) -> str | None:
         cached = self._domain_cache.get(host)
         now = time.monotonic()
         if cached is not None and (cached[0] is not None or now - cached[1] < NEGATIVE_TTL):
             return cached[0]
-        with database.connection_context():
+        with _connection():
             row = (SiteDomain.select(Site.slug).join(Site)
                    .where(SiteDomain.domain == host).tuples().first())
         slug = row[0] if row else None
@@ -125,8 +143,15 @@ class SiteRegistry:
     # -- the database index -------------------------------------------------
 
     def site_row(self, config: SiteConfig) -> Site:
-        """The ``site`` row for a loaded folder, created or brought in line with its config."""
-        with database.connection_context():
+        """The ``site`` row for a loaded folder, created or brought in line with its config.
+
+        Every app build calls this, so the usual case (the row already matches the
+        folder) is one read and no transaction; only a difference takes the write path.
+        """
+        with _connection():
+            site = self._current_row(config)
+            if site is not None:
+                return site
             with database.atomic():
                 site = Site.get_or_none(Site.slug == config.slug)
                 parent = None
@@ -142,6 +167,38 @@ class SiteRegistry:
                     site.save()
                 self._index_domains(site, config)
         return site
+
+    def _current_row(self, config: SiteConfig) -> Site | None:
+        """The site's row if it already matches ``config`` (parent, status, exactly its domains); else None."""
+        rows = database.execute_sql(self._current_row_sql(), (config.slug,)).fetchall()
+        if not rows:
+            return None
+        site_id, parent_id, status, created_at, parent_slug, _ = rows[0]
+        domains = {row[5] for row in rows if row[5] is not None}
+        if (parent_slug != (config.parent or None)
+                or status != ("active" if config.enabled else "disabled")
+                or domains != set(config.domains)):
+            return None
+        site = Site(id=site_id, slug=config.slug, parent=parent_id, status=status,
+                    created_at=Site.created_at.python_value(created_at))
+        site._dirty.clear()  # as loaded from the database, like Site.get()
+        return site
+
+    def _current_row_sql(self) -> str:
+        """The SQL of ``_current_row``'s one query, generated once per database (peewee's SQL
+        generation costs more than running the query)."""
+        db = database.obj
+        cached = self._row_sql
+        if cached is None or cached[0] is not db:
+            parent = Site.alias("parent_site")
+            query = (Site.select(Site.id, Site.parent, Site.status, Site.created_at, parent.slug, SiteDomain.domain)
+                     .join_from(Site, parent, peewee.JOIN.LEFT_OUTER, on=(Site.parent == parent.id))
+                     .join_from(Site, SiteDomain, peewee.JOIN.LEFT_OUTER, on=(SiteDomain.site == Site.id))
+                     .where(Site.slug == "?"))
+            sql, params = query.sql()
+            assert params == ["?"], params
+            self._row_sql = cached = (db, sql)
+        return cached[1]
 
     def _index_domains(self, site: Site, config: SiteConfig):
         wanted = set(config.domains)
