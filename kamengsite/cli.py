@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,10 @@ def main(ctx, instance_path):
 def init(ctx, base_domain, database_url):
     """Create the instance folder with generated secrets, migrate the database, create the main site."""
     instance = Instance.create(ctx.instance_path, base_domain=base_domain, database_url=database_url)
+    for key, asked in (("base_domain", base_domain), ("database_url", database_url)):
+        if asked is not None and getattr(instance, key) != asked and not os.environ.get(key.upper()):
+            raise KamengsiteError(f"{instance.path / 'config.toml'} already sets {key} = "
+                                  f"{getattr(instance, key)!r}; edit that file to change it")
     applied = _upgrade(instance)
     click.echo(f"instance ready at {instance.path}")
     if applied:

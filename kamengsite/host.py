@@ -116,6 +116,9 @@ class Host:
         except ConfigError as exc:
             log.error("site %s is broken and not served: %s", slug, exc)
             return _Broken(exc)
+        except Exception as exc:  # a plugin failing at build time takes down its site only
+            log.exception("site %s could not be built and is not served", slug)
+            return _Broken(exc)
 
     def _drop(self, slug: str):
         with self._lock:

@@ -26,6 +26,9 @@ from .models import Site, SiteDomain
 
 #: How long an unknown host name is remembered as unknown, in seconds.
 NEGATIVE_TTL = 1.0
+#: At most this often (seconds), an unknown custom domain makes the registry re-index the
+#: folders changed since it last looked: a domain added to site.toml by hand starts serving.
+RESCAN_INTERVAL = 10.0
 
 
 def _connection():
@@ -58,6 +61,8 @@ class SiteRegistry:
         self._domain_cache: dict[str, tuple[str | None, float]] = {}
         self._row_sql: tuple[object, str] | None = None
         self._lock = threading.Lock()
+        self._seen_versions = {slug: self.version(slug) for slug in self.slugs()}
+        self._last_rescan = 0.0
 
     # -- folders ------------------------------------------------------------
 
@@ -77,7 +82,8 @@ class SiteRegistry:
             p = os.stat(f"{folder}/pages").st_mtime_ns
         except (FileNotFoundError, NotADirectoryError):
             p = 0
-        return (d.st_mtime_ns, c.st_mtime_ns, c.st_size, c.st_ino, p)
+        # ctime too: an in-place rewrite that keeps size and mtime (cp -p, tar) still changes it.
+        return (d.st_mtime_ns, c.st_mtime_ns, c.st_ctime_ns, c.st_size, c.st_ino, p)
 
     def load(self, slug: str) -> SiteConfig:
         return read_site_config(self.folder(slug), base_domain=self.base_domain,
@@ -127,15 +133,37 @@ class SiteRegistry:
         now = time.monotonic()
         if cached is not None and (cached[0] is not None or now - cached[1] < NEGATIVE_TTL):
             return cached[0]
-        with _connection():
-            row = (SiteDomain.select(Site.slug).join(Site)
-                   .where(SiteDomain.domain == host).tuples().first())
-        slug = row[0] if row else None
+        slug = self._indexed_slug(host)
+        if slug is None and now - self._last_rescan >= RESCAN_INTERVAL:
+            self._last_rescan = now
+            if self.reindex_changed():
+                slug = self._indexed_slug(host)
         with self._lock:
             if len(self._domain_cache) > 100_000:
                 self._domain_cache.clear()
             self._domain_cache[host] = (slug, now)
         return slug
+
+    def _indexed_slug(self, host: str) -> str | None:
+        with _connection():
+            row = (SiteDomain.select(Site.slug).join(Site)
+                   .where(SiteDomain.domain == host).tuples().first())
+        return row[0] if row else None
+
+    def reindex_changed(self) -> int:
+        """Re-index the folders whose version changed since this registry last saw them."""
+        changed = 0
+        for slug in self.slugs():
+            version = self.version(slug)
+            if version is None or self._seen_versions.get(slug) == version:
+                continue
+            self._seen_versions[slug] = version
+            try:
+                self.site_row(self.load(slug))
+                changed += 1
+            except ConfigError:
+                pass  # reported when the site itself is requested, and by `site list`
+        return changed
 
     def forget_domain(self, host: str):
         self._domain_cache.pop(normalize_host(host), None)
@@ -292,18 +320,35 @@ class SiteRegistry:
         return config
 
     def update(self, slug: str, **changes) -> SiteConfig:
-        """Change keys of a site's ``site.toml`` atomically, then re-index it."""
+        """Change keys of a site's ``site.toml``: validated first, written atomically, then re-indexed."""
         folder = self.folder(slug)
-        with open(folder / SITE_FILE, "rb") as fh:
-            values = tomllib.load(fh)
+        try:
+            with open(folder / SITE_FILE, "rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise KamengsiteError(f"no site named {slug!r} in {self.root}") from None
         values.update(changes)
-        tmp = folder / f".{SITE_FILE}.{os.getpid()}.tmp"
+        # A change that would break the site is refused before it reaches the disk.
+        config = validate_site_config(values, folder, base_domain=self.base_domain,
+                                      main_site=self.main_site, themes=self.themes)
+        self._check_domains_free(config)
+        tmp = folder / f".{SITE_FILE}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "wb") as fh:
             tomli_w.dump(values, fh)
         os.replace(tmp, folder / SITE_FILE)
         config = self.load(slug)
         self.site_row(config)
         return config
+
+    def _check_domains_free(self, config: SiteConfig):
+        if not config.domains:
+            return
+        with _connection():
+            taken = dict(SiteDomain.select(SiteDomain.domain, Site.slug).join(Site)
+                         .where(SiteDomain.domain.in_(list(config.domains)) & (Site.slug != config.slug)).tuples())
+        for i, domain in enumerate(config.domains):
+            if domain in taken:
+                raise ConfigError(config.config_file, f"domains[{i}]", f"{domain!r} is already bound to site {taken[domain]!r}")
 
     def templates(self) -> list[str]:
         root = Path(self.instance.templates_dir)

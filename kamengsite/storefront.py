@@ -14,11 +14,12 @@ from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
 from . import orders
-from .app import current_site
+from .app import current_site, site_secret
 from .catalog import Product, Sku, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
+from .ratelimit import limited
 
 bp = Blueprint("storefront", __name__)
 csrf = CSRFProtect()
@@ -60,6 +61,15 @@ def _cipher() -> CardKeyCipher:
     return cipher
 
 
+def _query_secret() -> bytes:
+    """Key of the query-password hashes: from the instance secret, never stored in the database."""
+    secret = current_app.extensions.get("kamengsite.query_secret")
+    if secret is None:
+        secret = site_secret(current_site().instance.secret_key, "*", purpose="query-password").encode()
+        current_app.extensions["kamengsite.query_secret"] = secret
+    return secret
+
+
 def _on_sale_product(product_id: int) -> Product:
     product = Product.get_or_none((Product.id == product_id) & (Product.site == _catalog_owner_id()))
     if product is None or product.status != "on":
@@ -82,6 +92,7 @@ def home():
 
 
 @bp.route("/p/<int:product_id>", methods=["GET", "POST"])
+@limited("60/minute")
 def product(product_id):
     item = _on_sale_product(product_id)
     skus = list(Sku.select().where((Sku.product == item.id) & (Sku.status == "on")).order_by(Sku.sort, Sku.id))
@@ -96,6 +107,7 @@ def product(product_id):
                 order = orders.create_order(
                     site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
                     contact=form.contact.data, query_password=form.query_password.data,
+                    query_secret=_query_secret(),
                     buyer_ip=request.remote_addr or "", channel=_default_channel(),
                 )
             except orders.OutOfStock:
@@ -118,8 +130,8 @@ def order(order_no):
     found = orders.Order.get_or_none(orders.Order.order_no == order_no)  # scoped to this site
     if found is None:
         abort(404)
-    keys = orders.delivered_keys(found, _cipher()) if _owns(order_no) else []
     product = Product.get_by_id(found.product_id)
+    keys = orders.delivered_keys(found, _cipher(), product) if _owns(order_no) else []
     return render_template("storefront/order.html", order=found, product=product, keys=keys,
                            owner=_owns(order_no), demo_pay=_default_channel() == "demo")
 
@@ -147,6 +159,7 @@ def _notify_delivered(order):
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
+@limited("10/minute")
 def lookup():
     form = LookupForm()
     found = None
@@ -157,7 +170,7 @@ def lookup():
         if contact and password:
             candidates = (orders.Order.select().where(orders.Order.contact == contact)
                           .order_by(orders.Order.id.desc()).limit(20))
-            found = [o for o in candidates if o.check_query_password(password)]
+            found = [o for o in candidates if o.check_query_password(password, _query_secret())]
             for o in found:
                 _remember(o.order_no)  # proved ownership: keys become visible
         elif order_no:

@@ -263,3 +263,17 @@ def test_unusable_database(cli, url, fragment):
 def test_bad_arguments_are_usage_errors(initialised):
     result = initialised("site", "new")
     assert result.exit_code == 2 and "Missing argument 'SLUG'" in result.output
+
+
+def test_init_refuses_to_silently_ignore_a_different_database_url(tmp_path):
+    from click.testing import CliRunner
+
+    from kamengsite.cli import main
+
+    runner = CliRunner()
+    path = str(tmp_path / "inst")
+    first = runner.invoke(main, ["--instance", path, "init", "--database-url", f"sqlite:///{tmp_path / 'a.db'}"])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(main, ["--instance", path, "init", "--database-url", f"sqlite:///{tmp_path / 'b.db'}"])
+    assert again.exit_code == 1
+    assert "already sets database_url" in again.output and "config.toml" in again.output

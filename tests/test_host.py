@@ -269,3 +269,20 @@ def test_cache_of_one(host_factory):
         assert "一号" in SiteClient(host, "shop1.localhost").get("/").text
         assert MAIN_NAME in SiteClient(host, "localhost").get("/").text
         assert host.cached_sites() == ["main"]
+
+
+def test_a_plugin_failing_while_a_site_is_built_takes_down_that_site_only(host, client_for):
+    from kamengsite.hookspecs import hookimpl
+
+    class Exploding:
+        @hookimpl
+        def prepare_site_app(self, app, site):
+            if site.slug == "shop1":
+                raise RuntimeError("plugin bug")
+
+    host.plugins.register(Exploding(), name="exploding")
+    host.plugins.core.add("exploding")
+    host.registry.create("shop1", template="shop")
+    host.registry.create("shop2", template="shop")
+    assert client_for("shop1.localhost").get("/").status_code == 503
+    assert client_for("shop2.localhost").get("/").status_code == 200

@@ -252,14 +252,21 @@ def test_order_numbers_are_unique_and_a_taken_number_is_redrawn(local, monkeypat
 
 
 def test_query_password_is_hashed_and_checked(local):
-    sku, _ = local.card_sku(2)
-    order = reload(local.order(sku, query_password="s3cret"))
-    assert order.query_hash.startswith("scrypt$") and "s3cret" not in order.query_hash
-    assert order.check_query_password("s3cret")
-    assert not order.check_query_password("wrong")
+    sku, _ = local.card_sku(3)
+    pepper = b"instance-pepper"
+    order = reload(local.order(sku, query_password="s3cret", query_secret=pepper))
+    assert order.query_hash.startswith("hmac-sha256$") and "s3cret" not in order.query_hash
+    assert order.check_query_password("s3cret", pepper)
+    assert not order.check_query_password("wrong", pepper)
+    # Without the instance's key the stored hash is useless to a guesser.
+    assert not order.check_query_password("s3cret", b"another-instance")
+    assert not order.check_query_password("s3cret")
+    twin = reload(local.order(sku, query_password="s3cret", query_secret=pepper))
+    assert twin.query_hash != order.query_hash  # salted per order
     bare = reload(local.order(sku))
     assert bare.query_hash == "" and not bare.check_query_password("")
     assert not orders.verify_password("x", "garbage")
+    assert not orders.verify_password("x", "scrypt$16384$8$1$00$00")
 
 
 # -- paying ------------------------------------------------------------------------------
@@ -331,6 +338,7 @@ def test_rejected_payments_write_nothing(shop):
         dict(order_no="K-NO-SUCH-ORDER"),
         dict(channel="wxpay"),  # the order was created for alipay
         dict(channel_profile="merchant-2"),  # another merchant account of alipay
+        dict(channel_profile=None),  # a notification that names no account cannot complete it
         dict(trade_no="T-TAKEN"),  # already paid another order
         dict(trade_no=""), dict(trade_no="   "), dict(trade_no="x" * 65), dict(trade_no=12345),
         dict(channel=""),
@@ -346,7 +354,7 @@ def test_rejected_payments_write_nothing(shop):
     # And the genuine notification still goes through afterwards.
     assert mark_paid(order.order_no, channel="alipay", trade_no="T-GOOD", amount_fen=2000,
                      channel_profile="merchant-1").status == "delivered"
-    assert shop.pay(order, "T-" + "9" * 62).refund_due  # 64 characters is fine
+    assert shop.pay(order, "T-" + "9" * 62, channel_profile="merchant-1").refund_due  # 64 characters is fine
 
 
 def test_an_order_without_a_channel_accepts_any_channel(local):
@@ -588,3 +596,21 @@ def test_create_product_validates_prices_kinds_and_delivery_order(local):
                                                                                        ("big", 900, 1)]
     listed = storefront_products(local.a)
     assert [(p["id"], p["price_fen"], p["stock"]) for p in listed] == [(product.id, 100, 0)]
+
+
+def test_keys_voided_under_a_reservation_owe_the_money_instead_of_failing(local):
+    sku, _ = local.card_sku(3)
+    order = local.order(sku, 2)
+    with all_sites():
+        held = [k.id for k in CardKey.select().where(CardKey.order == order.id)]
+        CardKey.update(status="void").where(CardKey.id == held[0]).execute()  # an operator voids one
+    result = local.pay(order, "T-VOIDED")
+    assert (result.status, result.refund_due) == ("refund_pending", True)
+    with all_sites():
+        assert reload(order).status == "refund_pending"
+        assert Payment.get(Payment.trade_no == "T-VOIDED").state == "refund_due"
+        # Nothing was delivered; the surviving key went back on sale with its unit of stock.
+        assert CardKey.select().where(CardKey.status == "sold").count() == 0
+        assert CardKey.get_by_id(held[1]).status == "available"
+        assert Sku.get_by_id(sku.id).stock == CardKey.select().where(
+            (CardKey.sku == sku.id) & (CardKey.status == "available")).count()

@@ -195,9 +195,6 @@ def test_changed_parent_is_indexed_on_the_next_request(host, site_files):
     assert site_row("shop1").parent.slug == "agent"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sites.py SiteRegistry.version() ignores st_ctime: a site.toml rewritten in place with the same size and "
-    "its mtime preserved (cp -p, tar, rsync --inplace -t) keeps the old version, so the old app keeps serving"))
 def test_in_place_edit_that_keeps_size_and_mtime_is_reloaded(host):
     host.registry.create("shop1", template="shop", name="AAAA店")
     assert "AAAA店" in get(host, "shop1.localhost").text
@@ -210,10 +207,6 @@ def test_in_place_edit_that_keeps_size_and_mtime_is_reloaded(host):
     assert "BBBB店" in get(host, "shop1.localhost").text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "host.py/sites.py: custom domains resolve only through the site_domain index, which is updated when the "
-    "site's app is rebuilt; a domain added by editing site.toml is 404 until the site is requested through "
-    "its sub-domain or sync() runs"))
 def test_domain_added_by_editing_the_folder_serves(host, site_files):
     host.registry.create("shop1", template="shop")
     assert get(host, "shop1.localhost").status_code == 200
@@ -257,9 +250,6 @@ def test_update_refuses_a_domain_of_another_site(host):
     assert get(host, "taken.example.com", "/healthz").get_json()["site"] == "shop1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sites.py SiteRegistry.update() writes site.toml before validating it: an invalid change raises but "
-    "stays on disk, and the site goes from serving to 503"))
 def test_invalid_update_leaves_the_site_as_it_was(host):
     host.registry.create("shop1", template="shop", name="好好的店")
     before = (host.registry.root / "shop1" / SITE_FILE).read_bytes()
@@ -269,9 +259,6 @@ def test_invalid_update_leaves_the_site_as_it_was(host):
     assert get(host, "shop1.localhost").status_code == 200
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    "sites.py SiteRegistry.update() of a slug with no folder raises a bare FileNotFoundError instead of a "
-    "KamengsiteError naming the site (the CLI now checks first)"))
 def test_update_of_a_missing_site_is_an_operator_error(host):
     with pytest.raises(KamengsiteError, match="nosuch"):
         host.registry.update("nosuch", enabled=False)
