@@ -39,6 +39,8 @@ ALLOWED_KEYS = {
     "mail_from": str,
     "operator_email": str,
     "redis_url": str,
+    # per-IP, per-site limits by name, e.g. {order = "60/minute", lookup = "10/minute"}
+    "rate_limits": dict,
 }
 
 
@@ -57,6 +59,7 @@ class Instance:
     production: bool = False
     app_cache_size: int = 256
     card_key_keys: list = field(default_factory=list)
+    rate_limits: dict = field(default_factory=dict)
     smtp_url: str = ""
     mail_from: str = ""
     operator_email: str = ""
@@ -149,3 +152,16 @@ def _check_types(config_file, values):
             check_slug(values["main_site"])
         except ConfigError as exc:
             raise ConfigError(config_file, "main_site", exc.reason) from None
+    for name, rule in values.get("rate_limits", {}).items():
+        if not _is_rate_rule(rule):
+            raise ConfigError(config_file, f"rate_limits.{name}",
+                              f"{rule!r} is not a rate like '10/minute' or '100 per hour'")
+
+
+def _is_rate_rule(rule) -> bool:
+    from limits import parse
+
+    try:
+        return isinstance(rule, str) and parse(rule) is not None
+    except ValueError:
+        return False

@@ -38,18 +38,29 @@ def allow(rule: str, scope: str, *identifiers: str) -> bool:
     return limiter_for().hit(parse(rule), scope, *identifiers)
 
 
-def limited(rule: str, *, methods=("POST",)):
-    """Decorate a view: over ``rule`` per site and client IP, answer 429 with a page that says so."""
+def limited(name: str, default: str, *, methods=("POST",)):
+    """Decorate a view: over the limit per site and client IP, answer 429 with a page that says so.
+
+    The rule is the instance's ``rate_limits[name]`` if set, else ``default`` (e.g. "10/minute").
+    """
 
     def decorate(view):
         @functools.wraps(view)
         def wrapper(*args, **kwargs):
             if request.method in methods:
-                site = current_app.extensions["kamengsite.site"].slug
-                if not allow(rule, view.__name__, site, client_ip()):
+                site = current_app.extensions["kamengsite.site"]
+                rule = site.instance.rate_limits.get(name, default)
+                if not allow(rule, name, site.slug, client_ip()):
                     return render_template("storefront/too_many.html"), 429
             return view(*args, **kwargs)
 
         return wrapper
 
     return decorate
+
+
+def reset():
+    """Forget every counter (tests; an operator lifting a lock-out)."""
+    with _lock:
+        for limiter in _limiters.values():
+            limiter.storage.reset()

@@ -92,7 +92,7 @@ def home():
 
 
 @bp.route("/p/<int:product_id>", methods=["GET", "POST"])
-@limited("60/minute")
+@limited("order", "60/minute")
 def product(product_id):
     item = _on_sale_product(product_id)
     skus = list(Sku.select().where((Sku.product == item.id) & (Sku.status == "on")).order_by(Sku.sort, Sku.id))
@@ -159,7 +159,7 @@ def _notify_delivered(order):
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
-@limited("10/minute")
+@limited("lookup", "10/minute")
 def lookup():
     form = LookupForm()
     found = None

@@ -45,6 +45,9 @@ INSTANCE_ENV = ("DATABASE_URL", "KAMENGSITE_SECRET_KEY", "KAMENGSITE_PRODUCTION"
 def _isolated_environment(monkeypatch):
     for name in INSTANCE_ENV:
         monkeypatch.delenv(name, raising=False)
+    from kamengsite import ratelimit
+
+    ratelimit.reset()  # counters are per process; every test starts with a full allowance
 
 
 def _unavailable(reason):

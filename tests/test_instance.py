@@ -239,3 +239,15 @@ def test_environment_overrides_apply_to_a_created_instance(tmp_path, monkeypatch
     assert instance.database_url == "mysql://root@127.0.0.1/kameng"
     # The file keeps what was asked for; only the running process sees the override.
     assert tomllib.loads((tmp_path / "inst" / CONFIG_NAME).read_text())["database_url"] == "sqlite:///ignored.db"
+
+
+def test_rate_limits_are_checked_and_named(tmp_path):
+    import pytest
+
+    from kamengsite.errors import ConfigError
+    from kamengsite.instance import Instance
+
+    good = Instance.create(tmp_path / "good", rate_limits={"order": "5/minute"})
+    assert good.rate_limits == {"order": "5/minute"}
+    with pytest.raises(ConfigError, match=r"rate_limits\.lookup.*'ten a minute'"):
+        Instance.create(tmp_path / "bad", rate_limits={"lookup": "ten a minute"})
