@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import peewee
 
+from .db import Statement, arg
 from .models import BaseModel, Site, utcnow
 
 KINDS = ("card", "topup", "manual")  # 卡密自动发货 / 代充 / 人工发货
@@ -106,3 +107,27 @@ def storefront_products(site_owner_id: int, limit: int = 200):
         .dicts()
     )
     return [dict(r, stock=int(r["stock"] or 0)) for r in rows]
+
+
+_PAGE_PRODUCT_FIELDS = (Product.id, Product.site, Product.category, Product.name, Product.summary,
+                        Product.description, Product.kind, Product.image, Product.status, Product.members_only,
+                        Product.min_qty, Product.max_qty, Product.per_buyer_limit)
+_PAGE_SKU_FIELDS = (Sku.id, Sku.product, Sku.name, Sku.price_fen, Sku.stock, Sku.sort, Sku.status)
+_PRODUCT_ON_SALE = Statement(lambda: Product.select(*_PAGE_PRODUCT_FIELDS).where(
+    (Product.id == arg("id")) & (Product.site == arg("owner")) & (Product.status == "on")))
+_SKUS_ON_SALE = Statement(lambda: Sku.select(*_PAGE_SKU_FIELDS).where(
+    (Sku.product == arg("product")) & (Sku.status == "on")).order_by(Sku.sort, Sku.id))
+
+
+def _from_row(model, fields, row):
+    return model(**{f.name: f.python_value(v) for f, v in zip(fields, row)})
+
+
+def product_on_sale(product_id: int, owner_id: int) -> Product | None:
+    """A product of ``owner_id``'s catalogue that is on sale, for its page (one compiled query)."""
+    row = _PRODUCT_ON_SALE.first(id=product_id, owner=owner_id)
+    return _from_row(Product, _PAGE_PRODUCT_FIELDS, row) if row else None
+
+
+def skus_on_sale(product_id: int) -> list[Sku]:
+    return [_from_row(Sku, _PAGE_SKU_FIELDS, row) for row in _SKUS_ON_SALE.all(product=product_id)]

@@ -29,7 +29,7 @@ import peewee
 
 from .cardkeys import CardKey
 from .catalog import Product, Sku
-from .db import database, is_sqlite, retry_transient
+from .db import Statement, arg, database, is_sqlite, retry_transient
 from .errors import KamengsiteError
 from .models import BaseModel, utcnow
 from .tenancy import TenantModel, acting_for, all_sites
@@ -106,6 +106,76 @@ class PaymentResult:
     refund_due: bool = False  # money arrived that no goods back: shown to buyer and operator
 
 
+# -- compiled statements of the checkout path (see db.Statement) -------------------
+
+
+def _unscoped(build):
+    """A statement on a tenant table, compiled without the scope filter: it names its rows itself."""
+
+    def build_unscoped():
+        with all_sites():
+            return build()
+
+    return Statement(build_unscoped)
+
+
+def _model(model, fields, row):
+    """A model instance from a raw row of ``fields`` (values converted as peewee would)."""
+    return model(**{f.name: f.python_value(v) for f, v in zip(fields, row)})
+
+
+SKU_FIELDS = (Sku.id, Sku.status, Sku.price_fen)
+PRODUCT_FIELDS = (Product.id, Product.name, Product.status, Product.kind, Product.loop_key, Product.members_only,
+                  Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.delivery_order)
+ORDER_FIELDS = (Order.id, Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
+                Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
+                Order.channel_profile)
+ORDER_INSERT_FIELDS = (Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
+                       Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
+                       Order.channel_profile, Order.buyer_ip, Order.fields, Order.note, Order.expires_at,
+                       Order.created_at, Order.updated_at)
+
+SKU_WITH_PRODUCT = Statement(lambda: Sku.select(*SKU_FIELDS, *PRODUCT_FIELDS).join(Product)
+                             .where(Sku.id == arg("sku")))
+TAKE_STOCK = Statement(lambda: Sku.update(stock=Sku.stock - arg("qty")).where(
+    (Sku.id == arg("sku")) & (Sku.stock >= arg("qty")) & (Sku.status == "on")))
+ADD_SOLD = Statement(lambda: Sku.update(sold=Sku.sold + arg("qty")).where(Sku.id == arg("sku")))
+INSERT_ORDER = _unscoped(lambda: Order.insert({f: arg(f.name) for f in ORDER_INSERT_FIELDS}))
+ORDER_BY_NO = _unscoped(lambda: Order.select(*ORDER_FIELDS, *PRODUCT_FIELDS).join(Product)
+                        .where(Order.order_no == arg("order_no")))
+INSERT_PAYMENT = Statement(lambda: Payment.insert({Payment.order: arg("order"), Payment.channel: arg("channel"),
+                                                   Payment.trade_no: arg("trade_no"),
+                                                   Payment.amount_fen: arg("amount"), Payment.state: "applied",
+                                                   Payment.created_at: arg("now")}))
+FIRST_AVAILABLE_KEYS = Statement(lambda: _lockable(
+    CardKey.select(CardKey.id).where((CardKey.sku == arg("sku")) & (CardKey.status == "available"))
+    .order_by(CardKey.id).limit(arg("limit"))))
+RESERVE_KEY = Statement(lambda: CardKey.update(status="reserved", order=arg("order")).where(
+    (CardKey.id == arg("key")) & (CardKey.status == "available")))
+SELL_KEYS = Statement(lambda: CardKey.update(status="sold", sold_at=arg("now")).where(
+    (CardKey.order == arg("order")) & (CardKey.status == "reserved")))
+SOLD_KEYS = Statement(lambda: CardKey.select(CardKey.sealed, CardKey.sku).where(
+    (CardKey.order == arg("order")) & (CardKey.status == "sold")).order_by(CardKey.id))
+_TRANSITIONS: dict[tuple, Statement] = {}
+
+
+def _lockable(query):
+    """Lock the selected rows, skipping rows other transactions hold (SQLite's IMMEDIATE lock suffices)."""
+    return query if is_sqlite() else query.for_update("FOR UPDATE SKIP LOCKED")
+
+
+def find_order(order_no: str, site_id: int | None = None) -> Order | None:
+    """The order with this number (on ``site_id`` if given), with its product attached; None if none."""
+    row = ORDER_BY_NO.first(order_no=order_no)
+    if row is None:
+        return None
+    order = _model(Order, ORDER_FIELDS, row[:len(ORDER_FIELDS)])
+    if site_id is not None and order.site_id != site_id:
+        return None
+    order.product = _model(Product, PRODUCT_FIELDS, row[len(ORDER_FIELDS):])
+    return order
+
+
 # -- query passwords ---------------------------------------------------------------
 
 
@@ -148,10 +218,11 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
     """Create an order and reserve its stock atomically, or raise OutOfStock / InvalidOrder."""
     if not isinstance(sku_id, int) or isinstance(sku_id, bool):
         raise InvalidOrder("this item is not on sale")
-    sku = Sku.select(Sku, Product).join(Product).where(Sku.id == sku_id).first()
-    if sku is None or sku.status != "on":
+    row = SKU_WITH_PRODUCT.first(sku=sku_id)
+    if row is None or row[1] != "on":
         raise InvalidOrder("this item is not on sale")
-    product = sku.product
+    sku = _model(Sku, SKU_FIELDS, row[:len(SKU_FIELDS)])
+    product = _model(Product, PRODUCT_FIELDS, row[len(SKU_FIELDS):])
     if product.status != "on":
         raise InvalidOrder("this item is not on sale")
     if product.members_only and member_id is None:
@@ -174,13 +245,14 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
             if not _take_stock(sku.id, quantity):
                 raise OutOfStock("out of stock")
             _check_buyer_limit(product, quantity, member_id, contact)
-            order = Order.create(
+            values = dict(
                 site=site_id, order_no=new_order_no(), product=product.id, sku=sku.id, quantity=quantity,
-                unit_price_fen=unit, amount_fen=unit * quantity, contact=contact, query_hash=query_hash,
-                member_id=member_id, channel=channel, channel_profile=channel_profile, buyer_ip=buyer_ip,
-                fields=json.dumps(fields, ensure_ascii=False) if fields else "", expires_at=now + ttl,
-                created_at=now, updated_at=now,
+                unit_price_fen=unit, amount_fen=unit * quantity, status="created", contact=contact,
+                query_hash=query_hash, member_id=member_id, channel=channel, channel_profile=channel_profile,
+                buyer_ip=buyer_ip, fields=json.dumps(fields, ensure_ascii=False) if fields else "", note="",
+                expires_at=now + ttl, created_at=now, updated_at=now,
             )
+            order = Order(id=INSERT_ORDER.insert(**values), **values)
             if _uses_key_rows(product):
                 _claim_keys(order, product, sku.id, quantity)
         return order
@@ -232,16 +304,14 @@ def _uses_key_rows(product: Product) -> bool:
 
 def _take_stock(sku_id: int, quantity: int) -> bool:
     """Decrement the SKU's stock if enough is left; the row lock serialises buyers of this SKU."""
-    return Sku.update(stock=Sku.stock - quantity).where(
-        (Sku.id == sku_id) & (Sku.stock >= quantity) & (Sku.status == "on")).execute() == 1
+    return TAKE_STOCK.rowcount(sku=sku_id, qty=quantity) == 1
 
 
 def _claim_keys(order: Order, product: Product, sku_id: int, quantity: int):
     ids = _available_key_ids(sku_id, quantity, random_pick=product.delivery_order == "random")
     claimed = 0
     if len(ids) == quantity:
-        claimed = CardKey.update(status="reserved", order=order.id).where(
-            CardKey.id.in_(ids) & (CardKey.status == "available")).execute()
+        claimed = sum(RESERVE_KEY.rowcount(key=key_id, order=order.id) for key_id in ids)
     if claimed != quantity:
         # The counter said yes but the keys are not there: refuse, roll back, and say so loudly.
         raise OutOfStock(f"stock counter of sku {sku_id} is ahead of its keys; run `kamengsite keys recount`")
@@ -257,13 +327,11 @@ def _available_key_ids(sku_id: int, quantity: int, *, random_pick: bool) -> list
             if len(ids) < quantity:
                 ids += _locked_ids(base.where(CardKey.id < start).order_by(CardKey.id).limit(quantity - len(ids)))
             return ids
-    return _locked_ids(base.order_by(CardKey.id).limit(quantity))
+    return [row[0] for row in FIRST_AVAILABLE_KEYS.all(sku=sku_id, limit=quantity)]
 
 
 def _locked_ids(query) -> list[int]:
-    if not is_sqlite():  # SQLite's IMMEDIATE transaction already excludes other writers
-        query = query.for_update("FOR UPDATE SKIP LOCKED")
-    return [row[0] for row in query.tuples()]
+    return [row[0] for row in _lockable(query).tuples()]
 
 
 # -- paying and delivering -------------------------------------------------------
@@ -285,7 +353,7 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
     if not isinstance(trade_no, str) or not trade_no.strip() or len(trade_no) > 64:
         raise PaymentRejected("trade no must be 1 to 64 characters")
     with all_sites():  # notifications arrive on any domain; the order number names the site
-        order = Order.select(Order, Product).join(Product).where(Order.order_no == order_no).first()
+        order = find_order(order_no)
         if order is None:
             raise PaymentRejected(f"unknown order {order_no!r}")
         if order.channel and order.channel != channel:
@@ -296,7 +364,9 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
             raise PaymentRejected(f"amount {amount_fen} fen does not match order {order_no} ({order.amount_fen} fen)")
         def record():
             with database.atomic():
-                payment = Payment.create(order=order.id, channel=channel, trade_no=trade_no, amount_fen=amount_fen)
+                payment = Payment(order=order.id, channel=channel, trade_no=trade_no, amount_fen=amount_fen)
+                payment.id = INSERT_PAYMENT.insert(order=order.id, channel=channel, trade_no=trade_no,
+                                                   amount=amount_fen, now=utcnow())
                 return _apply_payment(order, payment)
 
         try:
@@ -339,8 +409,7 @@ def _deliver(order: Order, payment: Payment) -> PaymentResult:
     now = utcnow()
     product = order.product
     if _uses_key_rows(product):
-        sold = CardKey.update(status="sold", sold_at=now).where(
-            (CardKey.order == order.id) & (CardKey.status == "reserved")).execute()
+        sold = SELL_KEYS.rowcount(order=order.id, now=now)
         if sold != order.quantity:
             # Keys vanished from the reservation (voided by hand?): deliver nothing, give the rest
             # back to stock, and owe the money.
@@ -353,7 +422,7 @@ def _deliver(order: Order, payment: Payment) -> PaymentResult:
         status = "delivered"
     else:
         status = "paid"  # 代充 / manual: fulfilled by the shop or an upstream
-    Sku.update(sold=Sku.sold + order.quantity).where(Sku.id == order.sku_id).execute()
+    ADD_SOLD.rowcount(sku=order.sku_id, qty=order.quantity)
     return PaymentResult(order.order_no, status)
 
 
@@ -366,8 +435,13 @@ def _owe_refund(order: Order, payment: Payment, why: str) -> PaymentResult:
 def _transition(order_id: int, from_status: str, to_status: str, **changes) -> bool:
     """Move an order between states if — and only if — it is still in ``from_status``."""
     changes.setdefault("updated_at", utcnow())
-    return Order.update(status=to_status, **changes).where(
-        (Order.id == order_id) & (Order.status == from_status)).execute() == 1
+    key = tuple(sorted(changes))
+    statement = _TRANSITIONS.get(key)
+    if statement is None:
+        statement = _TRANSITIONS[key] = _unscoped(lambda: Order.update(
+            {Order.status: arg("to"), **{getattr(Order, name): arg(name) for name in key}}).where(
+            (Order.id == arg("order")) & (Order.status == arg("from"))))
+    return statement.rowcount(order=order_id, to=to_status, **{"from": from_status}, **changes) == 1
 
 
 # -- expiry ------------------------------------------------------------------------
@@ -412,5 +486,4 @@ def delivered_keys(order: Order, cipher, product: Product | None = None) -> list
         key = (CardKey.select().where((CardKey.sku == order.sku_id) & (CardKey.status != "void"))
                .order_by(CardKey.id).first())
         return [cipher.open(key.sealed, key.sku_id)] * order.quantity if key else []
-    keys = CardKey.select().where((CardKey.order == order.id) & (CardKey.status == "sold")).order_by(CardKey.id)
-    return [cipher.open(k.sealed, k.sku_id) for k in keys]
+    return [cipher.open(sealed, sku_id) for sealed, sku_id in SOLD_KEYS.all(order=order.id)]

@@ -15,7 +15,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Rege
 
 from . import orders
 from .app import current_site, site_secret
-from .catalog import Product, Sku, storefront_products
+from .catalog import product_on_sale, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
@@ -70,9 +70,9 @@ def _query_secret() -> bytes:
     return secret
 
 
-def _on_sale_product(product_id: int) -> Product:
-    product = Product.get_or_none((Product.id == product_id) & (Product.site == _catalog_owner_id()))
-    if product is None or product.status != "on":
+def _on_sale_product(product_id: int):
+    product = product_on_sale(product_id, _catalog_owner_id())
+    if product is None:
         abort(404)
     return product
 
@@ -95,7 +95,7 @@ def home():
 @limited("order", "60/minute")
 def product(product_id):
     item = _on_sale_product(product_id)
-    skus = list(Sku.select().where((Sku.product == item.id) & (Sku.status == "on")).order_by(Sku.sort, Sku.id))
+    skus = skus_on_sale(item.id)
     form = BuyForm()
     if not form.is_submitted():
         form.sku.data = skus[0].id if skus else None
@@ -127,12 +127,11 @@ def _default_channel() -> str:
 
 @bp.get("/order/<order_no>")
 def order(order_no):
-    found = orders.Order.get_or_none(orders.Order.order_no == order_no)  # scoped to this site
+    found = orders.find_order(order_no, site_id=current_site().site_id)
     if found is None:
         abort(404)
-    product = Product.get_by_id(found.product_id)
-    keys = orders.delivered_keys(found, _cipher(), product) if _owns(order_no) else []
-    return render_template("storefront/order.html", order=found, product=product, keys=keys,
+    keys = orders.delivered_keys(found, _cipher(), found.product) if _owns(order_no) else []
+    return render_template("storefront/order.html", order=found, product=found.product, keys=keys,
                            owner=_owns(order_no), demo_pay=_default_channel() == "demo")
 
 
@@ -141,11 +140,12 @@ def demo_pay(order_no):
     """The demo's stand-in for a payment gateway; refused on production instances."""
     if _default_channel() != "demo" or not _owns(order_no):
         abort(404)
-    found = orders.Order.get_or_none(orders.Order.order_no == order_no)
+    found = orders.find_order(order_no, site_id=current_site().site_id)
     if found is None:
         abort(404)
     result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen)
     if result.status == "delivered" and not result.duplicate:
+        found.status = result.status
         _notify_delivered(found)
     return redirect(url_for("storefront.order", order_no=order_no))
 
@@ -153,7 +153,7 @@ def demo_pay(order_no):
 def _notify_delivered(order):
     hook = current_app.extensions["kamengsite.hook"]
     try:
-        hook.order_delivered(order=orders.Order.get_by_id(order.id), site=current_site().config)
+        hook.order_delivered(order=order, site=current_site().config)
     except Exception:  # notifications never undo a delivery
         current_app.logger.exception("order_delivered hook failed for %s", order.order_no)
 
