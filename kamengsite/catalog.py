@@ -9,6 +9,8 @@ transactions that reserve and release keys), a plain counter otherwise.
 
 from __future__ import annotations
 
+import json
+
 import peewee
 
 from .db import Statement, arg
@@ -83,6 +85,13 @@ def _check_product_fields(fields: dict):
         value = fields.get(name, 0)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    if fields.get("topup_fields"):
+        from .topup import parse_fields
+
+        topup = fields["topup_fields"]
+        parse_fields(topup)  # raises ValueError naming the bad entry
+        if not isinstance(topup, str):
+            fields["topup_fields"] = json.dumps(topup, ensure_ascii=False)
     min_qty, max_qty = fields.get("min_qty", 1), fields.get("max_qty", 10)
     if max_qty and max(1, min_qty) > max_qty:  # max_qty 0: no upper bound
         raise ValueError(f"max_qty ({max_qty}) is below min_qty ({min_qty}): nobody could buy it")
@@ -111,7 +120,7 @@ def storefront_products(site_owner_id: int, limit: int = 200):
 
 _PAGE_PRODUCT_FIELDS = (Product.id, Product.site, Product.category, Product.name, Product.summary,
                         Product.description, Product.kind, Product.image, Product.status, Product.members_only,
-                        Product.min_qty, Product.max_qty, Product.per_buyer_limit)
+                        Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.topup_fields)
 _PAGE_SKU_FIELDS = (Sku.id, Sku.product, Sku.name, Sku.price_fen, Sku.stock, Sku.sort, Sku.status)
 _PRODUCT_ON_SALE = Statement(lambda: Product.select(*_PAGE_PRODUCT_FIELDS).where(
     (Product.id == arg("id")) & (Product.site == arg("owner")) & (Product.status == "on")))

@@ -85,6 +85,11 @@ class Order(TenantModel):
     class Meta:
         table_name = "shop_order"
 
+    @property
+    def field_values(self) -> dict:
+        """What the buyer filled in for a 代充 product."""
+        return json.loads(self.fields) if self.fields else {}
+
     def check_query_password(self, password: str, secret: bytes = b"") -> bool:
         return bool(self.query_hash) and verify_password(password, self.query_hash, secret)
 
@@ -129,7 +134,7 @@ PRODUCT_FIELDS = (Product.id, Product.name, Product.status, Product.kind, Produc
                   Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.delivery_order)
 ORDER_FIELDS = (Order.id, Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                 Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
-                Order.channel_profile)
+                Order.channel_profile, Order.fields, Order.note)
 ORDER_INSERT_FIELDS = (Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                        Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
                        Order.channel_profile, Order.buyer_ip, Order.fields, Order.note, Order.expires_at,

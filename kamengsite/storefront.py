@@ -13,7 +13,7 @@ from flask_wtf.csrf import CSRFProtect
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
-from . import orders
+from . import orders, topup
 from .app import current_site, site_secret
 from .catalog import product_on_sale, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
@@ -96,10 +96,14 @@ def home():
 def product(product_id):
     item = _on_sale_product(product_id)
     skus = skus_on_sale(item.id)
+    topup_fields = topup.parse_fields(item.topup_fields) if item.kind == "topup" else []
     form = BuyForm()
+    topup_values, topup_errors = {}, {}
     if not form.is_submitted():
         form.sku.data = skus[0].id if skus else None
-    if form.validate_on_submit():
+    elif topup_fields:
+        topup_values, topup_errors = topup.collect(topup_fields, request.form)
+    if form.validate_on_submit() and not topup_errors:
         if form.sku.data not in {s.id for s in skus}:
             form.sku.errors = ["请选择规格"]
         else:
@@ -107,7 +111,7 @@ def product(product_id):
                 order = orders.create_order(
                     site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
                     contact=form.contact.data, query_password=form.query_password.data,
-                    query_secret=_query_secret(),
+                    query_secret=_query_secret(), fields=topup_values or None,
                     buyer_ip=request.remote_addr or "", channel=_default_channel(),
                 )
             except orders.OutOfStock:
@@ -117,7 +121,8 @@ def product(product_id):
             else:
                 _remember(order.order_no)
                 return redirect(url_for("storefront.order", order_no=order.order_no))
-    return render_template("storefront/product.html", product=item, skus=skus, form=form)
+    return render_template("storefront/product.html", product=item, skus=skus, form=form,
+                           topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors)
 
 
 def _default_channel() -> str:

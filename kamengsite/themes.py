@@ -102,6 +102,7 @@ class ThemeRegistry:
         )
         env.globals.update(url_for=url_for, get_flashed_messages=get_flashed_messages)
         env.filters["yuan"] = format_fen
+        env.filters["mask_key"] = mask_key
         return env
 
 
@@ -110,6 +111,14 @@ def format_fen(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     yuan, cents = divmod(abs(int(fen)), 100)
     return f"{sign}{yuan}.{cents:02d}"
+
+
+def mask_key(key: str) -> str:
+    """'ABCD-EFGH-IJKL-MNOP' → 'ABCD****MNOP': enough to tell keys apart, never more than half of one."""
+    shown = min(4, len(key) // 4)
+    if shown == 0:
+        return "*" * len(key)
+    return f"{key[:shown]}****{key[-shown:]}"
 
 
 def load_theme(folder: Path) -> Theme:

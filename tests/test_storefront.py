@@ -7,7 +7,7 @@ import re
 import pytest
 
 from kamengsite.cardkeys import import_keys
-from kamengsite.catalog import create_product
+from kamengsite.catalog import Sku, create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site
 
@@ -107,3 +107,43 @@ def test_lookup_is_rate_limited_per_site_and_ip(shop, client_for):
     assert codes[:10] == [200] * 10 and codes[10] == 429
     other = client_for("shop2.localhost")  # another site's allowance is untouched
     assert other.post("/lookup", data={"csrf_token": token(other.get("/lookup")), "order_no": "K0"}).status_code == 200
+
+
+def test_topup_product_asks_for_its_fields_and_stores_them(host, client_for):
+    from kamengsite.orders import Order
+    from kamengsite.tenancy import all_sites
+
+    host.registry.create("shop1", template="gaming")
+    main = Site.get(Site.slug == "main")
+    product = create_product(main, "话费直充", 5000, kind="topup",
+                             topup_fields=[{"name": "phone", "label": "充值手机号", "pattern": r"1\d{10}"}])
+    Sku.update(stock=10).where(Sku.product == product.id).execute()  # top-up stock is a counter
+    client = client_for("shop1.localhost")
+    page = client.get(f"/p/{product.id}")
+    assert 'name="topup_phone"' in page.get_data(as_text=True)
+    form = {"csrf_token": token(page), "sku": product.skus[0].id, "quantity": 1,
+            "contact": "buyer@example.com", "query_password": "pass1234", "topup_phone": "12345"}
+    refused = client.post(f"/p/{product.id}", data=form)
+    assert refused.status_code == 200 and "充值手机号格式不正确" in refused.get_data(as_text=True)
+    assert 'value="12345"' in refused.get_data(as_text=True)  # what was typed is kept
+    with all_sites():
+        assert Order.select().count() == 0
+    form["topup_phone"] = "13800138000"
+    created = client.post(f"/p/{product.id}", data=form)
+    assert created.status_code == 302
+    with all_sites():
+        assert Order.get().field_values == {"phone": "13800138000"}
+    assert "13800138000" in client.get(created.headers["Location"]).get_data(as_text=True)
+
+
+def test_keys_are_masked_until_revealed(shop, client_for):
+    from kamengsite.themes import mask_key
+
+    client = client_for("shop1.localhost")
+    order_path = buy(client, shop).headers["Location"]
+    client.post(order_path + "/demo-pay", data={"csrf_token": token(client.get(order_path))})
+    text = client.get(order_path).get_data(as_text=True)
+    summary = text[text.index("<summary>"):text.index("</summary>")]
+    assert "CODE-0000" not in summary and mask_key("CODE-0000") in summary
+    assert "<details" in text and "<code>CODE-0000</code>" in text
+    assert mask_key("ABCDEFGHIJKLMNOP") == "ABCD****MNOP" and mask_key("ABC") == "***"
