@@ -120,12 +120,21 @@ def storefront_products(site_owner_id: int, limit: int = 200):
 
 _PAGE_PRODUCT_FIELDS = (Product.id, Product.site, Product.category, Product.name, Product.summary,
                         Product.description, Product.kind, Product.image, Product.status, Product.members_only,
-                        Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.topup_fields)
+                        Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.topup_fields,
+                        Product.low_stock_threshold, Product.low_stock_alerted)
 _PAGE_SKU_FIELDS = (Sku.id, Sku.product, Sku.name, Sku.price_fen, Sku.stock, Sku.sort, Sku.status)
 _PRODUCT_ON_SALE = Statement(lambda: Product.select(*_PAGE_PRODUCT_FIELDS).where(
     (Product.id == arg("id")) & (Product.site == arg("owner")) & (Product.status == "on")))
 _SKUS_ON_SALE = Statement(lambda: Sku.select(*_PAGE_SKU_FIELDS).where(
     (Sku.product == arg("product")) & (Sku.status == "on")).order_by(Sku.sort, Sku.id))
+
+
+_SKU_STOCK = Statement(lambda: Sku.select(Sku.stock).where(Sku.id == arg("id")))
+
+
+def sku_stock(sku_id: int) -> int | None:
+    row = _SKU_STOCK.first(id=sku_id)
+    return row[0] if row else None
 
 
 def _from_row(model, fields, row):

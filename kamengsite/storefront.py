@@ -13,9 +13,9 @@ from flask_wtf.csrf import CSRFProtect
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
-from . import orders, topup
+from . import alerts, orders, topup
 from .app import current_site, site_secret
-from .catalog import product_on_sale, skus_on_sale, storefront_products
+from .catalog import product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
@@ -120,9 +120,20 @@ def product(product_id):
                 flash(f"无法下单：{exc}", "error")
             else:
                 _remember(order.order_no)
+                _watch_stock(item, form.sku.data)
                 return redirect(url_for("storefront.order", order_no=order.order_no))
     return render_template("storefront/product.html", product=item, skus=skus, form=form,
                            topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors)
+
+
+def _watch_stock(product, sku_id: int):
+    """Raise the low-stock alert when this order took a SKU to its threshold (checked after commit)."""
+    threshold = product.low_stock_threshold
+    if threshold > 0 and not product.low_stock_alerted and (sku_stock(sku_id) or 0) <= threshold:
+        try:
+            alerts.check_low_stock(product.id, instance=current_site().instance)
+        except Exception:  # an alert must never fail the buyer's order
+            current_app.logger.exception("low-stock check failed for product %s", product.id)
 
 
 def _default_channel() -> str:

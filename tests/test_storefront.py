@@ -147,3 +147,26 @@ def test_keys_are_masked_until_revealed(shop, client_for):
     assert "CODE-0000" not in summary and mask_key("CODE-0000") in summary
     assert "<details" in text and "<code>CODE-0000</code>" in text
     assert mask_key("ABCDEFGHIJKLMNOP") == "ABCD****MNOP" and mask_key("ABC") == "***"
+
+
+def test_an_order_that_reaches_the_threshold_raises_one_low_stock_notice(host, client_for):
+    from kamengsite.alerts import Notice
+    from kamengsite.tenancy import all_sites
+
+    host.registry.create("shop1", template="gaming")
+    main = Site.get(Site.slug == "main")
+    product = create_product(main, "预警月卡", 1500, low_stock_threshold=2)
+    import_keys(product.skus[0], [f"LOW-{i}" for i in range(5)], CardKeyCipher.from_instance(host.instance))
+    client = client_for("shop1.localhost")
+
+    def notices():
+        with all_sites():
+            return Notice.select().where(Notice.kind == "low_stock").count()
+
+    buy(client, product)  # 4 left
+    buy(client, product)  # 3 left
+    assert notices() == 0
+    buy(client, product)  # 2 left: at the threshold
+    assert notices() == 1
+    buy(client, product)  # 1 left: still one notice, not one per sale
+    assert notices() == 1
