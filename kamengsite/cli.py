@@ -241,10 +241,13 @@ def site_enable(ctx, slug):
 @click.option("--workers", default=2, show_default=True, type=int, help="Worker processes.")
 @click.option("--threads", default=8, show_default=True, type=int, help="Threads per worker.")
 @click.option("--access-log/--no-access-log", default=False)
+@click.option("--worker/--no-worker", "with_worker", default=True, show_default=True,
+              help="Also run the background jobs (order expiry, mail); use --no-worker when "
+                   "`kamengsite worker` runs elsewhere.")
 @pass_ctx
 @_fail_cleanly
-def serve(ctx, bind_host, port, workers, threads, access_log):
-    """Serve every site with gunicorn (a production WSGI server)."""
+def serve(ctx, bind_host, port, workers, threads, access_log, with_worker):
+    """Serve every site with gunicorn (a production WSGI server), with the job worker beside it."""
     from . import migrations
     from .serve import run
 
@@ -259,7 +262,20 @@ def serve(ctx, bind_host, port, workers, threads, access_log):
         click.echo(f"warning: site {slug} is broken and not served: {error}", err=True)
     click.echo(f"serving on http://{instance.main_site}.{instance.base_domain}:{port}/ "
                f"(every site at http://<name>.{instance.base_domain}:{port}/)")
-    run(instance, host=bind_host, port=port, workers=workers, threads=threads, access_log=access_log)
+    job_worker = _start_job_worker(ctx.instance_path) if with_worker else None
+    try:
+        run(instance, host=bind_host, port=port, workers=workers, threads=threads, access_log=access_log)
+    finally:
+        if job_worker is not None:
+            job_worker.terminate()
+            job_worker.wait(timeout=20)
+
+
+def _start_job_worker(instance_path):
+    """`kamengsite worker` as a child process that lives as long as the server."""
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-m", "kamengsite", "--instance", str(instance_path), "worker"])
 
 
 @main.command()
@@ -278,14 +294,18 @@ def demo(ctx, port, bind_host, no_serve):
         click.echo(line)
     if no_serve:
         return
-    ctx.invoke(serve, bind_host=bind_host, port=port, workers=2, threads=8, access_log=False)
+    click.get_current_context().invoke(serve, bind_host=bind_host, port=port, workers=2, threads=8,
+                                       access_log=False, with_worker=True)
 
 
 def _register_more_commands():
     """Command groups that live in their own modules (each may be absent while it is being built)."""
     import importlib
 
-    for module_name, names in (("kamengsite.keys_cli", ("keys", "worker")),):
+    for module_name, names in (
+        ("kamengsite.keys_cli", ("keys", "worker")),
+        ("kamengsite.accounts_cli", ("account",)),
+    ):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
