@@ -149,3 +149,13 @@ class Statement:
         if "RETURNING" in sql:
             return cursor.fetchone()[0]
         return cursor.lastrowid
+
+
+def release_connections():
+    """Close this thread's connection and, for pooled databases, every pooled one (tests, shutdown)."""
+    if database.obj is None:
+        return
+    if not database.is_closed():
+        database.close()
+    if hasattr(database.obj, "close_all"):
+        database.obj.close_all()

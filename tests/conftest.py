@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from werkzeug.test import Client
 
 from kamengsite.config import SITE_FILE
-from kamengsite.db import backend_name, make_database
+from kamengsite.db import backend_name, make_database, release_connections
 from kamengsite.hookspecs import hookimpl
 from kamengsite.host import Host
 from kamengsite.instance import PROJECT_ROOT, Instance
@@ -93,12 +93,7 @@ def backend_url(request, tmp_path):
     """URL of a fresh empty database, once per backend of the matrix."""
     url, drop = create_database(request.param, tmp_path)
     yield url
-    from kamengsite.db import database
-
-    if database.obj is not None and not database.is_closed():
-        database.close()
-        if hasattr(database.obj, "close_all"):
-            database.obj.close_all()
+    release_connections()  # the server refuses to drop a database with open connections
     drop()
 
 

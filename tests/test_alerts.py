@@ -14,7 +14,7 @@ from kamengsite.cardkeys import import_keys
 from kamengsite.catalog import Product, Sku, create_product
 from kamengsite.cli import main
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import database, init_database, is_sqlite
+from kamengsite.db import database, init_database, is_sqlite, release_connections
 from kamengsite.models import Site
 from kamengsite.orders import create_order, mark_paid
 from kamengsite.tenancy import all_sites
@@ -74,19 +74,12 @@ class Shop:
         return Product.get_by_id(product.id).low_stock_alerted
 
 
-def _close():
-    if database.obj is not None and not database.is_closed():
-        database.close()
-    if database.obj is not None and hasattr(database.obj, "close_all"):
-        database.obj.close_all()
-
-
 @pytest.fixture
 def shop(db_instance):
     """A shop on every backend of the matrix."""
     s = Shop(db_instance)
     yield s
-    _close()
+    release_connections()
 
 
 @pytest.fixture
@@ -94,7 +87,7 @@ def local(instance):
     s = Shop(instance)
     jobs.bind(instance)
     yield s
-    _close()
+    release_connections()
 
 
 @pytest.fixture

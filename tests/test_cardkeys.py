@@ -11,19 +11,10 @@ from kamengsite import cardkeys
 from kamengsite.cardkeys import MAX_KEY_LENGTH, CardKey, ImportReport, check_key_line, import_keys
 from kamengsite.catalog import Sku, create_product
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import backend_name, database, init_database
+from kamengsite.db import backend_name, database, init_database, release_connections
 from kamengsite.models import Site
 from kamengsite.orders import Order, create_order, delivered_keys, mark_paid
 from kamengsite.tenancy import all_sites
-
-
-def _close_database():
-    if database.obj is None:
-        return
-    if not database.is_closed():
-        database.close()
-    if hasattr(database.obj, "close_all"):
-        database.obj.close_all()
 
 
 def _open(instance):
@@ -39,14 +30,14 @@ def _open(instance):
 def local(instance):
     """A SQLite shop: enough for logic that is the same on every backend."""
     yield _open(instance)
-    _close_database()
+    release_connections()
 
 
 @pytest.fixture
 def shop(db_instance):
     """The same shop on every backend of the matrix."""
     yield _open(db_instance)
-    _close_database()
+    release_connections()
 
 
 def _stock(sku) -> int:

@@ -22,14 +22,13 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-import peewee
 import pytest
 
 from kamengsite import cardkeys
 from kamengsite.cardkeys import CardKey, import_keys
 from kamengsite.catalog import Sku, create_product
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import backend_name, database, init_database
+from kamengsite.db import backend_name, database, init_database, release_connections
 from kamengsite.models import Site, utcnow
 from kamengsite.orders import (InvalidOrder, Order, OutOfStock, Payment, create_order, delivered_keys, expire_due,
                                mark_paid)
@@ -46,15 +45,6 @@ CHANNEL = "alipay"
 # -- fixtures and helpers -------------------------------------------------------------
 
 
-def _close_database():
-    if database.obj is None:
-        return
-    if not database.is_closed():
-        database.close()
-    if hasattr(database.obj, "close_all"):
-        database.obj.close_all()
-
-
 @pytest.fixture
 def shop(db_instance):
     """The matrix database bound, one selling site, and the instance's card-key cipher."""
@@ -63,7 +53,7 @@ def shop(db_instance):
     site = Site.create(slug="shop")
     yield SimpleNamespace(url=url, backend=backend_name(url), site=site.id,
                           cipher=CardKeyCipher.from_instance(db_instance))
-    _close_database()
+    release_connections()
 
 
 def _card_sku(shop, n_keys, prefix, **product_fields) -> tuple[Sku, list[str]]:
@@ -116,7 +106,7 @@ def _process_buyers(number, url, site_id, sku_id, indices, tag, barrier, results
     except Exception as exc:  # noqa: BLE001
         out = [("error", f"process failed: {type(exc).__name__}: {exc}", None)]
     finally:
-        _close_database()
+        release_connections()
     results.put((number, out))
 
 
@@ -166,7 +156,7 @@ def test_200_threaded_buyers_for_100_keys(shop):
 @pytest.mark.slow
 def test_200_buyers_from_spawned_processes_for_100_keys(shop):
     sku, codes = _card_sku(shop, KEYS, "PRC")
-    _close_database()  # the children open their own connections; ours is not shared across fork/spawn
+    release_connections()  # the children open their own connections; ours is not shared across fork/spawn
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(PROCESSES)
     results_queue = ctx.Queue()

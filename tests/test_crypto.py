@@ -12,7 +12,7 @@ import pytest
 from kamengsite.cardkeys import CardKey, import_keys
 from kamengsite.catalog import Sku, create_product
 from kamengsite.crypto import CardKeyCipher, CardKeyCipherError, normalize_secret
-from kamengsite.db import database, init_database
+from kamengsite.db import init_database, release_connections
 from kamengsite.errors import KamengsiteError
 from kamengsite.instance import Instance
 from kamengsite.models import Site
@@ -188,10 +188,7 @@ def shop(db_instance):
     sku = Sku.get(Sku.product == product.id)
     other = Sku.create(product=product.id, name="other", price_fen=500)
     yield SimpleNamespace(site=site.id, cipher=c, sku=sku, other=other)
-    if not database.is_closed():
-        database.close()
-    if hasattr(database.obj, "close_all"):
-        database.obj.close_all()
+    release_connections()
 
 
 def test_rows_stored_in_the_database_open_on_every_backend(shop):

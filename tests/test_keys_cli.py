@@ -14,18 +14,11 @@ from kamengsite.cardkeys import CardKey, import_keys
 from kamengsite.catalog import Sku, create_product
 from kamengsite.cli import main
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import database, init_database
+from kamengsite.db import init_database, release_connections
 from kamengsite.instance import Instance
 from kamengsite.keys_cli import KeyFile
 from kamengsite.models import Site
 from kamengsite.orders import create_order
-
-
-def _close_database():
-    if database.obj is not None and not database.is_closed():
-        database.close()
-    if database.obj is not None and hasattr(database.obj, "close_all"):
-        database.obj.close_all()
 
 
 @pytest.fixture
@@ -35,7 +28,7 @@ def shop(instance):
     product = create_product(site.id, "Game card", 1000, kind="card")
     yield {"instance": instance, "site": site.id, "product": product,
            "sku": Sku.get(Sku.product == product.id), "cipher": CardKeyCipher.from_instance(instance)}
-    _close_database()
+    release_connections()
 
 
 @pytest.fixture
@@ -261,7 +254,7 @@ def test_commands_refuse_an_unmigrated_database(tmp_path):
     result = CliRunner().invoke(main, ["--instance", str(instance.path), "keys", "recount"])
     assert result.exit_code == 1
     assert "database needs migrations" in result.output and "kamengsite db upgrade" in result.output
-    _close_database()
+    release_connections()
 
 
 def test_product_ids_must_be_numbers(run, tmp_path):

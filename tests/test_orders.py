@@ -14,22 +14,13 @@ from kamengsite import orders
 from kamengsite.cardkeys import CardKey, import_keys
 from kamengsite.catalog import Product, Sku, create_product, storefront_products
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import backend_name, database, init_database
+from kamengsite.db import backend_name, init_database, release_connections
 from kamengsite.models import Site, utcnow
 from kamengsite.orders import (InvalidOrder, Order, OutOfStock, Payment, PaymentRejected, PaymentResult,
                                create_order, delivered_keys, expire_due, mark_paid)
 from kamengsite.tenancy import CrossTenantError, all_sites, site_scope
 
 LATER = datetime.timedelta(hours=1)
-
-
-def _close_database():
-    if database.obj is None:
-        return
-    if not database.is_closed():
-        database.close()
-    if hasattr(database.obj, "close_all"):
-        database.obj.close_all()
 
 
 class Shop(SimpleNamespace):
@@ -62,14 +53,14 @@ def _open(instance):
 def local(instance):
     """A SQLite shop with two sites: for logic that is the same on every backend."""
     yield _open(instance)
-    _close_database()
+    release_connections()
 
 
 @pytest.fixture
 def shop(db_instance):
     """The same shop on every backend of the matrix."""
     yield _open(db_instance)
-    _close_database()
+    release_connections()
 
 
 def reload(order) -> Order:
