@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import secrets
 
+from .accounts import create_account, find_account, generate_password
 from .cardkeys import import_keys
 from .catalog import Category, Product, create_product
 from .crypto import CardKeyCipher
 from .db import database
 from .host import Host
 from .models import Site
+
+DEMO_OPERATOR = "admin"
 
 DEMO_SITES = (
     # slug, template, name
@@ -48,8 +51,10 @@ def setup_demo(instance, port: int = 8000):
             yield "demo catalogue already present"
         else:
             yield from _demo_catalog(main, CardKeyCipher.from_instance(instance))
+        yield from _demo_operator(main)
     port_hint = f":{port}"
     yield f"main site:  http://{instance.main_site}.{instance.base_domain}{port_hint}/"
+    yield f"console:    http://{instance.main_site}.{instance.base_domain}{port_hint}/admin/"
     for slug, _, _ in DEMO_SITES:
         yield f"sub-site:   http://{slug}.{instance.base_domain}{port_hint}/"
 
@@ -65,6 +70,17 @@ def _demo_catalog(main, cipher):
             codes = [_fake_code() for _ in range(per_sku)]
             import_keys(sku, codes, cipher)
         yield f"product {name}: {len(skus)} SKU(s), {per_sku} keys each"
+
+
+def _demo_operator(main):
+    """The console's operator ``admin``, once, with a generated password printed this one time."""
+    if find_account(main.id, DEMO_OPERATOR) is not None:
+        yield (f"operator account {DEMO_OPERATOR!r} already present "
+               f"(new password: `kamengsite account set-password {DEMO_OPERATOR}`)")
+        return
+    password = generate_password()
+    create_account(main.id, DEMO_OPERATOR, password, role="operator")
+    yield f"operator account: {DEMO_OPERATOR} / password: {password}  (shown once)"
 
 
 def _fake_code() -> str:

@@ -1,0 +1,93 @@
+"""``kamengsite account …``: operator accounts of the main site's console (/admin/).
+
+Registered on the main command group by ``cli._register_more_commands``.
+"""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import click
+
+from .cli import _fail_cleanly, pass_ctx
+from .errors import KamengsiteError
+
+
+@contextmanager
+def _main_site(instance):
+    """The main site's id with the database bound; refuses a schema that is behind."""
+    from . import migrations
+    from .db import init_database
+    from .models import Site
+
+    db = init_database(instance.database_url)
+    try:
+        pending = migrations.pending(db)
+        if pending:
+            raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
+        site = Site.get_or_none(Site.slug == instance.main_site)
+        if site is None:
+            raise KamengsiteError(f"main site {instance.main_site!r} not found: run `kamengsite init`")
+        yield site.id
+    finally:
+        if not db.is_closed():
+            db.close()
+
+
+def _password(from_stdin: bool) -> tuple[str, bool]:
+    """(password, generated): the first line of stdin, or a new random one."""
+    from .accounts import generate_password
+
+    if not from_stdin:
+        return generate_password(), True
+    line = sys.stdin.readline()
+    password = line.rstrip("\r\n")
+    if not password:
+        raise KamengsiteError("--password-stdin: no password on standard input")
+    return password, False
+
+
+@click.group()
+def account():
+    """Operator accounts of the main site's console (/admin/)."""
+
+
+@account.command("create")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of standard input instead of generating one.")
+@pass_ctx
+@_fail_cleanly
+def account_create(ctx, username, password_stdin):
+    """Create operator USERNAME on the main site; prints a generated password unless --password-stdin."""
+    from .accounts import create_account
+
+    instance = ctx.instance()
+    password, generated = _password(password_stdin)
+    with _main_site(instance) as site_id:
+        created = create_account(site_id, username, password, role="operator")
+    click.echo(f"created operator {created.username!r} on site {instance.main_site!r}")
+    if generated:
+        click.echo(f"password: {password}")
+        click.echo("(shown once; change it with `kamengsite account set-password`)")
+    click.echo(f"console: http://{instance.main_site}.{instance.base_domain}/admin/")
+
+
+@account.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the new password from the first line of standard input instead of generating one.")
+@pass_ctx
+@_fail_cleanly
+def account_set_password(ctx, username, password_stdin):
+    """Give USERNAME a new password (generated and printed unless --password-stdin); signs out its sessions."""
+    from .accounts import set_password
+
+    instance = ctx.instance()
+    password, generated = _password(password_stdin)
+    with _main_site(instance) as site_id:
+        changed = set_password(site_id, username, password)
+    click.echo(f"password of {changed.username!r} changed; its open sessions are signed out")
+    if generated:
+        click.echo(f"password: {password}")
