@@ -41,6 +41,8 @@ ALLOWED_KEYS = {
     "redis_url": str,
     # per-IP, per-site limits by name, e.g. {order = "60/minute", lookup = "10/minute"}
     "rate_limits": dict,
+    # how long an unpaid order holds its stock
+    "order_ttl_minutes": int,
 }
 
 
@@ -60,6 +62,7 @@ class Instance:
     app_cache_size: int = 256
     card_key_keys: list = field(default_factory=list)
     rate_limits: dict = field(default_factory=dict)
+    order_ttl_minutes: int = 10
     smtp_url: str = ""
     mail_from: str = ""
     operator_email: str = ""
@@ -152,6 +155,9 @@ def _check_types(config_file, values):
             check_slug(values["main_site"])
         except ConfigError as exc:
             raise ConfigError(config_file, "main_site", exc.reason) from None
+    ttl = values.get("order_ttl_minutes", 10)
+    if not 1 <= ttl <= 24 * 60:
+        raise ConfigError(config_file, "order_ttl_minutes", f"must be between 1 and 1440 minutes, got {ttl}")
     for name, rule in values.get("rate_limits", {}).items():
         if not _is_rate_rule(rule):
             raise ConfigError(config_file, f"rate_limits.{name}",

@@ -7,6 +7,8 @@ order, or whoever proves contact + query password on the lookup page.
 
 from __future__ import annotations
 
+import datetime
+
 from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
@@ -112,6 +114,7 @@ def product(product_id):
                     site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
                     contact=form.contact.data, query_password=form.query_password.data,
                     query_secret=_query_secret(), fields=topup_values or None,
+                    ttl=datetime.timedelta(minutes=current_site().instance.order_ttl_minutes),
                     buyer_ip=request.remote_addr or "", channel=_default_channel(),
                 )
             except orders.OutOfStock:

@@ -251,3 +251,14 @@ def test_rate_limits_are_checked_and_named(tmp_path):
     assert good.rate_limits == {"order": "5/minute"}
     with pytest.raises(ConfigError, match=r"rate_limits\.lookup.*'ten a minute'"):
         Instance.create(tmp_path / "bad", rate_limits={"lookup": "ten a minute"})
+
+
+def test_order_ttl_is_bounded_and_named(tmp_path):
+    import pytest
+
+    from kamengsite.errors import ConfigError
+    from kamengsite.instance import Instance
+
+    assert Instance.create(tmp_path / "a").order_ttl_minutes == 10
+    with pytest.raises(ConfigError, match="order_ttl_minutes"):
+        Instance.create(tmp_path / "b", order_ttl_minutes=0)

@@ -170,3 +170,22 @@ def test_an_order_that_reaches_the_threshold_raises_one_low_stock_notice(host, c
     assert notices() == 1
     buy(client, product)  # 1 left: still one notice, not one per sale
     assert notices() == 1
+
+
+def test_the_reservation_lasts_the_instance_order_ttl(tmp_path, client_for):
+    import datetime
+
+    from kamengsite.orders import Order
+    from kamengsite.tenancy import all_sites
+    from conftest import SiteClient, make_host, make_instance
+
+    instance = make_instance(tmp_path / "ttl", f"sqlite:///{tmp_path / 'ttl.db'}", order_ttl_minutes=3)
+    host = make_host(instance)
+    host.registry.create("shop1", template="gaming")
+    product = create_product(Site.get(Site.slug == "main"), "限时卡", 100)
+    import_keys(product.skus[0], ["TTL-1"], CardKeyCipher.from_instance(instance))
+    assert buy(SiteClient(host, "shop1.localhost"), product).status_code == 302
+    with all_sites():
+        order = Order.get()
+    held = order.expires_at - order.created_at
+    assert datetime.timedelta(minutes=3) - datetime.timedelta(seconds=1) <= held <= datetime.timedelta(minutes=3)
