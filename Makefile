@@ -6,10 +6,17 @@ PORT   ?= 8000
 
 .PHONY: demo test install clean-demo
 
-$(BIN)/kamengsite: pyproject.toml
+PLUGIN_PROJECTS := $(wildcard plugins/*/pyproject.toml)
+
+$(BIN)/kamengsite: pyproject.toml $(PLUGIN_PROJECTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	@# every plugin package under plugins/ (payment channels, ...), editable
+	@for project in $(PLUGIN_PROJECTS); do \
+	  echo "pip install -e $$(dirname $$project)"; \
+	  $(BIN)/pip install --quiet -e "$$(dirname $$project)" || exit 1; \
+	done
 	@touch $@
 
 install: $(BIN)/kamengsite

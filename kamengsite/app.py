@@ -69,6 +69,7 @@ def create_site_app(config: SiteConfig, *, site_id: int, instance, themes, plugi
     app.extensions["kamengsite.site"] = site
     hook = plugins.hook_for(config.plugins)
     app.extensions["kamengsite.hook"] = hook
+    app.extensions["kamengsite.plugins"] = plugins  # instance-wide registries (payment channels) need every plugin
 
     @app.context_processor
     def _site_context():

@@ -286,9 +286,9 @@ def _start_job_worker(instance_path):
 @_fail_cleanly
 def demo(ctx, port, bind_host, no_serve):
     """Set up a demo instance (main site, two themed sub-sites, products and keys) and serve it."""
-    from .demo import setup_demo
+    from .demo import demo_settings, setup_demo
 
-    instance = Instance.create(ctx.instance_path)
+    instance = Instance.create(ctx.instance_path, **demo_settings())
     _upgrade(instance)
     for line in setup_demo(instance, port=port):
         click.echo(line)

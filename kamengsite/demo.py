@@ -31,6 +31,15 @@ DEMO_CATALOG = (
 )
 
 
+def demo_settings() -> dict:
+    """Settings of a new demo instance: pay through the sandbox channel when its plugin is installed."""
+    from importlib.metadata import entry_points
+
+    if any(ep.name == "sandbox" for ep in entry_points(group="kamengsite")):
+        return {"payments": {"sandbox": {"demo": {"label": "沙箱支付（演示）"}}}}
+    return {}
+
+
 def setup_demo(instance, port: int = 8000):
     """Create (once) the demo sites and catalogue; yield progress lines."""
     host = Host(instance)

@@ -34,3 +34,36 @@ def order_delivered(order, site):
     (the built-in mail plugin sends the keys to the buyer); it must not raise for
     the buyer's sake — the order page shows the keys whatever happens here.
     """
+
+
+# -- payments (see docs/payments.md and kamengsite/payments.py) ----------------------
+
+
+@hookspec
+def payment_channels(instance):
+    """Declare the payment channels this plugin provides: return a list of ``kamengsite.payments.Channel``.
+
+    Exact signature: ``payment_channels(instance) -> list[Channel]``. ``instance`` is the
+    ``kamengsite.instance.Instance`` (a plugin that must not run in production returns
+    ``[]`` when ``instance.production`` is true). Each ``Channel`` carries its descriptor —
+    ``id`` (1-32 chars, ``[a-z0-9_-]``, unique across plugins), ``name``, ``pay_types``
+    (tuple of ``PayType(id, name)``), ``settings_schema`` (JSON schema of one credential
+    profile; secret fields are marked ``"writeOnly": true``), ``devices`` — and the three
+    methods the core calls; every one of them is a plain method, not a hook:
+
+    * ``create_payment(self, profile: Profile, request: PayRequest) -> PaymentAction``:
+      what the buyer's browser does next — ``PaymentAction.redirect(url)``,
+      ``PaymentAction.qrcode(payload)`` or ``PaymentAction.form(url, fields, method="POST")``
+      (an auto-submitting form). May raise ``PaymentError`` with a message for the buyer.
+    * ``verify_notification(self, profile: Profile, notice: NotifyRequest, now: float)
+      -> Notification | Rejection``: check the signature, merchant and time window of a
+      gateway notification **without touching the database**, and parse it into
+      ``Notification(order_no, amount_fen, trade_no, status)`` (``status`` is ``"paid"``
+      when the gateway says the money arrived) or ``Rejection(reason)``.
+    * ``reply(self, ok: bool) -> Reply``: the exact answer the gateway expects,
+      ``Reply(body, status=200, content_type="text/plain")``.
+
+    Optional: ``register_routes(self, app, instance)`` adds routes to every site app (the
+    sandbox's gateway page uses it). Channels are instance-wide: a channel is offered to
+    buyers once the instance's ``payments`` setting configures a profile for it.
+    """

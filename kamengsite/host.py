@@ -13,6 +13,7 @@ import threading
 from collections import OrderedDict
 
 import jinja2
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from .app import create_site_app
@@ -46,11 +47,17 @@ class Host:
         self._apps: OrderedDict[str, tuple[object, object]] = OrderedDict()
         self._lock = threading.Lock()
         self._build_locks: dict[str, threading.Lock] = {}
+        # Behind nginx the client's address arrives in X-Forwarded-For; believe only the proxies we were told of.
+        proxies = instance.trusted_proxies
+        self._entry = ProxyFix(self._dispatch, x_for=proxies, x_proto=proxies) if proxies else self._dispatch
         self._pages = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HOST_TEMPLATES)), autoescape=True)
 
     # -- WSGI ---------------------------------------------------------------
 
     def __call__(self, environ, start_response):
+        return self._entry(environ, start_response)
+
+    def _dispatch(self, environ, start_response):
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
         slug, via_domain, version = self.registry.resolve_version(host)
         if slug is None:

@@ -43,6 +43,10 @@ ALLOWED_KEYS = {
     "rate_limits": dict,
     # how long an unpaid order holds its stock
     "order_ttl_minutes": int,
+    # reverse proxies in front (nginx: 1) whose X-Forwarded-For / -Proto are believed
+    "trusted_proxies": int,
+    # payment channel profiles: {channel id = {profile name = {settings}}}; see docs/payments.md
+    "payments": dict,
 }
 
 
@@ -63,10 +67,12 @@ class Instance:
     card_key_keys: list = field(default_factory=list)
     rate_limits: dict = field(default_factory=dict)
     order_ttl_minutes: int = 10
+    trusted_proxies: int = 0
     smtp_url: str = ""
     mail_from: str = ""
     operator_email: str = ""
     redis_url: str = ""
+    payments: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.path = Path(self.path).resolve()
@@ -155,13 +161,34 @@ def _check_types(config_file, values):
             check_slug(values["main_site"])
         except ConfigError as exc:
             raise ConfigError(config_file, "main_site", exc.reason) from None
+    if not 0 <= values.get("trusted_proxies", 0) <= 5:
+        raise ConfigError(config_file, "trusted_proxies", "must be between 0 and 5 (the proxies in front of the app)")
     ttl = values.get("order_ttl_minutes", 10)
     if not 1 <= ttl <= 24 * 60:
         raise ConfigError(config_file, "order_ttl_minutes", f"must be between 1 and 1440 minutes, got {ttl}")
+    _check_payments_shape(config_file, values.get("payments", {}))
     for name, rule in values.get("rate_limits", {}).items():
         if not _is_rate_rule(rule):
             raise ConfigError(config_file, f"rate_limits.{name}",
                               f"{rule!r} is not a rate like '10/minute' or '100 per hour'")
+
+
+def _check_payments_shape(config_file, payments: dict):
+    """The shape of ``payments``; each profile is checked against its channel's schema when channels load."""
+    import re
+
+    name = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+    for channel, profiles in payments.items():
+        if not name.match(channel):
+            raise ConfigError(config_file, f"payments.{channel}", "channel ids are 1-32 of a-z, 0-9, '_' and '-'")
+        if not isinstance(profiles, dict) or not profiles:
+            raise ConfigError(config_file, f"payments.{channel}", "must be a table of profiles, e.g. [payments.epay.main]")
+        for profile, settings in profiles.items():
+            if not name.match(profile):
+                raise ConfigError(config_file, f"payments.{channel}.{profile}",
+                                  "profile names are 1-32 of a-z, 0-9, '_' and '-'")
+            if not isinstance(settings, dict):
+                raise ConfigError(config_file, f"payments.{channel}.{profile}", "must be a table of settings")
 
 
 def _is_rate_rule(rule) -> bool:

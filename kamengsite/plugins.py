@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "kamengsite"
 
 #: Modules that are plugins of the host itself; always enabled on every site.
-CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin")
+CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", "kamengsite.payment_routes")
 
 
 class PluginHost:

@@ -15,13 +15,14 @@ from flask_wtf.csrf import CSRFProtect
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
-from . import alerts, orders, topup
+from . import alerts, orders, payment_routes, topup
 from .app import current_site, site_secret
-from .catalog import product_on_sale, sku_stock, skus_on_sale, storefront_products
+from .catalog import Product, product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
 from .ratelimit import limited
+from .tenancy import all_sites
 
 bp = Blueprint("storefront", __name__)
 csrf = CSRFProtect()
@@ -39,6 +40,7 @@ class BuyForm(FlaskForm):
         Regexp(CONTACT_RE, message="请填写有效的邮箱或 11 位手机号")])
     query_password = PasswordField("查询密码", validators=[
         DataRequired(message="请设置查询密码，用于查单"), Length(min=4, max=64, message="查询密码 4-64 位")])
+    pay = StringField("支付方式", validators=[Optional(), Length(max=80)])  # "channel/profile", see payment_routes
 
 
 class LookupForm(FlaskForm):
@@ -100,22 +102,27 @@ def product(product_id):
     skus = skus_on_sale(item.id)
     topup_fields = topup.parse_fields(item.topup_fields) if item.kind == "topup" else []
     form = BuyForm()
+    pay_options = _pay_options()
     topup_values, topup_errors = {}, {}
     if not form.is_submitted():
         form.sku.data = skus[0].id if skus else None
+        form.pay.data = pay_options[0][0] if pay_options else ""
     elif topup_fields:
         topup_values, topup_errors = topup.collect(topup_fields, request.form)
     if form.validate_on_submit() and not topup_errors:
         if form.sku.data not in {s.id for s in skus}:
             form.sku.errors = ["请选择规格"]
+        elif pay_options and form.pay.data not in {value for value, _ in pay_options}:
+            form.pay.errors = ["请选择支付方式"]
         else:
+            channel, _, profile = (form.pay.data if pay_options else _default_channel()).partition("/")
             try:
                 order = orders.create_order(
                     site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
                     contact=form.contact.data, query_password=form.query_password.data,
                     query_secret=_query_secret(), fields=topup_values or None,
                     ttl=datetime.timedelta(minutes=current_site().instance.order_ttl_minutes),
-                    buyer_ip=request.remote_addr or "", channel=_default_channel(),
+                    buyer_ip=request.remote_addr or "", channel=channel, channel_profile=profile,
                 )
             except orders.OutOfStock:
                 flash("库存不足，请减少数量或稍后再来", "error")
@@ -126,7 +133,8 @@ def product(product_id):
                 _watch_stock(item, form.sku.data)
                 return redirect(url_for("storefront.order", order_no=order.order_no))
     return render_template("storefront/product.html", product=item, skus=skus, form=form,
-                           topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors)
+                           topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors,
+                           pay_options=pay_options)
 
 
 def _watch_stock(product, sku_id: int):
@@ -139,9 +147,17 @@ def _watch_stock(product, sku_id: int):
             current_app.logger.exception("low-stock check failed for product %s", product.id)
 
 
+def _pay_options() -> list[tuple[str, str]]:
+    return payment_routes.buyer_options()
+
+
 def _default_channel() -> str:
-    # Until real channels are configured (payments issue), non-production instances pay through "demo".
-    return "" if current_site().instance.production else "demo"
+    # With no payment channel configured, non-production instances pay through "demo".
+    return "" if current_site().instance.production or _pay_options() else "demo"
+
+
+def _demo_payable(order) -> bool:
+    return order.channel == "demo" and not current_site().instance.production
 
 
 @bp.get("/order/<order_no>")
@@ -151,30 +167,58 @@ def order(order_no):
         abort(404)
     keys = orders.delivered_keys(found, _cipher(), found.product) if _owns(order_no) else []
     return render_template("storefront/order.html", order=found, product=found.product, keys=keys,
-                           owner=_owns(order_no), demo_pay=_default_channel() == "demo")
+                           owner=_owns(order_no), demo_pay=_demo_payable(found),
+                           pay_options=payment_routes.order_pay_options(found) if found.status == "created" else [])
 
 
 @bp.post("/order/<order_no>/demo-pay")
 def demo_pay(order_no):
     """The demo's stand-in for a payment gateway; refused on production instances."""
-    if _default_channel() != "demo" or not _owns(order_no):
+    if not _owns(order_no):
         abort(404)
     found = orders.find_order(order_no, site_id=current_site().site_id)
-    if found is None:
+    if found is None or not _demo_payable(found):
         abort(404)
     result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen)
-    if result.status == "delivered" and not result.duplicate:
-        found.status = result.status
-        _notify_delivered(found)
+    after_payment(result)
     return redirect(url_for("storefront.order", order_no=order_no))
 
 
-def _notify_delivered(order):
-    hook = current_app.extensions["kamengsite.hook"]
+def after_payment(result):
+    """After ``orders.mark_paid`` recorded a payment (demo or any channel): once per payment,
+    the ``order_delivered`` hook (when delivered) and the low-stock check. Never raises."""
+    if result is None or result.duplicate or result.refund_due or result.status not in ("paid", "delivered"):
+        return  # a replay, or money owed back (the order was already paid): nothing new to deliver
     try:
-        hook.order_delivered(order=order, site=current_site().config)
-    except Exception:  # notifications never undo a delivery
-        current_app.logger.exception("order_delivered hook failed for %s", order.order_no)
+        with all_sites():
+            order = orders.find_order(result.order_no)
+            product = Product.get_by_id(order.product_id)
+    except Exception:  # noqa: BLE001 - the payment is recorded; what follows must not fail it
+        current_app.logger.exception("could not load order %s after its payment", result.order_no)
+        return
+    if result.status == "delivered":
+        hook = current_app.extensions["kamengsite.hook"]
+        try:
+            hook.order_delivered(order=order, site=_site_config_of(order))
+        except Exception:  # notifications never undo a delivery
+            current_app.logger.exception("order_delivered hook failed for %s", order.order_no)
+    _watch_stock(product, order.sku_id)
+
+
+def _site_config_of(order):
+    """The selling site's config: a notification may arrive on another domain of the instance."""
+    here = current_site()
+    if order.site_id == here.site_id:
+        return here.config
+    try:
+        from .config import read_site_config
+
+        slug = Site.get_by_id(order.site_id).slug
+        return read_site_config(here.instance.sites_dir / slug, base_domain=here.instance.base_domain,
+                                main_site=here.instance.main_site)
+    except Exception:  # noqa: BLE001
+        current_app.logger.exception("site of order %s could not be read; using %s", order.order_no, here.slug)
+        return here.config
 
 
 @bp.route("/lookup", methods=["GET", "POST"])

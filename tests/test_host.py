@@ -286,3 +286,26 @@ def test_a_plugin_failing_while_a_site_is_built_takes_down_that_site_only(host, 
     host.registry.create("shop2", template="shop")
     assert client_for("shop1.localhost").get("/").status_code == 503
     assert client_for("shop2.localhost").get("/").status_code == 200
+
+
+@pytest.mark.parametrize("proxies, expected", [(0, "127.0.0.1"), (1, "203.0.113.9")])
+def test_client_address_comes_from_the_proxy_only_when_trusted(tmp_path, proxies, expected):
+    from conftest import SiteClient, make_host, make_instance
+    from kamengsite.hookspecs import hookimpl
+
+    instance = make_instance(tmp_path / "i", f"sqlite:///{tmp_path / 'i.db'}", trusted_proxies=proxies)
+    host = make_host(instance)
+
+    class WhoAmI:
+        @hookimpl
+        def prepare_site_app(self, app, site):
+            from flask import request
+
+            app.add_url_rule("/whoami", "whoami", lambda: request.remote_addr)
+
+    host.plugins.register(WhoAmI(), name="whoami")
+    host.plugins.core.add("whoami")
+    client = SiteClient(host, "main.localhost")
+    response = client.get("/whoami", headers={"X-Forwarded-For": "203.0.113.9"},
+                          environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert response.get_data(as_text=True) == expected

@@ -1,0 +1,129 @@
+"""The payment pages of every site: a core plugin.
+
+* ``POST /pay/<order_no>`` — the buyer starts paying an order through the channel and
+  profile it was created for (redirect, QR payload or auto-submitting form).
+* ``GET|POST /pay/notify/<channel>/<profile>`` — gateway notifications, on every site
+  domain; CSRF-exempt (the signature is the proof); verified before any write; replies
+  the channel's exact body; every refusal is logged with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
+
+from .app import current_site
+from .hookspecs import hookimpl
+from .payments import NotifyRequest, PaymentError, PaymentRegistry, PayRequest, verify_and_apply
+
+log = logging.getLogger("kamengsite.payments")
+bp = Blueprint("payments", __name__)
+
+
+def registry() -> PaymentRegistry:
+    """The payment registry of the current site app (channels from every installed plugin)."""
+    return current_app.extensions["kamengsite.payments"]
+
+
+def buyer_options() -> list[tuple[str, str]]:
+    """``[("epay/main", "易支付"), ...]``: the payment methods a buyer may pick before ordering."""
+    options = []
+    for channel, profile in registry().options():
+        options.append((f"{channel.id}/{profile.name}", profile.label or channel.name or channel.id))
+    return options
+
+
+def order_pay_options(order) -> list[tuple[str, str]]:
+    """``[(pay_type, label)]`` for an unpaid order made for a configured channel; ``[]`` otherwise."""
+    found = registry().find(order.channel, order.channel_profile) if order.channel else None
+    if found is None:
+        return []
+    channel, profile = found
+    return [(t.id, t.name) for t in channel.offered_types(profile)] or [("", channel.name or channel.id)]
+
+
+@bp.post("/pay/<order_no>")
+def pay(order_no):
+    from . import orders
+    from .storefront import _owns
+
+    if not _owns(order_no):
+        abort(404)
+    order = orders.find_order(order_no, site_id=current_site().site_id)
+    if order is None:
+        abort(404)
+    channel_id = request.form.get("channel", "")
+    profile_name = request.form.get("profile", "")
+    found = registry().find(channel_id, profile_name)
+    if found is None or order.channel != channel_id or order.channel_profile != profile_name:
+        flash("此订单不能用这种方式支付", "error")
+        return redirect(url_for("storefront.order", order_no=order_no))
+    if order.status != "created":
+        return redirect(url_for("storefront.order", order_no=order_no))
+    channel, profile = found
+    pay_type = request.form.get("type", "")
+    offered = channel.offered_types(profile)
+    if offered and pay_type not in {t.id for t in offered}:
+        pay_type = offered[0].id
+    ua = (request.user_agent.string or "").lower()
+    pay_request = PayRequest(
+        order_no=order.order_no, amount_fen=order.amount_fen, subject=order.product.name,
+        notify_url=url_for("payments.notify", channel=channel.id, profile=profile.name, _external=True),
+        return_url=url_for("storefront.order", order_no=order_no, _external=True),
+        client_ip=request.remote_addr or "", pay_type=pay_type,
+        device="mobile" if "mobile" in ua else "pc")
+    try:
+        action = channel.create_payment(profile, pay_request)
+    except PaymentError as exc:
+        flash(f"无法发起支付：{exc}", "error")
+        return redirect(url_for("storefront.order", order_no=order_no))
+    if action.kind == "redirect":
+        return redirect(action.url)
+    return render_template("payments/action.html", action=action, order=order, channel=channel)
+
+
+@bp.route("/pay/notify/<channel>/<profile>", methods=["GET", "POST"])
+def notify(channel, profile):
+    return handle_notification(channel, profile, NotifyRequest.from_flask(request))
+
+
+def handle_notification(channel_id: str, profile_name: str, notice: NotifyRequest) -> Response:
+    """Verify, apply, notify after delivery, and answer exactly as the channel's gateway expects."""
+    found = registry().find(channel_id, profile_name)
+    if found is None:
+        log.warning("payment notification rejected: channel=%s profile=%s reason=no such configured channel/profile",
+                    channel_id, profile_name)
+        return Response("unknown channel", status=404, content_type="text/plain; charset=utf-8")
+    channel, profile = found
+    outcome = verify_and_apply(channel, profile, notice)
+    if not outcome.ok:
+        log.warning("payment notification rejected: channel=%s profile=%s order=%s reason=%s",
+                    channel.id, profile.name,
+                    outcome.notification.order_no if outcome.notification else notice.fields.get("out_trade_no", "?"),
+                    outcome.reason)
+        reply = channel.reply(False)
+    else:
+        from .storefront import after_payment
+
+        after_payment(outcome.result)
+        reply = channel.reply(True)
+    return Response(reply.body, status=reply.status, content_type=reply.content_type)
+
+
+@hookimpl
+def prepare_site_app(app, site):
+    from .storefront import csrf
+
+    context = app.extensions["kamengsite.site"]
+    plugins = app.extensions.get("kamengsite.plugins")
+    hook = plugins.pm.hook if plugins is not None else app.extensions["kamengsite.hook"]
+    payments = PaymentRegistry.from_hook(hook, context.instance)
+    app.extensions["kamengsite.payments"] = payments
+    app.register_blueprint(bp)
+    csrf.exempt(notify)  # gateways cannot send a CSRF token; the signature is the proof
+    for channel in payments.channels.values():
+        try:
+            channel.register_routes(app, context.instance)
+        except Exception:  # noqa: BLE001 - one channel's pages must not take the site down
+            log.exception("payment channel %s could not register its routes", channel.id)

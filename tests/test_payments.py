@@ -1,0 +1,111 @@
+"""Core of the payment channels: money parsing, the ``payments`` setting, the registry, the demo fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from kamengsite.errors import ConfigError
+from kamengsite.hookspecs import hookimpl
+from kamengsite.instance import Instance
+from kamengsite.payments import (Channel, Notification, NotifyRequest, PaymentRegistry, PayType, Rejection, Reply,
+                                 fen_to_yuan, sign_content, verify_and_apply, yuan_to_fen)
+
+
+@pytest.mark.parametrize("text,fen", [("1", 100), ("1.00", 100), ("10.5", 1050), ("0.01", 1), (" 15.00 ", 1500)])
+def test_yuan_to_fen_parses_decimals(text, fen):
+    assert yuan_to_fen(text) == fen
+
+
+@pytest.mark.parametrize("text", ["", "abc", "1.001", "-1", "NaN", "Infinity", "1e400", None, 1.5])
+def test_yuan_to_fen_refuses_anything_else(text):
+    with pytest.raises(ValueError):
+        yuan_to_fen(text)
+
+
+def test_fen_to_yuan_and_sign_content():
+    assert fen_to_yuan(1050) == "10.50" and fen_to_yuan(1) == "0.01"
+    assert sign_content({"b": "2", "a": "1", "sign": "x", "sign_type": "MD5", "c": " ", "d": ""}) == "a=1&b=2"
+
+
+@pytest.mark.parametrize("payments,key", [
+    ({"Epay": {"main": {}}}, "payments.Epay"),
+    ({"epay": {}}, "payments.epay"),
+    ({"epay": {"Main Account": {}}}, "payments.epay.Main Account"),
+    ({"epay": {"main": "x"}}, "payments.epay.main"),
+])
+def test_the_payments_setting_is_checked_with_the_key_named(tmp_path, payments, key):
+    with pytest.raises(ConfigError) as caught:
+        Instance.create(tmp_path / "i", payments=payments)
+    assert caught.value.key == key
+
+
+class Fake(Channel):
+    id = "fake"
+    name = "Fake"
+    pay_types = (PayType("x", "X"),)
+    settings_schema = {"type": "object", "properties": {"secret": {"type": "string", "writeOnly": True}},
+                       "required": ["secret"], "additionalProperties": False}
+
+    def verify_notification(self, profile, notice, now):
+        if notice.fields.get("sig") != profile.get("secret"):
+            return Rejection("bad signature")
+        return Notification(notice.fields["order"], 100, "T1", notice.fields.get("status", "paid"))
+
+
+def test_registry_keeps_good_profiles_and_reports_bad_ones():
+    registry = PaymentRegistry([Fake(), Fake(), object()], {"fake": {"a": {"secret": "s"}, "b": {}},
+                                                           "nope": {"c": {}}})
+    assert list(registry.channels) == ["fake"]
+    assert registry.find("fake", "a")[1].get("secret") == "s" and registry.find("fake", "b") is None
+    assert set(registry.errors) == {"payments.fake.b", "payments.nope.c"}
+    assert Fake().reply(True) == Reply("success") and Fake().reply(False) == Reply("fail", 400)
+
+
+def test_refusals_happen_before_the_database_is_touched():
+    channel = Fake()
+    profile = PaymentRegistry([channel], {"fake": {"a": {"secret": "s"}}}).find("fake", "a")[1]
+    # No database is bound in this test: any query would raise, so these prove verify-before-read/write.
+    assert verify_and_apply(channel, profile, NotifyRequest("GET", {"order": "K1", "sig": "bad"})).reason == "bad signature"
+    unpaid = verify_and_apply(channel, profile, NotifyRequest("GET", {"order": "K1", "sig": "s", "status": "unpaid"}))
+    assert not unpaid.ok and "not a payment" in unpaid.reason
+    twice = verify_and_apply(channel, profile, NotifyRequest("GET", {}, duplicate_fields=("money",)))
+    assert not twice.ok and "money" in twice.reason
+
+
+class FakePlugin:
+    @hookimpl
+    def payment_channels(self, instance):
+        return [Fake()]
+
+
+def test_with_a_channel_configured_the_buyer_pays_through_it_and_demo_pay_is_gone(host_factory):
+    import re
+
+    from conftest import SiteClient
+    from kamengsite.cardkeys import import_keys
+    from kamengsite.catalog import create_product
+    from kamengsite.crypto import CardKeyCipher
+    from kamengsite.models import Site
+    from kamengsite.orders import Order
+    from kamengsite.tenancy import all_sites
+
+    host = host_factory("fake", payments={"fake": {"a": {"secret": "s", }}})
+    host.plugins.register(FakePlugin(), name="fake-channel")
+    main = Site.get(Site.slug == "main")
+    product = create_product(main, "月卡", 100)
+    import_keys(product.skus[0], ["K-1"], CardKeyCipher.from_instance(host.instance))
+    client = SiteClient(host, "main.localhost")
+    page = client.get(f"/p/{product.id}")
+    assert 'value="fake/a"' in page.get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"', page.get_data(as_text=True)).group(1)
+    created = client.post(f"/p/{product.id}", data={"csrf_token": csrf, "sku": product.skus[0].id, "quantity": 1,
+                                                    "pay": "fake/a", "contact": "a@b.cd", "query_password": "pass1234"})
+    order_no = created.headers["Location"].rsplit("/", 1)[1]
+    with all_sites():
+        order = Order.get(Order.order_no == order_no)
+    assert (order.channel, order.channel_profile) == ("fake", "a")
+    text = client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert "去支付 · X" in text and "模拟支付（演示）" not in text
+    assert client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf}).status_code == 404
+    with all_sites():
+        assert Order.get(Order.order_no == order_no).status == "created"
