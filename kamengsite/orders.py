@@ -131,7 +131,8 @@ def _model(model, fields, row):
 
 SKU_FIELDS = (Sku.id, Sku.status, Sku.price_fen)
 PRODUCT_FIELDS = (Product.id, Product.name, Product.status, Product.kind, Product.loop_key, Product.members_only,
-                  Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.delivery_order)
+                  Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.delivery_order,
+                  Product.low_stock_threshold, Product.low_stock_alerted)
 ORDER_FIELDS = (Order.id, Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                 Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
                 Order.channel_profile, Order.fields, Order.note)

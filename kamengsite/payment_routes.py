@@ -106,7 +106,7 @@ def handle_notification(channel_id: str, profile_name: str, notice: NotifyReques
     else:
         from .storefront import after_payment
 
-        after_payment(outcome.result)
+        after_payment(outcome.result, outcome.order)
         reply = channel.reply(True)
     return Response(reply.body, status=reply.status, content_type=reply.content_type)
 

@@ -340,6 +340,7 @@ class Outcome:
     reason: str = ""
     result: object = None  # orders.PaymentResult when ok
     notification: Notification | None = None
+    order: object = None  # the orders.Order it paid, with its product, when ok
 
 
 def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, now: float | None = None) -> Outcome:
@@ -378,4 +379,4 @@ def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, 
                                   amount_fen=parsed.amount_fen, channel_profile=profile.name)
     except orders.PaymentRejected as exc:
         return Outcome(False, str(exc), notification=parsed)
-    return Outcome(True, result=result, notification=parsed)
+    return Outcome(True, result=result, notification=parsed, order=order)

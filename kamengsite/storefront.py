@@ -17,7 +17,7 @@ from wtforms.validators import DataRequired, Length, NumberRange, Optional, Rege
 
 from . import alerts, orders, payment_routes, topup
 from .app import current_site, site_secret
-from .catalog import Product, product_on_sale, sku_stock, skus_on_sale, storefront_products
+from .catalog import product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
@@ -180,22 +180,28 @@ def demo_pay(order_no):
     if found is None or not _demo_payable(found):
         abort(404)
     result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen)
-    after_payment(result)
+    after_payment(result, found)
     return redirect(url_for("storefront.order", order_no=order_no))
 
 
-def after_payment(result):
+def after_payment(result, order=None):
     """After ``orders.mark_paid`` recorded a payment (demo or any channel): once per payment,
-    the ``order_delivered`` hook (when delivered) and the low-stock check. Never raises."""
+    the ``order_delivered`` hook (when delivered) and the low-stock check. Never raises.
+
+    ``order`` is the order as loaded before the payment (from ``orders.find_order``), if the
+    caller has it; it is loaded again otherwise.
+    """
     if result is None or result.duplicate or result.refund_due or result.status not in ("paid", "delivered"):
         return  # a replay, or money owed back (the order was already paid): nothing new to deliver
-    try:
-        with all_sites():
-            order = orders.find_order(result.order_no)
-            product = Product.get_by_id(order.product_id)
-    except Exception:  # noqa: BLE001 - the payment is recorded; what follows must not fail it
-        current_app.logger.exception("could not load order %s after its payment", result.order_no)
-        return
+    if order is None:
+        try:
+            with all_sites():
+                order = orders.find_order(result.order_no)
+        except Exception:  # noqa: BLE001 - the payment is recorded; what follows must not fail it
+            current_app.logger.exception("could not load order %s after its payment", result.order_no)
+            return
+    order.status = result.status
+    product = order.product
     if result.status == "delivered":
         hook = current_app.extensions["kamengsite.hook"]
         try:
