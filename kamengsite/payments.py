@@ -125,6 +125,9 @@ class NotifyRequest:
 
     @classmethod
     def from_flask(cls, request) -> "NotifyRequest":
+        # The raw body first: reading request.form first would consume it for a body that is JSON
+        # sent with a form content type (some gateways do), leaving nothing to verify.
+        body = request.get_data(cache=True)
         merged, dupes = {}, []
         for source in (request.args, request.form):
             for key, values in source.lists():
@@ -133,7 +136,7 @@ class NotifyRequest:
                         dupes.append(key)
                     merged.setdefault(key, value)
         return cls(method=request.method, fields=merged, headers=dict(request.headers),
-                   body=request.get_data(cache=True), duplicate_fields=tuple(sorted(set(dupes))))
+                   body=body, duplicate_fields=tuple(sorted(set(dupes))))
 
 
 @dataclass(frozen=True)

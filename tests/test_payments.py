@@ -109,3 +109,19 @@ def test_with_a_channel_configured_the_buyer_pays_through_it_and_demo_pay_is_gon
     assert client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf}).status_code == 404
     with all_sites():
         assert Order.get(Order.order_no == order_no).status == "created"
+
+
+def test_notification_body_survives_a_form_content_type():
+    from flask import Flask, request
+
+    from kamengsite.payments import NotifyRequest
+
+    app = Flask(__name__)
+    body = b'{"order_id":"K1","amount":100}'
+    with app.test_request_context("/pay/notify/x/y", method="POST", data=body,
+                                  content_type="application/x-www-form-urlencoded"):
+        notice = NotifyRequest.from_flask(request)
+    assert notice.body == body
+    with app.test_request_context("/n?a=1", method="POST", data={"b": "2"}):
+        notice = NotifyRequest.from_flask(request)
+    assert notice.fields == {"a": "1", "b": "2"} and notice.body == b"b=2"

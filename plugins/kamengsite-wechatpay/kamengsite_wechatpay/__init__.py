@@ -1,0 +1,312 @@
+"""微信支付 API v3, Native (QR code) payments, as a kamengsite payment channel (``wechatpay``).
+
+Protocol (WeChat Pay API v3, public-key mode; ``cryptography`` only):
+
+* **Create** — ``POST https://api.mch.weixin.qq.com/v3/pay/transactions/native`` with a JSON
+  body ``{appid, mchid, description, out_trade_no, notify_url, amount:{total, currency}}`` and
+  ``Authorization: WECHATPAY2-SHA256-RSA2048 mchid="…",nonce_str="…",signature="…",
+  timestamp="…",serial_no="…"`` where ``signature = base64(SHA256withRSA(merchant key,
+  "POST\\n/v3/pay/transactions/native\\nTIMESTAMP\\nNONCE\\nBODY\\n"))``. The answer's
+  ``code_url`` (``weixin://wxpay/bizpayurl?pr=…``) is shown to the buyer as a QR code. The HTTP
+  call is ``post_json`` (urllib, 10 s timeout) — replaceable per channel (``transport=``) or by
+  patching this module's ``post_json``.
+* **Notify** — ``POST`` JSON with headers ``Wechatpay-Serial``, ``Wechatpay-Signature``,
+  ``Wechatpay-Timestamp``, ``Wechatpay-Nonce``, ``Wechatpay-Signature-Type``. The signature is
+  base64 SHA256withRSA PKCS#1 v1.5 over ``b"{timestamp}\\n{nonce}\\n" + RAW_BODY + b"\\n"`` with
+  the platform public key (the raw bytes as received — never re-serialised JSON). Refused: a
+  serial that is not the configured public key id, a missing/other signature type, a timestamp
+  more than 300 s away, a bad signature (WeChat's deliberate ``WECHATPAY/SIGNTEST/`` probes
+  included). Then ``resource`` is decrypted with AES-256-GCM (key = APIv3 key, nonce =
+  ``resource.nonce``, aad = ``resource.associated_data``, ciphertext base64 with the 16-byte tag
+  appended) and ``event_type == TRANSACTION.SUCCESS``, ``appid``, ``mchid``, ``trade_state ==
+  SUCCESS``, ``amount.total`` (int fen) and ``amount.currency == CNY`` are checked. The trade
+  number is ``transaction_id``.
+* **Reply** — ``204`` with an empty body on success; ``400`` with
+  ``{"code":"FAIL","message":"失败"}`` otherwise (the reason goes to the log only).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import json
+import logging
+import secrets
+import time
+import urllib.error
+import urllib.request
+from functools import lru_cache
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kamengsite.hookspecs import hookimpl
+from kamengsite.payments import Channel, Notification, PaymentAction, PaymentError, PayType, Rejection, Reply
+
+log = logging.getLogger(__name__)
+
+API_BASE = "https://api.mch.weixin.qq.com"
+NATIVE_PATH = "/v3/pay/transactions/native"
+AUTH_SCHEMA = "WECHATPAY2-SHA256-RSA2048"
+TIMESTAMP_WINDOW = 300
+HTTP_TIMEOUT = 10.0
+DESCRIPTION_MAX_BYTES = 127
+FAIL_BODY = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False, separators=(",", ":"))
+
+SETTINGS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "label": {"type": "string", "maxLength": 40, "description": "what buyers see, default 微信支付"},
+        "appid": {"type": "string", "pattern": r"^[A-Za-z0-9_]{6,32}$",
+                  "description": "AppID bound to the merchant (公众号/小程序/开放平台), e.g. wx8888888888888888"},
+        "mchid": {"type": ["string", "integer"], "pattern": r"^\d{6,32}$", "description": "商户号"},
+        "merchant_private_key": {"type": "string", "minLength": 64, "writeOnly": True,
+                                 "description": "商户API私钥 apiclient_key.pem (PEM or bare base64 PKCS#8)"},
+        "merchant_serial_no": {"type": "string", "pattern": r"^[0-9A-Fa-f]{8,64}$",
+                               "description": "商户API证书序列号"},
+        "apiv3_key": {"type": "string", "pattern": r"^[\x21-\x7e]{32}$", "writeOnly": True,
+                      "description": "APIv3密钥, exactly 32 characters"},
+        "platform_public_key": {"type": "string", "minLength": 64,
+                                "description": "微信支付公钥 pub_key.pem (PEM or bare base64 SPKI)"},
+        "platform_public_key_id": {"type": "string", "pattern": r"^[A-Za-z0-9_]{8,80}$",
+                                   "description": "微信支付公钥ID, e.g. PUB_KEY_ID_0112345678..."},
+        "api_base": {"type": "string", "pattern": r"^https://[A-Za-z0-9.-]+(:\d+)?$",
+                     "description": "default https://api.mch.weixin.qq.com (backup: https://api2.mch.weixin.qq.com)"},
+    },
+    "required": ["appid", "mchid", "merchant_private_key", "merchant_serial_no", "apiv3_key",
+                 "platform_public_key", "platform_public_key_id"],
+    "additionalProperties": False,
+}
+
+
+# -- keys and signatures ------------------------------------------------------------------
+
+
+def _pem(text: str, kind: str) -> bytes:
+    text = text.strip()
+    if text.startswith("-----"):
+        return text.encode()
+    return f"-----BEGIN {kind}-----\n{''.join(text.split())}\n-----END {kind}-----\n".encode()
+
+
+@lru_cache(maxsize=32)
+def load_private_key(text: str):
+    key = serialization.load_pem_private_key(_pem(text, "PRIVATE KEY"), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the merchant private key is not an RSA key")
+    return key
+
+
+@lru_cache(maxsize=32)
+def load_public_key(text: str):
+    key = serialization.load_pem_public_key(_pem(text, "PUBLIC KEY"))
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("the platform public key is not an RSA key")
+    return key
+
+
+def request_message(method: str, url_path: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    """``METHOD\\nURL\\nTIMESTAMP\\nNONCE\\nBODY\\n``: what the merchant signs for an API request."""
+    return f"{method}\n{url_path}\n{timestamp}\n{nonce}\n".encode() + body + b"\n"
+
+
+def notify_message(timestamp: str, nonce: str, body: bytes) -> bytes:
+    """``TIMESTAMP\\nNONCE\\nBODY\\n`` over the raw body bytes: what WeChat Pay signs."""
+    return f"{timestamp}\n{nonce}\n".encode() + body + b"\n"
+
+
+def authorization(profile, method: str, url_path: str, body: bytes, *, timestamp=None, nonce=None) -> str:
+    timestamp = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = nonce or secrets.token_hex(16).upper()
+    key = load_private_key(profile.get("merchant_private_key"))
+    signature = base64.b64encode(key.sign(request_message(method, url_path, timestamp, nonce, body),
+                                          padding.PKCS1v15(), hashes.SHA256())).decode()
+    return (f'{AUTH_SCHEMA} mchid="{profile.get("mchid")}",nonce_str="{nonce}",signature="{signature}",'
+            f'timestamp="{timestamp}",serial_no="{profile.get("merchant_serial_no")}"')
+
+
+def rsa_verify(public_key_text: str, message: bytes, signature: str) -> bool:
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        load_public_key(public_key_text).verify(raw, message, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError, TypeError, binascii.Error):
+        return False
+    return True
+
+
+def decrypt_resource(apiv3_key: str, resource: dict) -> bytes:
+    """AES-256-GCM: key = APIv3 key bytes, nonce, aad = associated_data, base64 ciphertext||tag."""
+    key = apiv3_key.encode()
+    if len(key) != 32:
+        raise ValueError("the APIv3 key is not 32 bytes")
+    nonce, aad, ciphertext = resource.get("nonce"), resource.get("associated_data", ""), resource.get("ciphertext")
+    if not isinstance(nonce, str) or not nonce or not isinstance(ciphertext, str) or not isinstance(aad, str):
+        raise ValueError("resource lacks nonce or ciphertext")
+    data = base64.b64decode(ciphertext, validate=True)
+    if len(data) <= 16:
+        raise ValueError("ciphertext is too short")
+    return AESGCM(key).decrypt(nonce.encode(), data, aad.encode() if aad else None)
+
+
+# -- the HTTP call (needs the network; replaced in tests) -------------------------------------
+
+
+def post_json(url: str, body: bytes, headers: dict, timeout: float = HTTP_TIMEOUT) -> dict:
+    """POST ``body`` to ``url``; the decoded JSON answer, or PaymentError for any failure."""
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310 - https API base only
+            raw = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read()[:500].decode("utf-8", "replace")
+        log.error("wechatpay: %s answered HTTP %s: %s", url, exc.code, detail)
+        raise PaymentError("微信支付下单失败，请稍后再试") from exc
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        log.error("wechatpay: %s unreachable: %s", url, exc)
+        raise PaymentError("无法连接微信支付，请稍后再试") from exc
+    try:
+        return json.loads(raw)
+    except ValueError as exc:
+        raise PaymentError("微信支付返回了无法识别的结果") from exc
+
+
+def _header(headers: dict, name: str) -> str:
+    wanted = name.lower()
+    for key, value in (headers or {}).items():
+        if key.lower() == wanted:
+            return str(value).strip()
+    return ""
+
+
+def _truncate_bytes(text: str, limit: int) -> str:
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
+
+
+class WechatPayChannel(Channel):
+    id = "wechatpay"
+    name = "微信支付"
+    pay_types = (PayType("wxpay", "微信支付"),)
+    devices = ("pc", "mobile")
+    settings_schema = SETTINGS_SCHEMA
+
+    def __init__(self, transport=None):
+        self.transport = transport  # ``transport(url, body, headers, timeout) -> dict``; default post_json
+
+    # -- paying -------------------------------------------------------------------------
+
+    def native_request(self, profile, request) -> tuple[str, bytes, dict]:
+        """The signed ``POST /v3/pay/transactions/native``: (url, body bytes, headers)."""
+        payload = {
+            "appid": profile.get("appid"),
+            "mchid": str(profile.get("mchid")),
+            "description": _truncate_bytes(request.subject or request.order_no, DESCRIPTION_MAX_BYTES),
+            "out_trade_no": request.order_no,
+            "notify_url": request.notify_url,
+            "amount": {"total": int(request.amount_fen), "currency": "CNY"},
+        }
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {"Authorization": authorization(profile, "POST", NATIVE_PATH, body),
+                   "Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": "kamengsite-wechatpay/0.1"}
+        return (profile.get("api_base") or API_BASE).rstrip("/") + NATIVE_PATH, body, headers
+
+    def create_payment(self, profile, request):
+        try:
+            url, body, headers = self.native_request(profile, request)
+        except (ValueError, TypeError) as exc:
+            log.error("wechatpay profile %s: cannot sign the request: %s", profile.name, type(exc).__name__)
+            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+        answer = (self.transport or post_json)(url, body, headers, HTTP_TIMEOUT)
+        code_url = answer.get("code_url") if isinstance(answer, dict) else None
+        if not isinstance(code_url, str) or not code_url.startswith("weixin://"):
+            log.error("wechatpay profile %s: no code_url in the answer (%s)", profile.name,
+                      (answer or {}).get("code") if isinstance(answer, dict) else type(answer).__name__)
+            raise PaymentError("微信支付下单失败，请稍后再试")
+        return PaymentAction.qrcode(code_url)
+
+    # -- notifications --------------------------------------------------------------------
+
+    def verify_notification(self, profile, notice, now):
+        if notice.method != "POST":
+            return Rejection(f"method {notice.method} is not POST")
+        headers, body = notice.headers, notice.body or b""
+        sign_type = _header(headers, "Wechatpay-Signature-Type")
+        if sign_type != AUTH_SCHEMA:
+            return Rejection(f"Wechatpay-Signature-Type {sign_type or '(none)'!r} is not {AUTH_SCHEMA}")
+        serial = _header(headers, "Wechatpay-Serial")
+        if not hmac.compare_digest(serial.encode(), str(profile.get("platform_public_key_id")).encode()):
+            return Rejection(f"Wechatpay-Serial {serial or '(none)'!r} is not the configured public key id")
+        stamp = _header(headers, "Wechatpay-Timestamp")
+        if not (stamp.isascii() and stamp.isdigit() and 1 <= len(stamp) <= 12):
+            return Rejection(f"Wechatpay-Timestamp {stamp!r} is not seconds")
+        if abs(now - int(stamp)) > TIMESTAMP_WINDOW:
+            return Rejection(f"Wechatpay-Timestamp {stamp} is outside the {TIMESTAMP_WINDOW} s window")
+        nonce = _header(headers, "Wechatpay-Nonce")
+        signature = _header(headers, "Wechatpay-Signature")
+        if not nonce or not signature:
+            return Rejection("missing Wechatpay-Nonce or Wechatpay-Signature")
+        if not rsa_verify(profile.get("platform_public_key"), notify_message(stamp, nonce, body), signature):
+            return Rejection("bad signature" + (" (WeChat Pay signature probe)"
+                                                if signature.startswith("WECHATPAY/SIGNTEST/") else ""))
+        # Signed by WeChat Pay from here on.
+        try:
+            event = json.loads(body)
+        except ValueError:
+            return Rejection("body is not JSON")
+        if not isinstance(event, dict):
+            return Rejection("body is not a JSON object")
+        if event.get("event_type") != "TRANSACTION.SUCCESS":
+            return Rejection(f"event_type {event.get('event_type')!r} is not TRANSACTION.SUCCESS")
+        resource = event.get("resource")
+        if not isinstance(resource, dict) or resource.get("algorithm") != "AEAD_AES_256_GCM":
+            return Rejection("resource is not AEAD_AES_256_GCM")
+        if resource.get("original_type", "transaction") != "transaction":
+            return Rejection(f"resource original_type {resource.get('original_type')!r} is not transaction")
+        try:
+            plain = decrypt_resource(profile.get("apiv3_key"), resource)
+        except InvalidTag:
+            return Rejection("resource does not decrypt (bad AES-GCM tag or wrong APIv3 key)")
+        except (ValueError, TypeError, binascii.Error) as exc:
+            return Rejection(f"resource does not decrypt: {exc}")
+        try:
+            trade = json.loads(plain)
+        except ValueError:
+            return Rejection("decrypted resource is not JSON")
+        if not isinstance(trade, dict):
+            return Rejection("decrypted resource is not a JSON object")
+        if trade.get("appid") != profile.get("appid"):
+            return Rejection(f"appid {trade.get('appid')!r} is not this profile's")
+        if str(trade.get("mchid", "")) != str(profile.get("mchid")):
+            return Rejection(f"mchid {trade.get('mchid')!r} is not this profile's merchant")
+        for name in ("out_trade_no", "transaction_id", "trade_state"):
+            if not isinstance(trade.get(name), str) or not trade[name].strip():
+                return Rejection(f"missing {name}")
+        amount = trade.get("amount")
+        if not isinstance(amount, dict):
+            return Rejection("missing amount")
+        total = amount.get("total")
+        if type(total) is not int or total < 0:  # fen; bool, float and str are refused
+            return Rejection(f"amount.total {total!r} is not an integer number of fen")
+        if amount.get("currency") != "CNY":
+            return Rejection(f"amount.currency {amount.get('currency')!r} is not CNY")
+        state = trade["trade_state"].strip()
+        return Notification(order_no=trade["out_trade_no"].strip(), amount_fen=total,
+                            trade_no=trade["transaction_id"].strip(),
+                            status="paid" if state == "SUCCESS" else "unpaid", raw_status=state)
+
+    def reply(self, ok: bool) -> Reply:
+        if ok:
+            return Reply("", 204)
+        return Reply(FAIL_BODY, 400, "application/json; charset=utf-8")
+
+
+class _Plugin:
+    @hookimpl
+    def payment_channels(self, instance):
+        return [WechatPayChannel()]
+
+
+plugin = _Plugin()

@@ -1,0 +1,554 @@
+"""微信支付 API v3 channel: a WeChat Pay simulator that signs and encrypts as WeChat Pay does (RSA keys
+and APIv3 key generated here), the buyer's path to the QR code with a faked HTTP call, and a forgery
+matrix where every refused notification leaves the database exactly as it was."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import secrets
+import string
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+import kamengsite_test_fixtures as base
+import kamengsite_wechatpay
+from kamengsite.cardkeys import CardKey, import_keys
+from kamengsite.catalog import create_product
+from kamengsite.crypto import CardKeyCipher
+from kamengsite.errors import ConfigError
+from kamengsite.hookspecs import hookimpl
+from kamengsite.models import Site
+from kamengsite.orders import Order, Payment, create_order
+from kamengsite.payments import NotifyRequest, PaymentError, check_payments_config, verify_and_apply
+from kamengsite.tenancy import all_sites
+from kamengsite_wechatpay import WechatPayChannel
+
+TOKEN = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
+APPID, MCHID, ALT_MCHID = "wx8888888888888888", "1900000109", "1900000110"
+SERIAL_NO = "5157F09EFDC096DE15EBE81A47057A7232F1B8E1"
+PUB_KEY_ID = "PUB_KEY_ID_0119000001092024070100000000"
+PRICE_FEN = 1500
+FAIL = b'{"code":"FAIL","message":"\xe5\xa4\xb1\xe8\xb4\xa5"}'  # {"code":"FAIL","message":"失败"}
+
+
+# -- the WeChat Pay simulator: its own implementation of the protocol, not the plugin's ----------
+
+
+def _pem(key, private=False):
+    if private:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode()
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def _nonce(n=32):
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(n))
+
+
+class WechatPaySim:
+    """Signs and encrypts notifications and checks merchant requests exactly as WeChat Pay API v3 does."""
+
+    def __init__(self):
+        self.platform = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.merchant = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.apiv3_key = _nonce(32)
+        self.requests = []
+
+    # notifications
+    def encrypt(self, plaintext: bytes, key=None, aad="transaction"):
+        nonce = _nonce(12)
+        ciphertext = AESGCM((key or self.apiv3_key).encode()).encrypt(nonce.encode(), plaintext, aad.encode())
+        return {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM",
+                "ciphertext": base64.b64encode(ciphertext).decode(), "associated_data": aad, "nonce": nonce}
+
+    def sign(self, body: bytes, timestamp=None, nonce=None, key=None, serial=PUB_KEY_ID,
+             sign_type="WECHATPAY2-SHA256-RSA2048"):
+        timestamp = str(int(time.time()) if timestamp is None else timestamp)
+        nonce = nonce or _nonce()
+        message = timestamp.encode() + b"\n" + nonce.encode() + b"\n" + body + b"\n"
+        signature = base64.b64encode((key or self.platform).sign(message, padding.PKCS1v15(), hashes.SHA256()))
+        headers = {"Wechatpay-Serial": serial, "Wechatpay-Signature": signature.decode(),
+                   "Wechatpay-Timestamp": timestamp, "Wechatpay-Nonce": nonce}
+        if sign_type is not None:
+            headers["Wechatpay-Signature-Type"] = sign_type
+        return headers
+
+    @staticmethod
+    def transaction(order_no, *, total=PRICE_FEN, **overrides):
+        trade = {"appid": APPID, "mchid": MCHID, "out_trade_no": order_no,
+                 "transaction_id": "42000012" + order_no[-12:].rjust(12, "0") + "8888",
+                 "trade_type": "NATIVE", "trade_state": "SUCCESS", "trade_state_desc": "支付成功",
+                 "bank_type": "OTHERS", "attach": "", "success_time": "2024-07-01T12:00:30+08:00",
+                 "payer": {"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWeS6o"},
+                 "amount": {"total": total, "payer_total": total if isinstance(total, int) else 0,
+                            "currency": "CNY", "payer_currency": "CNY"}}
+        trade.update(overrides)
+        return trade
+
+    def body(self, trade: dict, key=None, event_type="TRANSACTION.SUCCESS") -> bytes:
+        event = {"id": "EV-" + _nonce(16), "create_time": "2024-07-01T12:00:31+08:00",
+                 "resource_type": "encrypt-resource", "event_type": event_type, "summary": "支付成功",
+                 "resource": self.encrypt(json.dumps(trade, ensure_ascii=False).encode(), key)}
+        return json.dumps(event, ensure_ascii=False).encode()  # WeChat's own spacing: ", " and ": "
+
+    def notification(self, order_no, **overrides):
+        body = self.body(self.transaction(order_no, **overrides))
+        return self.sign(body), body
+
+    # merchant requests
+    def check_request(self, method, url, body: bytes, headers: dict) -> dict:
+        schema, _, params = headers["Authorization"].partition(" ")
+        assert schema == "WECHATPAY2-SHA256-RSA2048"
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+        assert set(fields) == {"mchid", "nonce_str", "signature", "timestamp", "serial_no"}
+        assert fields["mchid"] == MCHID and fields["serial_no"] == SERIAL_NO
+        assert abs(int(fields["timestamp"]) - time.time()) < 300
+        path = "/" + url.split("://", 1)[1].split("/", 1)[1]
+        message = f"{method}\n{path}\n{fields['timestamp']}\n{fields['nonce_str']}\n".encode() + body + b"\n"
+        self.merchant.public_key().verify(base64.b64decode(fields["signature"]), message,
+                                          padding.PKCS1v15(), hashes.SHA256())  # raises when forged
+        return fields
+
+    def transport(self, url, body, headers, timeout):
+        assert timeout and timeout <= 30
+        self.check_request("POST", url, body, headers)
+        self.requests.append((url, json.loads(body), headers))
+        return {"code_url": "weixin://wxpay/bizpayurl?pr=" + _nonce(7)}
+
+
+@pytest.fixture(scope="module")
+def wxpay():
+    return WechatPaySim()
+
+
+def profile_settings(sim, **overrides):
+    settings = {"label": "微信扫码", "appid": APPID, "mchid": MCHID,
+                "merchant_private_key": "env:WXPAY_TEST_PRIVATE_KEY", "merchant_serial_no": SERIAL_NO,
+                "apiv3_key": "env:WXPAY_TEST_APIV3_KEY", "platform_public_key": _pem(sim.platform),
+                "platform_public_key_id": PUB_KEY_ID}
+    settings.update(overrides)
+    return settings
+
+
+def payments_config(sim):
+    return {"wechatpay": {"main": profile_settings(sim), "alt": profile_settings(sim, mchid=ALT_MCHID)}}
+
+
+def _environment(monkeypatch, sim):
+    monkeypatch.setenv("WXPAY_TEST_PRIVATE_KEY", _pem(sim.merchant, private=True))
+    monkeypatch.setenv("WXPAY_TEST_APIV3_KEY", sim.apiv3_key)
+    monkeypatch.setattr(kamengsite_wechatpay, "post_json", sim.transport)  # no network
+
+
+class DeliveryCounter:
+    def __init__(self):
+        self.orders = []
+
+    @hookimpl
+    def order_delivered(self, order, site):
+        self.orders.append((order.order_no, site.slug))
+
+
+def _stock(host):
+    host.registry.create("shop1", template="gaming")
+    main = Site.get(Site.slug == "main")
+    product = create_product(main, "测试月卡", PRICE_FEN, max_qty=5)
+    import_keys(product.skus[0], [f"CODE-{i:04d}" for i in range(20)], CardKeyCipher.from_instance(host.instance))
+    counter = DeliveryCounter()
+    host.plugins.register(counter, name="delivery-counter")
+    host.plugins.core.add("delivery-counter")
+    return product, counter
+
+
+@pytest.fixture
+def shop(host_factory, wxpay, monkeypatch):
+    _environment(monkeypatch, wxpay)
+    host = host_factory("wechatpay", payments=payments_config(wxpay))
+    product, counter = _stock(host)
+
+    class Shop:
+        pass
+
+    s = Shop()
+    s.host, s.product, s.counter = host, product, counter
+    s.site_id = Site.get(Site.slug == "shop1").id
+    s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
+    return s
+
+
+def token(response):
+    return TOKEN.search(response.get_data(as_text=True)).group(1)
+
+
+def new_order(shop, pay="wechatpay/main", client=None):
+    client = client or shop.client()
+    page = client.get(f"/p/{shop.product.id}")
+    created = client.post(f"/p/{shop.product.id}", data={
+        "csrf_token": token(page), "sku": shop.product.skus[0].id, "quantity": 1,
+        "contact": "buyer@example.com", "query_password": "pass1234", "pay": pay})
+    assert created.status_code == 302, created.get_data(as_text=True)
+    return created.headers["Location"].rsplit("/", 1)[1]
+
+
+def notify(client, headers, body, profile="main", method="POST"):
+    return client.open(f"/pay/notify/wechatpay/{profile}", method=method, data=body, headers=headers,
+                       content_type="application/json")
+
+
+def snapshot():
+    with all_sites():
+        return (Payment.select().count(),
+                sorted(Order.select(Order.order_no, Order.status).tuples()),
+                CardKey.select().where(CardKey.status == "sold").count())
+
+
+# -- the buyer's path: a signed Native order, the QR code -----------------------------------------
+
+
+def test_the_pay_page_shows_the_code_url_of_a_signed_native_order(shop, wxpay):
+    client = shop.client()
+    order_no = new_order(shop, client=client)
+    page = client.get(f"/order/{order_no}")
+    assert "模拟支付" not in page.get_data(as_text=True)
+    wxpay.requests.clear()
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "wechatpay",
+                                                     "profile": "main", "type": "wxpay"})
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    qr = re.search(r'data-qrcode="([^"]+)"', html).group(1)
+    assert qr.startswith("weixin://wxpay/bizpayurl?pr=")
+    [(url, body, headers)] = wxpay.requests  # check_request verified Authorization with the merchant public key
+    assert url == "https://api.mch.weixin.qq.com/v3/pay/transactions/native"
+    assert body == {"appid": APPID, "mchid": MCHID, "description": "测试月卡", "out_trade_no": order_no,
+                    "notify_url": "http://shop1.localhost/pay/notify/wechatpay/main",
+                    "amount": {"total": PRICE_FEN, "currency": "CNY"}}
+    assert headers["Content-Type"] == "application/json" and headers["Accept"] == "application/json"
+
+
+def test_the_authorization_header_verifies_with_the_merchant_public_key_and_nothing_else(wxpay, monkeypatch):
+    _environment(monkeypatch, wxpay)
+    channel = WechatPayChannel()
+    profile = check_payments_config(payments_config(wxpay), {"wechatpay": channel})[("wechatpay", "main")]
+    from kamengsite.payments import PayRequest
+
+    url, body, headers = channel.native_request(profile, PayRequest("K1", 1, "x" * 200, "https://a.test/n", ""))
+    fields = wxpay.check_request("POST", url, body, headers)
+    assert len(json.loads(body)["description"].encode()) <= 127
+    with pytest.raises(Exception):  # a changed body no longer matches the signature
+        wxpay.check_request("POST", url, body.replace(b'"total":1', b'"total":2'), headers)
+    with pytest.raises(Exception):
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        other.public_key().verify(base64.b64decode(fields["signature"]), b"", padding.PKCS1v15(), hashes.SHA256())
+
+
+@pytest.mark.parametrize("answer", [PaymentError("boom"), {"code": "PARAM_ERROR", "message": "x"}])
+def test_a_failed_create_call_shows_a_message_and_writes_nothing(shop, monkeypatch, answer):
+    def fake(url, body, headers, timeout):
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(kamengsite_wechatpay, "post_json", fake)
+    client = shop.client()
+    order_no = new_order(shop, client=client)
+    page = client.get(f"/order/{order_no}")
+    before = snapshot()
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "wechatpay",
+                                                     "profile": "main"})
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/order/{order_no}")
+    assert snapshot() == before
+
+
+# -- accepted notifications ------------------------------------------------------------------
+
+
+def test_a_genuine_notification_delivers_and_replies_204_empty(shop, wxpay):
+    client = shop.client()
+    order_no = new_order(shop, client=client)
+    headers, body = wxpay.notification(order_no)
+    response = notify(shop.client("main.localhost"), headers, body)
+    assert (response.status_code, response.get_data()) == (204, b"")
+    with all_sites():
+        payment = Payment.get()
+        assert Order.get(Order.order_no == order_no).status == "delivered"
+    trade = wxpay.transaction(order_no)
+    assert (payment.channel, payment.amount_fen, payment.trade_no) == ("wechatpay", PRICE_FEN, trade["transaction_id"])
+    assert shop.counter.orders == [(order_no, "shop1")]
+    assert "CODE-" in client.get(f"/order/{order_no}").get_data(as_text=True)
+
+
+def test_a_duplicate_within_the_window_is_one_payment_and_204_again(shop, wxpay):
+    order_no = new_order(shop)
+    headers, body = wxpay.notification(order_no)
+    replies = [notify(shop.client(), headers, body) for _ in range(3)]
+    assert [(r.status_code, r.get_data()) for r in replies] == [(204, b"")] * 3
+    resent = wxpay.sign(body)  # WeChat's retry: same body, new signature
+    assert notify(shop.client(), resent, body).status_code == 204
+    assert snapshot()[0] == 1 and len(shop.counter.orders) == 1
+
+
+def test_headers_are_matched_case_insensitively(wxpay, monkeypatch):
+    _environment(monkeypatch, wxpay)
+    channel = WechatPayChannel()
+    profile = check_payments_config(payments_config(wxpay), {"wechatpay": channel})[("wechatpay", "main")]
+    headers, body = wxpay.notification("K2024070100000000001")
+    lower = {k.lower(): v for k, v in headers.items()}
+    verdict = channel.verify_notification(profile, NotifyRequest("POST", {}, lower, body), time.time())
+    assert verdict.status == "paid" and verdict.amount_fen == PRICE_FEN and verdict.order_no == "K2024070100000000001"
+
+
+# -- the forgery matrix: refused, logged, nothing written --------------------------------------
+
+
+def _other_order(shop, channel=None, profile=""):
+    extra = {"channel": channel, "channel_profile": profile} if channel else {}
+    return create_order(site_id=shop.site_id, sku_id=shop.product.skus[0].id, quantity=1, contact="x@y.zz",
+                        **extra).order_no
+
+
+def _resign(w, headers, body):
+    return w.sign(body), body
+
+
+def _tampered_body(w, s):
+    headers, body = w.notification(new_order(s))
+    return headers, body.replace("支付成功".encode(), "支付失败".encode(), 1)
+
+
+def _reserialised(w, s):
+    headers, body = w.notification(new_order(s))
+    same = json.dumps(json.loads(body), separators=(",", ":"), ensure_ascii=True).encode()
+    assert json.loads(same) == json.loads(body) and same != body
+    return headers, same
+
+
+def _bad_tag(w, s):
+    event = json.loads(w.notification(new_order(s))[1])
+    raw = bytearray(base64.b64decode(event["resource"]["ciphertext"]))
+    raw[-1] ^= 0x01
+    event["resource"]["ciphertext"] = base64.b64encode(bytes(raw)).decode()
+    body = json.dumps(event, ensure_ascii=False).encode()
+    return w.sign(body), body  # correctly signed by WeChat, but the resource does not authenticate
+
+
+def _aad_changed(w, s):
+    event = json.loads(w.notification(new_order(s))[1])
+    event["resource"]["associated_data"] = "certificate"
+    body = json.dumps(event).encode()
+    return w.sign(body), body
+
+
+def _headers(change):
+    def make(w, s):
+        headers, body = w.notification(new_order(s))
+        return change(dict(headers), w), body
+    return make
+
+
+def _signed(w, order_no, key=None, event_type="TRANSACTION.SUCCESS", **overrides):
+    body = w.body(w.transaction(order_no, **overrides), key=key, event_type=event_type)
+    return w.sign(body), body
+
+
+FORGERIES = {
+    "bad signature": _headers(lambda h, w: dict(h, **{"Wechatpay-Signature": base64.b64encode(
+        secrets.token_bytes(256)).decode()})),
+    "WeChat signature probe": _headers(lambda h, w: dict(h, **{"Wechatpay-Signature": "WECHATPAY/SIGNTEST/"
+                                                               + h["Wechatpay-Signature"]})),
+    "signature not base64": _headers(lambda h, w: dict(h, **{"Wechatpay-Signature": "not base64!"})),
+    "no signature": _headers(lambda h, w: {k: v for k, v in h.items() if k != "Wechatpay-Signature"}),
+    "signed by the merchant key": lambda w, s: (w.sign(b := w.notification(new_order(s))[1], key=w.merchant), b),
+    "body tampered after signing": _tampered_body,
+    "re-serialised JSON body": _reserialised,
+    "nonce changed": _headers(lambda h, w: dict(h, **{"Wechatpay-Nonce": _nonce()})),
+    "timestamp changed": _headers(lambda h, w: dict(h, **{"Wechatpay-Timestamp": str(int(h["Wechatpay-Timestamp"]) - 1)})),
+    "wrong serial": lambda w, s: (w.sign(b := w.notification(new_order(s))[1], serial="PUB_KEY_ID_0000000000"), b),
+    "no serial": _headers(lambda h, w: {k: v for k, v in h.items() if k != "Wechatpay-Serial"}),
+    "stale timestamp": lambda w, s: (w.sign(b := w.notification(new_order(s))[1], timestamp=int(time.time()) - 301), b),
+    "future timestamp": lambda w, s: (w.sign(b := w.notification(new_order(s))[1], timestamp=int(time.time()) + 301), b),
+    "timestamp in milliseconds": lambda w, s: (w.sign(b := w.notification(new_order(s))[1],
+                                                      timestamp=int(time.time() * 1000)), b),
+    "missing signature type": lambda w, s: (w.sign(b := w.notification(new_order(s))[1], sign_type=None), b),
+    "other signature type": lambda w, s: (w.sign(b := w.notification(new_order(s))[1], sign_type="WECHATPAY2-SM2-WITH-SM3"), b),
+    "wrong appid": lambda w, s: _signed(w, new_order(s), appid="wx0000000000000000"),
+    "wrong mchid": lambda w, s: _signed(w, new_order(s), mchid="1900009999"),
+    "other profile's merchant": lambda w, s: _signed(w, new_order(s, "wechatpay/alt"), mchid=ALT_MCHID),
+    "other profile's order": lambda w, s: _signed(w, new_order(s, "wechatpay/alt")),
+    "other channel's order": lambda w, s: _signed(w, _other_order(s, "epay", "main")),
+    "order without channel": lambda w, s: _signed(w, _other_order(s)),
+    "unknown order": lambda w, s: _signed(w, "K2024070100000000000"),
+    "amount tampered inside the encrypted resource": lambda w, s: _signed(w, new_order(s), total=1),
+    "amount as a string": lambda w, s: _signed(w, new_order(s), total="1500"),
+    "amount as a float": lambda w, s: _signed(w, new_order(s), total=1500.0),
+    "amount as yuan": lambda w, s: _signed(w, new_order(s), total=15),
+    "other currency": lambda w, s: _signed(w, new_order(s), amount={"total": PRICE_FEN, "currency": "USD"}),
+    "bad AES tag": _bad_tag,
+    "associated data changed": _aad_changed,
+    "encrypted with another APIv3 key": lambda w, s: _signed(w, new_order(s), key=_nonce(32)),
+    "trade_state NOTPAY": lambda w, s: _signed(w, new_order(s), trade_state="NOTPAY"),
+    "trade_state REFUND": lambda w, s: _signed(w, new_order(s), trade_state="REFUND"),
+    "other event type": lambda w, s: _signed(w, new_order(s), event_type="REFUND.SUCCESS"),
+    "no transaction_id": lambda w, s: _signed(w, new_order(s), transaction_id=""),
+    "GET instead of POST": "GET",
+}
+
+
+REASONS = {  # each forgery is refused for its own reason, not by accident
+    "GET instead of POST": "is not POST", "WeChat signature probe": "signature probe",
+    "amount as a float": "not an integer number of fen", "amount as a string": "not an integer number of fen",
+    "amount as yuan": "does not match order", "amount tampered inside the encrypted resource": "does not match order",
+    "associated data changed": "does not decrypt", "bad AES tag": "does not decrypt",
+    "encrypted with another APIv3 key": "does not decrypt", "bad signature": "bad signature",
+    "body tampered after signing": "bad signature", "re-serialised JSON body": "bad signature",
+    "nonce changed": "bad signature", "timestamp changed": "bad signature", "signature not base64": "bad signature",
+    "signed by the merchant key": "bad signature", "no signature": "missing Wechatpay-Nonce or Wechatpay-Signature",
+    "future timestamp": "window", "stale timestamp": "window", "timestamp in milliseconds": "is not seconds",
+    "missing signature type": "Signature-Type '(none)'", "other signature type": "Signature-Type 'WECHATPAY2-SM2",
+    "no serial": "Wechatpay-Serial '(none)'", "wrong serial": "Wechatpay-Serial 'PUB_KEY_ID_0000000000'",
+    "no transaction_id": "missing transaction_id", "order without channel": "was created for -/-",
+    "other channel's order": "was created for epay/main", "other profile's order": "was created for wechatpay/alt",
+    "other profile's merchant": "mchid '1900000110'", "wrong mchid": "mchid '1900009999'",
+    "wrong appid": "appid 'wx0000000000000000'", "other currency": "currency 'USD'",
+    "other event type": "event_type 'REFUND.SUCCESS'", "trade_state NOTPAY": "'NOTPAY' is not a payment",
+    "trade_state REFUND": "'REFUND' is not a payment", "unknown order": "unknown order",
+}
+
+
+def test_every_forgery_has_an_expected_reason():
+    assert set(REASONS) == set(FORGERIES)
+
+
+def _assert_refused(shop, response, before, caplog, reason=""):
+    assert (response.status_code, response.get_data()) == (400, FAIL)
+    assert response.content_type.startswith("application/json")
+    assert snapshot() == before
+    assert shop.counter.orders == []
+    rejected = [r for r in caplog.records if "payment notification rejected" in r.getMessage()]
+    assert len(rejected) == 1 and "reason=" in rejected[0].getMessage()
+    assert reason in rejected[0].getMessage().split("reason=", 1)[1]
+
+
+@pytest.mark.parametrize("case", sorted(FORGERIES))
+def test_forged_notifications_are_refused_and_write_nothing(shop, wxpay, case, caplog):
+    method = "POST"
+    with all_sites():
+        if FORGERIES[case] == "GET":
+            (headers, body), method = wxpay.notification(new_order(shop)), "GET"
+        else:
+            headers, body = FORGERIES[case](wxpay, shop)
+    before = snapshot()
+    with caplog.at_level(logging.WARNING, logger="kamengsite.payments"):
+        response = notify(shop.client(), headers, body, method=method)
+    _assert_refused(shop, response, before, caplog, REASONS[case])
+
+
+def test_a_replay_after_the_window_is_refused_and_writes_nothing(shop, wxpay, caplog):
+    order_no = new_order(shop)
+    captured = int(time.time()) - 3600
+    headers, body = wxpay.sign(b := wxpay.notification(order_no)[1], timestamp=captured), b
+    channel = WechatPayChannel()
+    profile = check_payments_config({"wechatpay": {"main": profile_settings(wxpay)}},
+                                    {"wechatpay": channel})[("wechatpay", "main")]
+    first = verify_and_apply(channel, profile, NotifyRequest("POST", {}, headers, body), now=captured + 1)
+    assert first.ok  # it was genuine when it was sent
+    before = snapshot()
+    assert before[0] == 1
+    with caplog.at_level(logging.WARNING, logger="kamengsite.payments"):
+        response = notify(shop.client(), headers, body)
+    _assert_refused(shop, response, before, caplog, "window")
+
+
+def test_a_transaction_id_cannot_pay_a_second_order(shop, wxpay, caplog):
+    first, second = new_order(shop), new_order(shop)
+    headers, body = wxpay.notification(first)
+    assert notify(shop.client(), headers, body).status_code == 204
+    shop.counter.orders.clear()
+    before = snapshot()
+    with caplog.at_level(logging.WARNING, logger="kamengsite.payments"):
+        response = notify(shop.client(), *_signed(wxpay, second,
+                                                  transaction_id=wxpay.transaction(first)["transaction_id"]))
+    _assert_refused(shop, response, before, caplog, "already paid another order")
+
+
+def test_an_unconfigured_profile_is_not_found(shop, wxpay):
+    headers, body = wxpay.notification(new_order(shop))
+    before = snapshot()
+    assert notify(shop.client(), headers, body, profile="nope").status_code == 404
+    assert snapshot() == before
+
+
+# -- concurrency on every backend ------------------------------------------------------------
+
+
+def test_concurrent_duplicate_notifications_pay_and_deliver_once(tmp_path, backend_url, wxpay, monkeypatch):
+    _environment(monkeypatch, wxpay)
+    instance = base.make_instance(tmp_path / "instance", backend_url, payments=payments_config(wxpay))
+    host = base.make_host(instance)
+    try:
+        product, counter = _stock(host)
+
+        class S:
+            pass
+
+        s = S()
+        s.product = product
+        s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
+        order_no = new_order(s)
+        headers, body = wxpay.notification(order_no)
+        retries = [wxpay.sign(body) for _ in range(4)]  # WeChat's retries carry fresh signatures
+
+        def send(i):
+            response = notify(base.SiteClient(host, "shop1.localhost"), headers if i % 2 else retries[i % 4], body)
+            return response.status_code, response.get_data()
+
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(send, range(16)))
+        assert replies == [(204, b"")] * 16
+        payments_, orders_, sold = snapshot()
+        assert payments_ == 1 and orders_ == [(order_no, "delivered")] and sold == 1
+        assert counter.orders == [(order_no, "shop1")]
+    finally:
+        host.close()
+
+
+# -- settings -------------------------------------------------------------------------------
+
+
+def test_settings_are_validated_with_the_key_named_and_secrets_never_shown(wxpay):
+    channels = {"wechatpay": WechatPayChannel()}
+    env = {"WXPAY_TEST_PRIVATE_KEY": _pem(wxpay.merchant, private=True), "WXPAY_TEST_APIV3_KEY": wxpay.apiv3_key}
+    short = "k" * 31
+    with pytest.raises(ConfigError) as caught:
+        check_payments_config({"wechatpay": {"main": profile_settings(wxpay, apiv3_key=short)}}, channels, environ=env)
+    assert caught.value.key == "payments.wechatpay.main.apiv3_key" and short not in str(caught.value)
+    settings = profile_settings(wxpay)
+    del settings["platform_public_key_id"]
+    with pytest.raises(ConfigError, match=r"payments\.wechatpay\.main\.platform_public_key_id: is required"):
+        check_payments_config({"wechatpay": {"main": settings}}, channels, environ=env)
+    with pytest.raises(ConfigError, match=r"payments\.wechatpay\.main\.merchant_private_key: environment variable"):
+        check_payments_config({"wechatpay": {"main": profile_settings(wxpay)}}, channels, environ={})
+    with pytest.raises(ConfigError, match=r"payments\.wechatpay\.main\.colour: unknown setting"):
+        check_payments_config({"wechatpay": {"main": profile_settings(wxpay, colour="red")}}, channels, environ=env)
+    profile = check_payments_config({"wechatpay": {"main": profile_settings(wxpay)}}, channels,
+                                    environ=env)[("wechatpay", "main")]
+    assert profile.get("apiv3_key") == wxpay.apiv3_key
+    assert wxpay.apiv3_key not in repr(profile) and "PRIVATE KEY" not in repr(profile)
+    assert profile.public_settings()["apiv3_key"] == profile.public_settings()["merchant_private_key"] == "******"
+
+
+def test_the_plugin_is_installed_under_its_entry_point():
+    from importlib.metadata import entry_points
+
+    [ep] = [e for e in entry_points(group="kamengsite") if e.name == "wechatpay"]
+    assert ep.load() is kamengsite_wechatpay.plugin
+    [channel] = kamengsite_wechatpay.plugin.payment_channels(instance=None)
+    assert channel.id == "wechatpay" and channel.reply(True).status == 204 and channel.reply(True).body == ""
