@@ -305,6 +305,7 @@ def _register_more_commands():
     for module_name, names in (
         ("kamengsite.keys_cli", ("keys", "worker")),
         ("kamengsite.accounts_cli", ("account",)),
+        ("kamengsite.ledger_cli", ("ledger",)),
     ):
         try:
             module = importlib.import_module(module_name)

@@ -97,7 +97,11 @@ def handle_notification(channel_id: str, profile_name: str, notice: NotifyReques
         return Response("unknown channel", status=404, content_type="text/plain; charset=utf-8")
     channel, profile = found
     outcome = verify_and_apply(channel, profile, notice)
-    if not outcome.ok:
+    if outcome.acknowledged:
+        log.info("payment notification acknowledged without payment: channel=%s profile=%s order=%s reason=%s",
+                 channel.id, profile.name, outcome.notification.order_no, outcome.reason)
+        reply = channel.reply(True)
+    elif not outcome.ok:
         log.warning("payment notification rejected: channel=%s profile=%s order=%s reason=%s",
                     channel.id, profile.name,
                     outcome.notification.order_no if outcome.notification else notice.fields.get("out_trade_no", "?"),

@@ -344,6 +344,7 @@ class Outcome:
     result: object = None  # orders.PaymentResult when ok
     notification: Notification | None = None
     order: object = None  # the orders.Order it paid, with its product, when ok
+    acknowledged: bool = False  # genuine, but no payment (e.g. TRADE_CLOSED): answer success, write nothing
 
 
 def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, now: float | None = None) -> Outcome:
@@ -368,7 +369,9 @@ def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, 
     if not isinstance(parsed, Notification):
         return Outcome(False, "channel returned no verdict")
     if parsed.status != "paid":
-        return Outcome(False, f"trade status {parsed.raw_status or parsed.status!r} is not a payment", notification=parsed)
+        # Verified but not a payment: acknowledged so the gateway stops resending it; nothing is written.
+        return Outcome(False, f"trade status {parsed.raw_status or parsed.status!r} is not a payment",
+                       notification=parsed, acknowledged=True)
     with all_sites():
         order = orders.find_order(parsed.order_no)
     if order is None:

@@ -67,7 +67,7 @@ def test_refusals_happen_before_the_database_is_touched():
     # No database is bound in this test: any query would raise, so these prove verify-before-read/write.
     assert verify_and_apply(channel, profile, NotifyRequest("GET", {"order": "K1", "sig": "bad"})).reason == "bad signature"
     unpaid = verify_and_apply(channel, profile, NotifyRequest("GET", {"order": "K1", "sig": "s", "status": "unpaid"}))
-    assert not unpaid.ok and "not a payment" in unpaid.reason
+    assert not unpaid.ok and unpaid.acknowledged and "not a payment" in unpaid.reason
     twice = verify_and_apply(channel, profile, NotifyRequest("GET", {}, duplicate_fields=("money",)))
     assert not twice.ok and "money" in twice.reason
 

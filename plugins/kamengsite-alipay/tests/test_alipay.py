@@ -340,6 +340,10 @@ FORGERIES = {
 
 
 #: Why each forgery is refused: the check that must catch it, not merely some check.
+# Genuine notifications that report no payment: acknowledged (so the gateway stops resending), nothing written.
+ACKNOWLEDGED = {case: FORGERIES.pop(case) for case in ('WAIT_BUYER_PAY', 'TRADE_CLOSED')}
+
+
 REASONS = {
     "bad signature": "bad signature", "sign not base64": "bad signature", "missing sign": "no sign",
     "empty sign": "no sign", "signed with another key": "bad signature",
@@ -501,3 +505,18 @@ def test_settings_are_validated_with_the_key_named_and_secrets_never_shown(alipa
                                     environ={"K": good["app_private_key"]})[("alipay", "main")]
     assert profile.get("app_private_key") == good["app_private_key"]
     assert good["app_private_key"] not in repr(profile) and profile.public_settings()["app_private_key"] == "******"
+
+
+@pytest.mark.parametrize("case", sorted(ACKNOWLEDGED))
+def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothing(shop, alipay, case, caplog):
+    with all_sites():
+        fields = ACKNOWLEDGED[case](alipay, shop)
+    before = snapshot()
+    delivered = list(shop.counter.orders)
+    with caplog.at_level(logging.INFO, logger="kamengsite.payments"):
+        response = notify(shop.client(), fields)
+    assert (response.status_code, response.get_data()) == (200, b"success")
+    assert snapshot() == before
+    assert shop.counter.orders == delivered
+    assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
+    assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]

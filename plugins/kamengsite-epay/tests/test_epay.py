@@ -310,6 +310,10 @@ FORGERIES = {
     "field sent twice": "twice",
 }
 
+# Genuine notifications that report no payment: acknowledged (so the gateway stops resending), nothing written.
+ACKNOWLEDGED = {case: FORGERIES.pop(case) for case in ('trade not successful',)}
+
+
 V2_FORGERIES = {
     "stale timestamp": lambda g, s: g.notification(new_order(s, "epay/v2"), "v2",
                                                    timestamp=str(int(time.time()) - 301)),
@@ -457,3 +461,18 @@ def test_a_bad_profile_is_left_out_and_the_others_keep_working(host_factory, gat
     product, _ = _stock(host)
     page = base.SiteClient(host, "shop1.localhost").get(f"/p/{product.id}").get_data(as_text=True)
     assert 'value="epay/v1"' in page and 'value="epay/broken"' not in page
+
+
+@pytest.mark.parametrize("case", sorted(ACKNOWLEDGED))
+def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothing(shop, gateway, case, caplog):
+    with all_sites():
+        fields = ACKNOWLEDGED[case](gateway, shop)
+    before = snapshot()
+    delivered = list(shop.counter.orders)
+    with caplog.at_level(logging.INFO, logger="kamengsite.payments"):
+        response = notify(shop.client(), fields, "v1", "GET")
+    assert (response.status_code, response.get_data()) == (200, b"success")
+    assert snapshot() == before
+    assert shop.counter.orders == delivered
+    assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
+    assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]

@@ -356,6 +356,10 @@ FORGERIES = {
 }
 
 
+# Genuine notifications that report no payment: acknowledged (so the gateway stops resending), nothing written.
+ACKNOWLEDGED = {case: FORGERIES.pop(case) for case in ('status 1 (unpaid)', 'status 3 (expired)')}
+
+
 def _assert_refused(shop, response, before, caplog):
     assert (response.status_code, response.get_data()) == (400, b"fail")
     assert snapshot() == before
@@ -444,3 +448,18 @@ def test_settings_are_validated_with_the_key_named_and_secrets_never_shown():
                                     channels, environ={"USDT_K": secret})[("usdt", "main")]
     assert profile.get("token") == secret
     assert secret not in repr(profile) and profile.public_settings()["token"] == "******"
+
+
+@pytest.mark.parametrize("case", sorted(ACKNOWLEDGED))
+def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothing(shop, gateway, case, caplog):
+    with all_sites():
+        fields = ACKNOWLEDGED[case](gateway, shop)
+    before = snapshot()
+    delivered = list(shop.counter.orders)
+    with caplog.at_level(logging.INFO, logger="kamengsite.payments"):
+        response = notify(shop.client(), fields)
+    assert (response.status_code, response.get_data()) == (200, b"ok")
+    assert snapshot() == before
+    assert shop.counter.orders == delivered
+    assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
+    assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]

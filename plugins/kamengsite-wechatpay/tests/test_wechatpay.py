@@ -402,6 +402,10 @@ FORGERIES = {
 }
 
 
+# Genuine notifications that report no payment: acknowledged (so the gateway stops resending), nothing written.
+ACKNOWLEDGED = {case: FORGERIES.pop(case) for case in ('trade_state NOTPAY', 'trade_state REFUND')}
+
+
 REASONS = {  # each forgery is refused for its own reason, not by accident
     "GET instead of POST": "is not POST", "WeChat signature probe": "signature probe",
     "amount as a float": "not an integer number of fen", "amount as a string": "not an integer number of fen",
@@ -424,7 +428,7 @@ REASONS = {  # each forgery is refused for its own reason, not by accident
 
 
 def test_every_forgery_has_an_expected_reason():
-    assert set(REASONS) == set(FORGERIES)
+    assert set(REASONS) == set(FORGERIES) | set(ACKNOWLEDGED)
 
 
 def _assert_refused(shop, response, before, caplog, reason=""):
@@ -552,3 +556,18 @@ def test_the_plugin_is_installed_under_its_entry_point():
     assert ep.load() is kamengsite_wechatpay.plugin
     [channel] = kamengsite_wechatpay.plugin.payment_channels(instance=None)
     assert channel.id == "wechatpay" and channel.reply(True).status == 204 and channel.reply(True).body == ""
+
+
+@pytest.mark.parametrize("case", sorted(ACKNOWLEDGED))
+def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothing(shop, wxpay, case, caplog):
+    with all_sites():
+        fields = ACKNOWLEDGED[case](wxpay, shop)
+    before = snapshot()
+    delivered = list(shop.counter.orders)
+    with caplog.at_level(logging.INFO, logger="kamengsite.payments"):
+        response = notify(shop.client(), *fields)
+    assert (response.status_code, response.get_data()) == (204, b"")
+    assert snapshot() == before
+    assert shop.counter.orders == delivered
+    assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
+    assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]

@@ -1,0 +1,85 @@
+"""``kamengsite ledger …``: check the ledger's invariants and list derived balances.
+
+Registered on the main command group by ``cli._register_more_commands``.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import click
+
+from .cli import _fail_cleanly, pass_ctx
+from .errors import KamengsiteError
+
+
+@contextmanager
+def _bound(instance):
+    """The instance's database bound to the models; refuses a schema that is behind."""
+    from . import migrations
+    from .db import init_database
+
+    db = init_database(instance.database_url)
+    try:
+        pending = migrations.pending(db)
+        if pending:
+            raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
+        with db.connection_context():
+            yield db
+    finally:
+        if not db.is_closed():
+            db.close()
+
+
+def format_fen(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    yuan, rest = divmod(abs(fen), 100)
+    return f"{sign}{yuan}.{rest:02d}"
+
+
+@click.group()
+def ledger():
+    """The double-entry ledger (money in integer fen)."""
+
+
+@ledger.command("check")
+@pass_ctx
+@_fail_cleanly
+def check(ctx):
+    """Verify every invariant; exit 1 listing each problem."""
+    from . import ledger as core
+
+    with _bound(ctx.instance()):
+        problems = core.check()
+        txns = core.LedgerTxn.select().count()
+        accounts = core.LedgerAccount.select().count()
+    if problems:
+        for problem in problems:
+            click.echo(f"problem: {problem}")
+        click.echo(f"ledger check failed: {len(problems)} problem(s)", err=True)
+        raise SystemExit(1)
+    click.echo(f"ledger balances: {txns} transaction(s), {accounts} account(s), every invariant holds")
+
+
+@ledger.command("balances")
+@pass_ctx
+@_fail_cleanly
+def balances(ctx):
+    """Every account with its balance derived from the entries."""
+    from . import ledger as core
+
+    with _bound(ctx.instance()):
+        rows = core.balances()
+        slugs = {}
+        if rows:
+            from .models import Site
+
+            slugs = dict(Site.select(Site.id, Site.slug).tuples())
+    if not rows:
+        click.echo("no ledger accounts")
+        return
+    click.echo(f"{'id':>6}  {'kind':<18} {'site':<16} {'member':>8}  {'balance_fen':>16}  {'CNY':>16}")
+    for acct, amount in rows:
+        site = slugs.get(acct.site_id, str(acct.site_id)) if acct.site_id is not None else "-"
+        member = str(acct.member_id) if acct.member_id is not None else "-"
+        click.echo(f"{acct.id:>6}  {acct.kind:<18} {site:<16} {member:>8}  {amount:>16}  {format_fen(amount):>16}")
