@@ -200,13 +200,10 @@ def test_concurrent_withdrawals_never_overdraw_nor_double_post(matrix):
     available, clearing = account("site_available", site=site), account("channel_clearing")
     post("payment", "funding", [(clearing, -1000), (available, 1000)])
     attempts = [f"w-{i % 15}" for i in range(45)]  # 15 references, each tried three times: 10 fit the balance
-    start = threading.Barrier(16)
+    go = threading.Event()
 
     def withdraw(reference):
-        try:
-            start.wait(timeout=10)
-        except threading.BrokenBarrierError:
-            pass
+        go.wait(timeout=10)  # every thread starts together
         try:
             with database.connection_context():
                 txn = post("withdrawal", reference, [(available.id, -100), (clearing.id, 100)])
@@ -217,7 +214,9 @@ def test_concurrent_withdrawals_never_overdraw_nor_double_post(matrix):
             return ("error", reference, f"{type(exc).__name__}: {exc}")
 
     with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(withdraw, attempts))
+        futures = [pool.submit(withdraw, reference) for reference in attempts]
+        go.set()
+        results = [f.result() for f in futures]
     assert [r for r in results if r[0] == "error"] == []
     by_reference: dict[str, set] = {}
     for outcome, reference, txn_id in results:
