@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import peewee
 import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
