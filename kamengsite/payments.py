@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ENV_PREFIX = "env:"
 MASK = "******"
-AMOUNT_RE = re.compile(r"^\d{1,13}(?:\.\d{1,8})?$")  # plain digits: no sign, exponent, NaN or Infinity
+AMOUNT_RE = re.compile(r"^[0-9]{1,13}(?:\.[0-9]{1,8})?$")  # ASCII digits only (\d takes "１５"): no sign, exponent, NaN
 
 
 class PaymentError(KamengsiteError):

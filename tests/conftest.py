@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import tomli_w
 from click.testing import CliRunner
-from werkzeug.test import Client
 
 from kamengsite.config import SITE_FILE
 from kamengsite.db import backend_name, make_database, release_connections
@@ -27,6 +26,7 @@ from kamengsite.hookspecs import hookimpl
 from kamengsite.host import Host
 from kamengsite.instance import PROJECT_ROOT, Instance
 from kamengsite.migrations import upgrade
+from kamengsite.testing import SiteClient  # noqa: F401 - re-exported for tests and plugins
 
 SERVERS = {
     "postgresql": os.environ.get("KAMENGSITE_TEST_POSTGRESQL", "postgresql://postgres@127.0.0.1:5432/test"),
@@ -142,21 +142,6 @@ def db_host(db_instance):
     h = make_host(db_instance)
     yield h
     h.close()
-
-
-class SiteClient(Client):
-    """A test client that sends every request to one host name."""
-
-    def __init__(self, app, host_name, **kwargs):
-        super().__init__(app, **kwargs)
-        self.host_name = host_name
-
-    def open(self, *args, **kwargs):
-        headers = kwargs.pop("headers", None) or {}
-        headers = dict(headers)
-        headers.setdefault("Host", self.host_name)
-        kwargs["headers"] = headers
-        return super().open(*args, **kwargs)
 
 
 @pytest.fixture

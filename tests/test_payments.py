@@ -16,7 +16,7 @@ def test_yuan_to_fen_parses_decimals(text, fen):
     assert yuan_to_fen(text) == fen
 
 
-@pytest.mark.parametrize("text", ["", "abc", "1.001", "-1", "NaN", "Infinity", "1e400", None, 1.5])
+@pytest.mark.parametrize("text", ["", "abc", "1.001", "-1", "NaN", "Infinity", "1e400", None, 1.5, "１５", "1.５"])
 def test_yuan_to_fen_refuses_anything_else(text):
     with pytest.raises(ValueError):
         yuan_to_fen(text)

@@ -18,12 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 import kamengsite_test_fixtures as base
-from kamengsite.cardkeys import CardKey, import_keys
-from kamengsite.catalog import create_product
-from kamengsite.crypto import CardKeyCipher
+from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
 from kamengsite.errors import ConfigError
-from kamengsite.hookspecs import hookimpl
-from kamengsite.models import Site
 from kamengsite.orders import Order, Payment, create_order
 from kamengsite.payments import check_payments_config, sign_content
 from kamengsite.tenancy import all_sites
@@ -106,59 +102,22 @@ def payments_config(gateway):
     }}
 
 
-class DeliveryCounter:
-    def __init__(self):
-        self.orders = []
-
-    @hookimpl
-    def order_delivered(self, order, site):
-        self.orders.append((order.order_no, site.slug))
-
-
-def _stock(host):
-    host.registry.create("shop1", template="gaming")
-    main = Site.get(Site.slug == "main")
-    product = create_product(main, "测试月卡", PRICE_FEN, max_qty=5)
-    import_keys(product.skus[0], [f"CODE-{i:04d}" for i in range(20)], CardKeyCipher.from_instance(host.instance))
-    counter = DeliveryCounter()
-    host.plugins.register(counter, name="delivery-counter")
-    host.plugins.core.add("delivery-counter")
-    return product, counter
-
-
 @pytest.fixture
 def shop(host_factory, gateway, monkeypatch):
     monkeypatch.setenv("EPAY_TEST_KEY", gateway.md5_key)
     host = host_factory("epay", payments=payments_config(gateway))
-    product, counter = _stock(host)
-    shop1 = Site.get(Site.slug == "shop1").id
-
-    class Shop:
-        pass
-
-    s = Shop()
-    s.host, s.product, s.counter, s.site_id = host, product, counter, shop1
-    s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
-    return s
+    return open_channel_shop(host, PRICE_FEN)
 
 
-def token(response):
-    return TOKEN.search(response.get_data(as_text=True)).group(1)
+token = csrf_token
 
 
 def buy(client, product, pay="epay/v1"):
-    page = client.get(f"/p/{product.id}")
-    data = {"csrf_token": token(page), "sku": product.skus[0].id, "quantity": 1,
-            "contact": "buyer@example.com", "query_password": "pass1234"}
-    if pay is not None:
-        data["pay"] = pay
-    return client.post(f"/p/{product.id}", data=data)
+    return shared_buy(client, product, pay)
 
 
 def new_order(shop, pay="epay/v1", client=None):
-    created = buy(client or shop.client(), shop.product, pay)
-    assert created.status_code == 302, created.get_data(as_text=True)
-    return created.headers["Location"].rsplit("/", 1)[1]
+    return shared_new_order(shop, pay, client)
 
 
 def notify(client, fields, profile="v1", method="GET", channel="epay"):
@@ -166,13 +125,6 @@ def notify(client, fields, profile="v1", method="GET", channel="epay"):
     if method == "GET":
         return client.get(path + "?" + urllib.parse.urlencode(fields))
     return client.post(path, data=fields)
-
-
-def snapshot():
-    with all_sites():
-        return (Payment.select().count(),
-                sorted(Order.select(Order.order_no, Order.status).tuples()),
-                CardKey.select().where(CardKey.status == "sold").count())
 
 
 # -- the reference test vector --------------------------------------------------------------
@@ -403,14 +355,8 @@ def test_concurrent_duplicate_notifications_pay_and_deliver_once(tmp_path, backe
     instance = base.make_instance(tmp_path / "instance", backend_url, payments=payments_config(gateway))
     host = base.make_host(instance)
     try:
-        product, counter = _stock(host)
-
-        class S:
-            pass
-
-        s = S()
-        s.product = product
-        s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
+        shop = open_channel_shop(host, PRICE_FEN)
+        counter, s = shop.counter, shop
         order_no = new_order(s)
         fields = gateway.notification(order_no)
         with ThreadPoolExecutor(8) as pool:
@@ -458,7 +404,7 @@ def test_a_bad_profile_is_left_out_and_the_others_keep_working(host_factory, gat
     config = payments_config(gateway)
     config["epay"]["broken"] = {"api": API, "pid": "1"}  # no key
     host = host_factory("partial", payments=config)
-    product, _ = _stock(host)
+    product = open_channel_shop(host, PRICE_FEN).product
     page = base.SiteClient(host, "shop1.localhost").get(f"/p/{product.id}").get_data(as_text=True)
     assert 'value="epay/v1"' in page and 'value="epay/broken"' not in page
 

@@ -16,13 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import kamengsite_test_fixtures as base
+from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
 import kamengsite_usdt
-from kamengsite.cardkeys import CardKey, import_keys
-from kamengsite.catalog import create_product
-from kamengsite.crypto import CardKeyCipher
 from kamengsite.errors import ConfigError
-from kamengsite.hookspecs import hookimpl
-from kamengsite.models import Site
 from kamengsite.orders import Order, Payment, create_order
 from kamengsite.payments import PaymentError, PayRequest, check_payments_config
 from kamengsite.tenancy import all_sites
@@ -107,26 +103,6 @@ def payments_config():
     }}
 
 
-class DeliveryCounter:
-    def __init__(self):
-        self.orders = []
-
-    @hookimpl
-    def order_delivered(self, order, site):
-        self.orders.append((order.order_no, site.slug))
-
-
-def _stock(host):
-    host.registry.create("shop1", template="gaming")
-    main = Site.get(Site.slug == "main")
-    product = create_product(main, "测试月卡", PRICE_FEN, max_qty=5)
-    import_keys(product.skus[0], [f"CODE-{i:04d}" for i in range(20)], CardKeyCipher.from_instance(host.instance))
-    counter = DeliveryCounter()
-    host.plugins.register(counter, name="delivery-counter")
-    host.plugins.core.add("delivery-counter")
-    return product, counter
-
-
 def _env(monkeypatch, gateway):
     monkeypatch.setenv("USDT_TEST_TOKEN", gateway.token)
     monkeypatch.setenv("USDT_ALT_TOKEN", "alt-" + secrets.token_urlsafe(16))
@@ -136,46 +112,22 @@ def _env(monkeypatch, gateway):
 def shop(host_factory, gateway, monkeypatch):
     _env(monkeypatch, gateway)
     host = host_factory("usdt", payments=payments_config())
-    product, counter = _stock(host)
-    shop1 = Site.get(Site.slug == "shop1").id
-
-    class Shop:
-        pass
-
-    s = Shop()
-    s.host, s.product, s.counter, s.site_id = host, product, counter, shop1
-    s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
-    return s
+    return open_channel_shop(host, PRICE_FEN)
 
 
-def token(response):
-    return TOKEN.search(response.get_data(as_text=True)).group(1)
+token = csrf_token
 
 
 def buy(client, product, pay="usdt/main"):
-    page = client.get(f"/p/{product.id}")
-    data = {"csrf_token": token(page), "sku": product.skus[0].id, "quantity": 1,
-            "contact": "buyer@example.com", "query_password": "pass1234"}
-    if pay is not None:
-        data["pay"] = pay
-    return client.post(f"/p/{product.id}", data=data)
+    return shared_buy(client, product, pay)
 
 
 def new_order(shop, pay="usdt/main", client=None):
-    created = buy(client or shop.client(), shop.product, pay)
-    assert created.status_code == 302, created.get_data(as_text=True)
-    return created.headers["Location"].rsplit("/", 1)[1]
+    return shared_new_order(shop, pay, client)
 
 
 def notify(client, body: bytes, profile="main", channel="usdt"):
     return client.post(f"/pay/notify/{channel}/{profile}", data=body, content_type="application/json")
-
-
-def snapshot():
-    with all_sites():
-        return (Payment.select().count(),
-                sorted(Order.select(Order.order_no, Order.status).tuples()),
-                CardKey.select().where(CardKey.status == "sold").count())
 
 
 # -- signing and the numeric-text trap (no database) ---------------------------------------------
@@ -406,14 +358,8 @@ def test_concurrent_duplicate_notifications_pay_and_deliver_once(tmp_path, backe
     instance = base.make_instance(tmp_path / "instance", backend_url, payments=payments_config())
     host = base.make_host(instance)
     try:
-        product, counter = _stock(host)
-
-        class S:
-            pass
-
-        s = S()
-        s.product = product
-        s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
+        shop = open_channel_shop(host, PRICE_FEN)
+        counter, s = shop.counter, shop
         order_no = new_order(s)
         body = gateway.notification(order_no)
         with ThreadPoolExecutor(8) as pool:

@@ -19,13 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 import kamengsite_test_fixtures as base
+from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
 import kamengsite_wechatpay
-from kamengsite.cardkeys import CardKey, import_keys
-from kamengsite.catalog import create_product
-from kamengsite.crypto import CardKeyCipher
 from kamengsite.errors import ConfigError
-from kamengsite.hookspecs import hookimpl
-from kamengsite.models import Site
 from kamengsite.orders import Order, Payment, create_order
 from kamengsite.payments import NotifyRequest, PaymentError, check_payments_config, verify_and_apply
 from kamengsite.tenancy import all_sites
@@ -149,66 +145,27 @@ def _environment(monkeypatch, sim):
     monkeypatch.setattr(kamengsite_wechatpay, "post_json", sim.transport)  # no network
 
 
-class DeliveryCounter:
-    def __init__(self):
-        self.orders = []
-
-    @hookimpl
-    def order_delivered(self, order, site):
-        self.orders.append((order.order_no, site.slug))
-
-
-def _stock(host):
-    host.registry.create("shop1", template="gaming")
-    main = Site.get(Site.slug == "main")
-    product = create_product(main, "测试月卡", PRICE_FEN, max_qty=5)
-    import_keys(product.skus[0], [f"CODE-{i:04d}" for i in range(20)], CardKeyCipher.from_instance(host.instance))
-    counter = DeliveryCounter()
-    host.plugins.register(counter, name="delivery-counter")
-    host.plugins.core.add("delivery-counter")
-    return product, counter
-
-
 @pytest.fixture
 def shop(host_factory, wxpay, monkeypatch):
     _environment(monkeypatch, wxpay)
     host = host_factory("wechatpay", payments=payments_config(wxpay))
-    product, counter = _stock(host)
-
-    class Shop:
-        pass
-
-    s = Shop()
-    s.host, s.product, s.counter = host, product, counter
-    s.site_id = Site.get(Site.slug == "shop1").id
-    s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
-    return s
+    return open_channel_shop(host, PRICE_FEN)
 
 
-def token(response):
-    return TOKEN.search(response.get_data(as_text=True)).group(1)
+token = csrf_token
+
+
+def buy(client, product, pay="wechatpay/main"):
+    return shared_buy(client, product, pay)
 
 
 def new_order(shop, pay="wechatpay/main", client=None):
-    client = client or shop.client()
-    page = client.get(f"/p/{shop.product.id}")
-    created = client.post(f"/p/{shop.product.id}", data={
-        "csrf_token": token(page), "sku": shop.product.skus[0].id, "quantity": 1,
-        "contact": "buyer@example.com", "query_password": "pass1234", "pay": pay})
-    assert created.status_code == 302, created.get_data(as_text=True)
-    return created.headers["Location"].rsplit("/", 1)[1]
+    return shared_new_order(shop, pay, client)
 
 
 def notify(client, headers, body, profile="main", method="POST"):
     return client.open(f"/pay/notify/wechatpay/{profile}", method=method, data=body, headers=headers,
                        content_type="application/json")
-
-
-def snapshot():
-    with all_sites():
-        return (Payment.select().count(),
-                sorted(Order.select(Order.order_no, Order.status).tuples()),
-                CardKey.select().where(CardKey.status == "sold").count())
 
 
 # -- the buyer's path: a signed Native order, the QR code -----------------------------------------
@@ -498,14 +455,8 @@ def test_concurrent_duplicate_notifications_pay_and_deliver_once(tmp_path, backe
     instance = base.make_instance(tmp_path / "instance", backend_url, payments=payments_config(wxpay))
     host = base.make_host(instance)
     try:
-        product, counter = _stock(host)
-
-        class S:
-            pass
-
-        s = S()
-        s.product = product
-        s.client = lambda name="shop1.localhost": base.SiteClient(host, name)
+        shop = open_channel_shop(host, PRICE_FEN)
+        counter, s = shop.counter, shop
         order_no = new_order(s)
         headers, body = wxpay.notification(order_no)
         retries = [wxpay.sign(body) for _ in range(4)]  # WeChat's retries carry fresh signatures
