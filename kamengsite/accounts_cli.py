@@ -1,4 +1,4 @@
-"""``kamengsite account …``: operator accounts of the main site's console (/admin/).
+"""``kamengsite account …``: console accounts (/admin/) of the main site, or with ``--site`` of a sub-site's owner.
 
 Registered on the main command group by ``cli._register_more_commands``.
 """
@@ -14,9 +14,13 @@ from .cli import _fail_cleanly, pass_ctx
 from .errors import KamengsiteError
 
 
+SITE_OPTION = click.option("--site", "slug", default=None, metavar="SLUG",
+                           help="The site whose console it is (default: the main site).")
+
+
 @contextmanager
-def _main_site(instance):
-    """The main site's id with the database bound; refuses a schema that is behind."""
+def _console_site(instance, slug=None):
+    """The id of site ``slug`` (default: the main site) with the database bound; refuses a schema that is behind."""
     from . import migrations
     from .db import init_database
     from .models import Site
@@ -26,9 +30,11 @@ def _main_site(instance):
         pending = migrations.pending(db)
         if pending:
             raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
-        site = Site.get_or_none(Site.slug == instance.main_site)
+        slug = slug or instance.main_site
+        site = Site.get_or_none(Site.slug == slug)
         if site is None:
-            raise KamengsiteError(f"main site {instance.main_site!r} not found: run `kamengsite init`")
+            hint = "run `kamengsite init`" if slug == instance.main_site else "see `kamengsite site list`"
+            raise KamengsiteError(f"site {slug!r} not found: {hint}")
         yield site.id
     finally:
         if not db.is_closed():
@@ -50,43 +56,46 @@ def _password(from_stdin: bool) -> tuple[str, bool]:
 
 @click.group()
 def account():
-    """Operator accounts of the main site's console (/admin/)."""
+    """Console accounts (/admin/): the main site's operators, or a sub-site's owners with --site."""
 
 
 @account.command("create")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True,
               help="Read the password from the first line of standard input instead of generating one.")
+@SITE_OPTION
 @pass_ctx
 @_fail_cleanly
-def account_create(ctx, username, password_stdin):
-    """Create operator USERNAME on the main site; prints a generated password unless --password-stdin."""
+def account_create(ctx, username, password_stdin, slug):
+    """Create console account USERNAME (main site, or --site); prints a generated password unless --password-stdin."""
     from .accounts import create_account
 
     instance = ctx.instance()
+    slug = slug or instance.main_site
     password, generated = _password(password_stdin)
-    with _main_site(instance) as site_id:
+    with _console_site(instance, slug) as site_id:
         created = create_account(site_id, username, password, role="operator")
-    click.echo(f"created operator {created.username!r} on site {instance.main_site!r}")
+    click.echo(f"created operator {created.username!r} on site {slug!r}")
     if generated:
         click.echo(f"password: {password}")
         click.echo("(shown once; change it with `kamengsite account set-password`)")
-    click.echo(f"console: http://{instance.main_site}.{instance.base_domain}/admin/")
+    click.echo(f"console: http://{slug}.{instance.base_domain}/admin/")
 
 
 @account.command("set-password")
 @click.argument("username")
 @click.option("--password-stdin", is_flag=True,
               help="Read the new password from the first line of standard input instead of generating one.")
+@SITE_OPTION
 @pass_ctx
 @_fail_cleanly
-def account_set_password(ctx, username, password_stdin):
+def account_set_password(ctx, username, password_stdin, slug):
     """Give USERNAME a new password (generated and printed unless --password-stdin); signs out its sessions."""
     from .accounts import set_password
 
     instance = ctx.instance()
     password, generated = _password(password_stdin)
-    with _main_site(instance) as site_id:
+    with _console_site(instance, slug) as site_id:
         changed = set_password(site_id, username, password)
     click.echo(f"password of {changed.username!r} changed; its open sessions are signed out")
     if generated:

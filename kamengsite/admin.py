@@ -1,8 +1,10 @@
-"""The operator console (/admin/): a core plugin, served on the main site only.
+"""The operator console (/admin/): a core plugin, served on every site.
 
-The main site's operators manage the catalogue (categories, products, SKUs)
-and import card keys by pasting or uploading a .txt/.csv file. This is the seed
-of the full admin (roles, 2FA, audit, i18n): accounts live in ``accounts.py``,
+Every site has its own console accounts (``accounts.py``): a login on one site is void on
+every other. The catalogue pages below — the main site's operators manage categories,
+products and SKUs and import card keys by pasting or uploading a .txt/.csv file — are
+``main_site_only``: on a sub-site they are a 404 (sub-sites sell the main catalogue).
+This is the seed of the full admin (roles, 2FA, audit, i18n): accounts live in ``accounts.py``,
 every view here goes through ``operator_required``, every write is a Flask-WTF
 form (CSRF), and no page ever shows a card key's plaintext.
 
@@ -289,6 +291,23 @@ def _current_operator():
     return account
 
 
+def is_main_site() -> bool:
+    site = current_site()
+    return site.slug == site.instance.main_site
+
+
+def main_site_only(view):
+    """A page of the main site's console: a 404 on sub-sites, signed in or not (nothing to learn there)."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if not is_main_site():
+            abort(404)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
 def operator_required(view):
     """Every console view: a signed-in operator of this site, or off to the login page."""
 
@@ -327,7 +346,8 @@ def _console_headers(response):
 
 @bp.context_processor
 def _console_context():
-    return {"logout_form": ActionForm(formdata=None)}
+    # console_main: the layout's menu shows the main site's pages or the sub-site owner's.
+    return {"logout_form": ActionForm(formdata=None), "console_main": is_main_site()}
 
 
 @bp.errorhandler(413)
@@ -419,6 +439,7 @@ def _uses_key_rows(kind: str, loop_key: bool) -> bool:
 
 
 @bp.get("/")
+@main_site_only
 @operator_required
 def products():
     items = list(Product.select().where(Product.site == _site_id()).order_by(Product.sort, Product.id).limit(1000))
@@ -432,6 +453,7 @@ def products():
 
 
 @bp.route("/categories", methods=["GET", "POST"])
+@main_site_only
 @operator_required
 def categories():
     existing = _categories()
@@ -465,6 +487,7 @@ def _product_fields(form: ProductForm) -> dict:
 
 
 @bp.route("/products/new", methods=["GET", "POST"])
+@main_site_only
 @operator_required
 def product_new():
     form = ProductForm()
@@ -494,6 +517,7 @@ class _Refused(Exception):
 
 
 @bp.route("/products/<int:product_id>/edit", methods=["GET", "POST"])
+@main_site_only
 @operator_required
 def product_edit(product_id):
     product = _product_or_404(product_id)
@@ -668,6 +692,7 @@ def _loop_key_status(skus) -> dict[int, bool]:
 
 
 @bp.route("/products/<int:product_id>/keys", methods=["GET", "POST"])
+@main_site_only
 @operator_required
 def keys(product_id):
     product = _product_or_404(product_id)
@@ -734,11 +759,15 @@ def _loop_key_page(product: Product, skus: list[Sku], choices):
 # -- plugin ---------------------------------------------------------------------------
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def prepare_site_app(app, site):
-    """Register the console on the main site only: on every sub-site /admin/ stays a 404."""
-    context = app.extensions.get("kamengsite.site")
-    if context is None or site.slug != context.instance.main_site:
+    """Register the console on every site (login and log-out with the site's own accounts).
+
+    ``trylast``: on a sub-site, the owner's console (``admin_sites``) claims ``/admin/``,
+    ``/admin/login`` and ``/admin/logout`` first — Flask serves the first rule registered —
+    so these views are its fallback there; the catalogue pages are ``main_site_only``.
+    """
+    if app.extensions.get("kamengsite.site") is None:
         return
     app.config.setdefault("ADMIN_MAX_UPLOAD", MAX_UPLOAD)
     # First of the app's before-request functions: the limits must be set before the CSRF check reads the form.

@@ -102,15 +102,19 @@ def _check_fen(value):
         raise ValueError(f"prices are whole fen (int >= 0), got {value!r}")
 
 
-def storefront_products(site_owner_id: int, limit: int = 200):
-    """Products on sale with their cheapest SKU price and total stock, for listing pages."""
+def storefront_products(site_owner_id, limit: int = 200):
+    """Products on sale with their cheapest SKU price and total stock, for listing pages.
+
+    ``site_owner_id``: the site whose catalogue is listed, or a tuple of them (the main
+    catalogue and a sub-site's own goods)."""
+    owners = tuple(site_owner_id) if isinstance(site_owner_id, (tuple, list)) else (site_owner_id,)
     rows = (
-        Product.select(Product.id, Product.name, Product.summary, Product.kind, Product.image,
+        Product.select(Product.id, Product.site, Product.name, Product.summary, Product.kind, Product.image,
                        peewee.fn.MIN(Sku.price_fen).alias("price_fen"),
                        peewee.fn.SUM(Sku.stock).alias("stock"))
         .join(Sku)
-        .where((Product.site == site_owner_id) & (Product.status == "on") & (Sku.status == "on"))
-        .group_by(Product.id, Product.name, Product.summary, Product.kind, Product.image, Product.sort)
+        .where(Product.site.in_(owners) & (Product.status == "on") & (Sku.status == "on"))
+        .group_by(Product.id, Product.site, Product.name, Product.summary, Product.kind, Product.image, Product.sort)
         .order_by(Product.sort, Product.id)
         .limit(limit)
         .dicts()

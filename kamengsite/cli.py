@@ -306,6 +306,7 @@ def _register_more_commands():
         ("kamengsite.keys_cli", ("keys", "worker")),
         ("kamengsite.accounts_cli", ("account",)),
         ("kamengsite.ledger_cli", ("ledger",)),
+        ("kamengsite.sites_cli", ("level",)),  # its `site …` commands join the `site` group on import
     ):
         try:
             module = importlib.import_module(module_name)

@@ -42,6 +42,7 @@ SITE_SCHEMA = {
         "currency": {"enum": ["CNY"]},
         "parent": {"type": "string", "pattern": SLUG_RE.pattern},
         "level": {"type": "string", "maxLength": 32},
+        "settlement": {"enum": ["platform", "direct"]},
         "enabled": {"type": "boolean"},
         "plugins": {"type": "array", "items": {"type": "string", "pattern": r"^[a-z][a-z0-9_]{0,40}\Z"}, "uniqueItems": True},
         "settings": {"type": "object", "additionalProperties": {"type": "object"}},
@@ -65,6 +66,7 @@ class SiteConfig:
     currency: str = "CNY"
     parent: str | None = None
     level: str = ""
+    settlement: str = "platform"  # platform: paid through the main site's channels; direct: the site's own
     enabled: bool = True
     plugins: tuple = ()
     settings: dict = field(default_factory=dict)
@@ -139,6 +141,7 @@ def validate_site_config(raw: dict, folder: Path, *, base_domain: str, main_site
         currency=raw.get("currency", "CNY"),
         parent=parent or None,
         level=raw.get("level", ""),
+        settlement=raw.get("settlement", "platform"),
         enabled=raw.get("enabled", True),
         plugins=tuple(raw.get("plugins", ())),
         settings=raw.get("settings", {}),

@@ -56,7 +56,10 @@ def make_database(url: str) -> peewee.Database:
         url = POOLED[scheme] + url[len(scheme):]
     kwargs = {"max_connections": 32, "stale_timeout": 300}
     if backend_name(url) == "mysql":
-        kwargs.update(charset="utf8mb4")
+        # READ COMMITTED, as PostgreSQL: code that locks a row and then reads (the ledger's balance
+        # checks) must see every commit; InnoDB's default REPEATABLE READ would read the snapshot
+        # taken at the transaction's first read and let two debits both pass.
+        kwargs.update(charset="utf8mb4", init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
     return connect_url(url, **kwargs)
 
 

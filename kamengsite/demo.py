@@ -10,14 +10,17 @@ from .catalog import Category, Product, create_product
 from .crypto import CardKeyCipher
 from .db import database
 from .host import Host
+from .levels import seed_default_levels
 from .models import Site
+from .pricing import PriceRule, set_rule
+from .tenancy import site_scope
 
 DEMO_OPERATOR = "admin"
 
 DEMO_SITES = (
-    # slug, template, name
-    ("shop1", "gaming", "电竞点卡铺"),
-    ("shop2", "wholesale", "商务批发站"),
+    # slug, template, name, level, the owner's markup (basis points, rounding)
+    ("shop1", "gaming", "电竞点卡铺", "silver", (1200, "nine")),
+    ("shop2", "wholesale", "商务批发站", "gold", (300, "jiao")),
 )
 
 DEMO_CATALOG = (
@@ -47,10 +50,14 @@ def setup_demo(instance, port: int = 8000):
     if instance.main_site not in registry.slugs():
         registry.create(instance.main_site, template="main")
         yield f"created main site {instance.main_site!r}"
-    for slug, template, name in DEMO_SITES:
+    with database.connection_context():
+        if seed_default_levels():
+            yield "created the default site levels (青铜/白银/黄金)"
+    for slug, template, name, level, _ in DEMO_SITES:
         if slug not in registry.slugs():
             registry.create(slug, template=template, name=name)
-            yield f"created sub-site {slug!r} from template {template!r}"
+            registry.update(slug, level=level)
+            yield f"created sub-site {slug!r} from template {template!r} at level {level!r}"
     broken = registry.sync()
     for slug, error in broken.items():
         yield f"warning: site {slug} is broken: {error}"
@@ -61,10 +68,13 @@ def setup_demo(instance, port: int = 8000):
         else:
             yield from _demo_catalog(main, CardKeyCipher.from_instance(instance))
         yield from _demo_operator(main)
+        for slug, *_ in DEMO_SITES:
+            yield from _demo_operator(Site.get(Site.slug == slug), label=f"{slug} owner")
+        yield from _demo_markups()
     port_hint = f":{port}"
     yield f"main site:  http://{instance.main_site}.{instance.base_domain}{port_hint}/"
     yield f"console:    http://{instance.main_site}.{instance.base_domain}{port_hint}/admin/"
-    for slug, _, _ in DEMO_SITES:
+    for slug, *_ in DEMO_SITES:
         yield f"sub-site:   http://{slug}.{instance.base_domain}{port_hint}/"
 
 
@@ -81,15 +91,26 @@ def _demo_catalog(main, cipher):
         yield f"product {name}: {len(skus)} SKU(s), {per_sku} keys each"
 
 
-def _demo_operator(main):
-    """The console's operator ``admin``, once, with a generated password printed this one time."""
-    if find_account(main.id, DEMO_OPERATOR) is not None:
-        yield (f"operator account {DEMO_OPERATOR!r} already present "
-               f"(new password: `kamengsite account set-password {DEMO_OPERATOR}`)")
+def _demo_markups():
+    """Each demo sub-site's own markup on its cost (once): the same card costs differently per site."""
+    for slug, _, _, _, (markup_bp, rounding) in DEMO_SITES:
+        site = Site.get(Site.slug == slug)
+        with site_scope(site.id):
+            if PriceRule.select().exists():
+                continue
+        set_rule(site.id, "all", markup_percent_bp=markup_bp, rounding=rounding)
+        yield f"sub-site {slug}: prices = cost + {markup_bp / 100:g} %, rounded {rounding}"
+
+
+def _demo_operator(site, label="operator"):
+    """A console account ``admin`` on ``site``, once, with a generated password printed this one time."""
+    if find_account(site.id, DEMO_OPERATOR) is not None:
+        yield (f"{label} account {DEMO_OPERATOR!r} already present "
+               f"(new password: `kamengsite account set-password {DEMO_OPERATOR} --site {site.slug}`)")
         return
     password = generate_password()
-    create_account(main.id, DEMO_OPERATOR, password, role="operator")
-    yield f"operator account: {DEMO_OPERATOR} / password: {password}  (shown once)"
+    create_account(site.id, DEMO_OPERATOR, password, role="operator")
+    yield f"{label} account: {DEMO_OPERATOR} / password: {password}  (shown once)"
 
 
 def _fake_code() -> str:

@@ -61,6 +61,10 @@ class Host:
         host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME", "")
         slug, via_domain, version = self.registry.resolve_version(host)
         if slug is None:
+            if via_domain and environ.get("PATH_INFO") == "/.well-known/kamengsite-verification.txt":
+                from .domains import verification_response  # a claimed domain pointed at us: answer its token
+
+                return verification_response(normalize_host(host))(environ, start_response)
             return self._page("unknown_host.html", 404)(environ, start_response)
         app = self.app_for(slug, version=version)
         if isinstance(app, _Broken):
@@ -73,7 +77,10 @@ class Host:
             self.registry.forget_domain(host)
             return self._page("unknown_host.html", 404)(environ, start_response)
         if not config.enabled:
-            return self._page("closed.html", 503, site=config)(environ, start_response)
+            from .opening import closed_page, served_while_off
+
+            if not served_while_off(config, environ.get("PATH_INFO", "")):
+                return self._page(closed_page(config), 503, site=config)(environ, start_response)
         return app(environ, start_response)
 
     def _page(self, template: str, status: int, **context) -> Response:

@@ -54,6 +54,8 @@ class Jobs:
     expire_orders: object
     send_order_mail: object
     send_operator_mail: object
+    release_margins: object = None
+    expire_sites: object = None
 
 
 def redis_url(instance) -> str:
@@ -95,6 +97,13 @@ def make_jobs(instance, *, immediate: bool | None = None, name: str = QUEUE_NAME
             log.info("expired %d unpaid orders", total)
         return total
 
+    @huey.periodic_task(crontab(minute="*/15"))
+    def release_margins():
+        """Release sites' margins whose freeze period is over to their available balance (every 15 minutes)."""
+        from .settlement import release_due
+
+        return release_due()
+
     @huey.task(retries=MAIL_RETRIES, retry_delay=MAIL_RETRY_DELAY, context=True)
     def send_order_mail(order_id: int, site: dict, task=None):
         """Mail a delivered order's keys to its buyer; raises (and is retried) when SMTP fails."""
@@ -109,8 +118,16 @@ def make_jobs(instance, *, immediate: bool | None = None, name: str = QUEUE_NAME
 
         return mail.send_operator_mail(instance, subject, body)
 
+    @huey.periodic_task(crontab(minute="*/10"))
+    def expire_sites():
+        """Turn off sub-sites past their term, back on those renewed since (every ten minutes)."""
+        from . import opening
+
+        return opening.expire_sites(opening.registry_for(instance))
+
     return Jobs(instance=instance, huey=huey, expire_orders=expire_orders,
-                send_order_mail=send_order_mail, send_operator_mail=send_operator_mail)
+                send_order_mail=send_order_mail, send_operator_mail=send_operator_mail,
+                release_margins=release_margins, expire_sites=expire_sites)
 
 
 _cache: dict[tuple, Jobs] = {}

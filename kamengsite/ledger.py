@@ -18,18 +18,26 @@ code, jobs and payment handling, never from a site's request scope on its own.
 
 from __future__ import annotations
 
+import weakref
+
 import peewee
 
 from .db import database, is_sqlite, retry_transient
 from .models import BaseModel, Site, utcnow
 
-ACCOUNT_KINDS = ("platform_revenue", "site_available", "site_frozen", "member_wallet", "channel_clearing", "fees")
+#: Sign convention: an entry is positive when it credits its account's holder (money the
+#: platform owes a site or member, revenue, fees the gateway kept) and negative for money
+#: held (``channel_clearing``: what a gateway collected for us, net of its ``fees``).
+ACCOUNT_KINDS = ("platform_revenue", "site_available", "site_frozen", "site_payout", "prepaid_hold", "member_wallet",
+                 "channel_clearing", "fees", "refund_payable")
 #: Kinds whose balance must never go below zero.
-NO_NEGATIVE = frozenset({"site_available", "member_wallet"})
-#: Kinds that belong to a site / to a member (the owner must be given).
-NEEDS_SITE = frozenset({"site_available", "site_frozen"})
+NO_NEGATIVE = frozenset({"site_available", "site_frozen", "site_payout", "prepaid_hold", "member_wallet",
+                         "refund_payable"})
+#: Kinds that belong to a site / to a member / to a payment channel (the owner must be given).
+NEEDS_SITE = frozenset({"site_available", "site_frozen", "site_payout", "prepaid_hold"})
 NEEDS_MEMBER = frozenset({"member_wallet"})
-TXN_KINDS = ("payment", "refund", "release", "withdrawal", "adjustment")
+NEEDS_CHANNEL = frozenset({"channel_clearing", "fees"})
+TXN_KINDS = ("payment", "refund", "release", "withdrawal", "adjustment", "wallet_pay", "wallet_topup", "prepay")
 CURRENCY = "CNY"
 REFERENCE_MAX = 128
 #: Amounts must fit a signed 64-bit column.
@@ -41,6 +49,7 @@ class LedgerAccount(BaseModel):
     kind = peewee.CharField(max_length=24)
     site = peewee.ForeignKeyField(Site, null=True, on_delete="RESTRICT")
     member_id = peewee.IntegerField(null=True)
+    channel = peewee.CharField(max_length=32, default="")
     currency = peewee.CharField(max_length=3, default=CURRENCY)
     created_at = peewee.DateTimeField(default=utcnow)
 
@@ -48,7 +57,8 @@ class LedgerAccount(BaseModel):
         table_name = "ledger_account"
 
     def __str__(self):
-        owner = "".join(f" {k}={v}" for k, v in (("site", self.site_id), ("member", self.member_id)) if v is not None)
+        owner = "".join(f" {k}={v}" for k, v in (("site", self.site_id), ("member", self.member_id),
+                                                  ("channel", self.channel or None)) if v is not None)
         return f"{self.kind}#{self.id}{owner}"
 
 
@@ -94,8 +104,11 @@ def _id(value, label: str) -> int | None:
 # -- accounts --------------------------------------------------------------------
 
 
-def account(kind: str, site=None, member=None) -> LedgerAccount:
-    """The account of ``kind`` for (site, member), created on first use.
+def account(kind: str, site=None, member=None, channel: str = "") -> LedgerAccount:
+    """The account of ``kind`` for (site, member, channel), created on first use.
+
+    ``channel`` names a payment channel (``"epay"``, ``"balance"``, ``"payout"``) for the
+    ``channel_clearing`` and ``fees`` kinds.
 
     Race-safe: two callers creating the same account meet at the unique ``code``
     and both get the one row.
@@ -107,18 +120,46 @@ def account(kind: str, site=None, member=None) -> LedgerAccount:
         raise ValueError(f"a {kind} account needs a site")
     if kind in NEEDS_MEMBER and member_id is None:
         raise ValueError(f"a {kind} account needs a member")
-    code = f"{kind}:{site_id or ''}:{member_id or ''}"
+    if kind in NEEDS_CHANNEL and not channel:
+        raise ValueError(f"a {kind} account needs a channel")
+    if channel and (not isinstance(channel, str) or len(channel) > 32 or ":" in channel):
+        raise ValueError(f"channel must be a name of 1 to 32 characters, got {channel!r}")
+    code = f"{kind}:{site_id or ''}:{member_id or ''}" + (f":{channel}" if channel else "")
+    known = _known_accounts()
+    found = known.get(code)
+    if found is not None:
+        return found
     found = LedgerAccount.get_or_none(LedgerAccount.code == code)
     if found is not None:
+        if not database.in_transaction():  # committed for sure: a rollback cannot take it away
+            known[code] = found
         return found
     try:
         with database.atomic():
-            return LedgerAccount.create(code=code, kind=kind, site=site_id, member_id=member_id)
+            return LedgerAccount.create(code=code, kind=kind, site=site_id, member_id=member_id, channel=channel)
     except peewee.IntegrityError:
         found = LedgerAccount.get_or_none(LedgerAccount.code == code)
         if found is None:  # not the code clash: e.g. the site does not exist
             raise
         return found
+
+
+_account_cache: "weakref.WeakKeyDictionary[peewee.Database, dict]" = weakref.WeakKeyDictionary()
+
+
+def _known_accounts() -> dict:
+    """Accounts already read from this database, by code: an account never changes once created,
+    so the payment path need not look its accounts up again (per database object)."""
+    db = database.obj
+    known = _account_cache.get(db)
+    if known is None:
+        known = _account_cache[db] = {}
+    return known
+
+
+def forget_accounts():
+    """Drop the account cache (for tests that delete ledger rows)."""
+    _account_cache.pop(database.obj, None)
 
 
 def balance(acct) -> int:
@@ -207,30 +248,9 @@ def post(kind: str, reference: str, entries, memo: str = "", *, _reverses: int |
     if existing is not None:
         return existing
 
-    delta: dict[int, int] = {}
-    for account_id, amount in rows:
-        delta[account_id] = delta.get(account_id, 0) + amount
-    accounts = {a.id: a for a in LedgerAccount.select().where(LedgerAccount.id.in_(list(delta)))}
-    missing = set(delta) - set(accounts)
-    if missing:
-        raise ValueError(f"unknown ledger account(s): {sorted(missing)}")
-    guarded = sorted(i for i, d in delta.items() if d < 0 and accounts[i].kind in NO_NEGATIVE)
-
     def write() -> LedgerTxn:
         with database.atomic():  # IMMEDIATE on SQLite: writers queue at BEGIN
-            if guarded and not is_sqlite():
-                # Lock in id order (no lock-order deadlocks), then read balances that include every commit.
-                list(LedgerAccount.select(LedgerAccount.id).where(LedgerAccount.id.in_(guarded))
-                     .order_by(LedgerAccount.id).for_update())
-            for account_id in guarded:
-                after = balance(account_id) + delta[account_id]
-                if after < 0:
-                    raise InsufficientFunds(f"{accounts[account_id]} would fall to {after} fen")
-            now = utcnow()
-            txn = LedgerTxn.create(kind=kind, reference=reference, memo=memo, reverses=_reverses, created_at=now)
-            LedgerEntry.insert_many([{"txn": txn.id, "account": a, "amount_fen": amt, "created_at": now}
-                                     for a, amt in rows]).execute()
-            return txn
+            return _write(kind, reference, rows, memo, _reverses)
 
     try:
         return retry_transient(write)
@@ -242,6 +262,49 @@ def post(kind: str, reference: str, entries, memo: str = "", *, _reverses: int |
         if _reverses is not None and LedgerTxn.get_or_none(LedgerTxn.reverses == _reverses) is not None:
             raise ValueError(f"transaction {_reverses} is already reversed") from None
         raise
+
+
+def lock(accounts) -> None:
+    """Lock accounts (id order) for the rest of the caller's transaction, so balances read next
+    include every commit and stay true until it ends (SQLite: the IMMEDIATE transaction does)."""
+    ids = sorted({_id(a, "account") for a in accounts})
+    if ids and not is_sqlite():
+        list(LedgerAccount.select(LedgerAccount.id).where(LedgerAccount.id.in_(ids))
+             .order_by(LedgerAccount.id).for_update())
+
+
+def post_in_transaction(kind: str, reference: str, entries, memo: str = "") -> LedgerTxn:
+    """``post`` for a caller that already holds a transaction (e.g. ``orders.mark_paid``): the
+    caller's transaction makes it atomic with the caller's writes. Raises on a duplicate
+    reference (IntegrityError) or a short account (InsufficientFunds); the caller rolls back."""
+    rows = _validate(kind, reference, entries)
+    existing = find(kind, reference)
+    if existing is not None:
+        return existing
+    return _write(kind, reference, rows, memo, None)
+
+
+def _write(kind: str, reference: str, rows: list[tuple[int, int]], memo: str, reverses: int | None) -> LedgerTxn:
+    """Insert one validated transaction; the caller holds the database transaction."""
+    delta: dict[int, int] = {}
+    for account_id, amount in rows:
+        delta[account_id] = delta.get(account_id, 0) + amount
+    kinds = dict(LedgerAccount.select(LedgerAccount.id, LedgerAccount.kind)
+                 .where(LedgerAccount.id.in_(list(delta))).tuples())
+    missing = set(delta) - set(kinds)
+    if missing:
+        raise ValueError(f"unknown ledger account(s): {sorted(missing)}")
+    guarded = sorted(i for i, d in delta.items() if d < 0 and kinds[i] in NO_NEGATIVE)
+    lock(guarded)  # id order: no lock-order deadlocks
+    for account_id in guarded:
+        after = balance(account_id) + delta[account_id]
+        if after < 0:
+            raise InsufficientFunds(f"{LedgerAccount.get_by_id(account_id)} would fall to {after} fen")
+    now = utcnow()
+    txn = LedgerTxn.create(kind=kind, reference=reference, memo=memo, reverses=reverses, created_at=now)
+    LedgerEntry.insert_many([{"txn": txn.id, "account": a, "amount_fen": amt, "created_at": now}
+                             for a, amt in rows]).execute()
+    return txn
 
 
 def reverse(kind: str, reference: str, original_txn) -> LedgerTxn:

@@ -1,4 +1,4 @@
-"""``kamengsite ledger …``: check the ledger's invariants and list derived balances.
+"""``kamengsite ledger …``: check the ledger's invariants, list derived balances, reconcile per day.
 
 Registered on the main command group by ``cli._register_more_commands``.
 """
@@ -83,3 +83,36 @@ def balances(ctx):
         site = slugs.get(acct.site_id, str(acct.site_id)) if acct.site_id is not None else "-"
         member = str(acct.member_id) if acct.member_id is not None else "-"
         click.echo(f"{acct.id:>6}  {acct.kind:<18} {site:<16} {member:>8}  {amount:>16}  {format_fen(amount):>16}")
+
+
+@ledger.command("report")
+@click.option("--from", "start", type=click.DateTime(["%Y-%m-%d"]), default=None, help="first day (UTC), default: today")
+@click.option("--to", "end", type=click.DateTime(["%Y-%m-%d"]), default=None, help="last day (UTC), default: --from")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per line")
+@pass_ctx
+@_fail_cleanly
+def report(ctx, start, end, as_json):
+    """Reconciliation: per day, channel and selling site, what came in and to whom it belongs."""
+    import json
+
+    from . import reconcile
+    from .models import utcnow
+
+    first = (start or utcnow()).date()
+    last = end.date() if end else first
+    if last < first:
+        raise KamengsiteError("--to is before --from")
+    with _bound(ctx.instance()):
+        rows = reconcile.report(first, last)
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row.as_dict(), ensure_ascii=False))
+        return
+    if not rows:
+        click.echo(f"no payments or refunds from {first} to {last}")
+        return
+    header = f"{'day':<10} {'channel':<10} {'site':<14} {'orders':>6} " + " ".join(f"{c:>12}" for c in reconcile.COLUMNS)
+    click.echo(header)
+    for row in rows + [reconcile.totals(rows)]:
+        cells = " ".join(f"{format_fen(getattr(row, c)):>12}" for c in reconcile.COLUMNS)
+        click.echo(f"{row.day:<10} {row.channel:<10} {row.site:<14} {row.orders:>6} {cells}")

@@ -30,6 +30,10 @@ class Site(BaseModel):
     parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="RESTRICT")
     status = peewee.CharField(max_length=16, default="active")  # active | disabled
     created_at = peewee.DateTimeField(default=utcnow)
+    # The economy (see levels.py, pricing.py): mirrored from site.toml, except the term's end.
+    level = peewee.CharField(max_length=32, default="")
+    settlement = peewee.CharField(max_length=16, default="platform")  # platform | direct
+    expires_at = peewee.DateTimeField(null=True)
 
 
 class SiteDomain(BaseModel):

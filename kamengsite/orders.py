@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import peewee
 
+from . import settlement
 from .cardkeys import CardKey
 from .catalog import Product, Sku
 from .db import Statement, arg, database, is_sqlite, retry_transient
@@ -76,6 +77,12 @@ class Order(TenantModel):
     buyer_ip = peewee.CharField(max_length=45, default="")
     fields = peewee.TextField(default="")
     note = peewee.TextField(default="")
+    # The money, frozen at creation: goods_fen + (fee_fen if the buyer bears it) = amount_fen;
+    # cost_chain is the pricing.Quote's [[site_id, unit_cost_fen], …] (selling site first).
+    goods_fen = peewee.BigIntegerField(default=0)
+    fee_fen = peewee.BigIntegerField(default=0)
+    fee_bearer = peewee.CharField(max_length=8, default="")
+    cost_chain = peewee.TextField(default="")
     expires_at = peewee.DateTimeField()
     paid_at = peewee.DateTimeField(null=True)
     delivered_at = peewee.DateTimeField(null=True)
@@ -84,6 +91,11 @@ class Order(TenantModel):
 
     class Meta:
         table_name = "shop_order"
+
+    @property
+    def costs(self) -> list[tuple[int, int]]:
+        """``[(site_id, unit_cost_fen), …]`` from the selling site up; [] for main-site orders."""
+        return [tuple(pair) for pair in json.loads(self.cost_chain)] if self.cost_chain else []
 
     @property
     def field_values(self) -> dict:
@@ -135,11 +147,13 @@ PRODUCT_FIELDS = (Product.id, Product.name, Product.status, Product.kind, Produc
                   Product.low_stock_threshold, Product.low_stock_alerted)
 ORDER_FIELDS = (Order.id, Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                 Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
-                Order.channel_profile, Order.fields, Order.note)
+                Order.channel_profile, Order.fields, Order.note, Order.goods_fen, Order.fee_fen, Order.fee_bearer,
+                Order.cost_chain)
 ORDER_INSERT_FIELDS = (Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                        Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
-                       Order.channel_profile, Order.buyer_ip, Order.fields, Order.note, Order.expires_at,
-                       Order.created_at, Order.updated_at)
+                       Order.channel_profile, Order.buyer_ip, Order.fields, Order.note, Order.goods_fen,
+                       Order.fee_fen, Order.fee_bearer, Order.cost_chain, Order.expires_at, Order.created_at,
+                       Order.updated_at)
 
 SKU_WITH_PRODUCT = Statement(lambda: Sku.select(*SKU_FIELDS, *PRODUCT_FIELDS).join(Product)
                              .where(Sku.id == arg("sku")))
@@ -220,8 +234,15 @@ def new_order_no() -> str:
 def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, query_password: str = "",
                  unit_price_fen: int | None = None, buyer_ip: str = "", member_id: int | None = None,
                  channel: str = "", channel_profile: str = "", fields: dict | None = None,
-                 ttl: datetime.timedelta = DEFAULT_TTL, query_secret: bytes = b"") -> Order:
-    """Create an order and reserve its stock atomically, or raise OutOfStock / InvalidOrder."""
+                 ttl: datetime.timedelta = DEFAULT_TTL, query_secret: bytes = b"",
+                 costs=(), fee: tuple[int, str] = (0, ""), prepaid: bool = False) -> Order:
+    """Create an order and reserve its stock atomically, or raise OutOfStock / InvalidOrder.
+
+    ``costs`` is the pricing chain (``pricing.Quote.costs``) that the payment will be split
+    by; ``fee`` the channel's fee and who bears it (``"buyer"`` adds it to the amount);
+    ``prepaid``: the site settles directly, so the chain's costs are taken from its prepaid
+    balance now (``settlement.post_prepay``), refused with InvalidOrder when it is short.
+    """
     if not isinstance(sku_id, int) or isinstance(sku_id, bool):
         raise InvalidOrder("this item is not on sale")
     row = SKU_WITH_PRODUCT.first(sku=sku_id)
@@ -244,6 +265,17 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
         raise InvalidOrder(f"contact must be at most {CONTACT_MAX} characters")
     buyer_ip = (buyer_ip or "")[:45]  # the column's width: an odd proxy header must not fail the order
     query_hash = hash_password(query_password, query_secret) if query_password else ""
+    goods = unit * quantity
+    costs = _check_costs(costs, unit)
+    fee_fen, fee_bearer = fee
+    if not isinstance(fee_fen, int) or isinstance(fee_fen, bool) or fee_fen < 0 or fee_bearer not in ("", "buyer", "seller"):
+        raise InvalidOrder("fee must be whole fen borne by the buyer or the seller")
+    amount = goods + (fee_fen if fee_bearer == "buyer" else 0)
+    prepay = None
+    if prepaid:
+        from . import settlement
+
+        prepay = settlement.prepay_plan(site_id, costs, quantity)
 
     def reserve():
         now = utcnow()
@@ -253,14 +285,18 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
             _check_buyer_limit(product, quantity, member_id, contact)
             values = dict(
                 site=site_id, order_no=new_order_no(), product=product.id, sku=sku.id, quantity=quantity,
-                unit_price_fen=unit, amount_fen=unit * quantity, status="created", contact=contact,
+                unit_price_fen=unit, amount_fen=amount, status="created", contact=contact,
                 query_hash=query_hash, member_id=member_id, channel=channel, channel_profile=channel_profile,
                 buyer_ip=buyer_ip, fields=json.dumps(fields, ensure_ascii=False) if fields else "", note="",
+                goods_fen=goods, fee_fen=fee_fen, fee_bearer=fee_bearer,
+                cost_chain=json.dumps([list(c) for c in costs]) if costs else "",
                 expires_at=now + ttl, created_at=now, updated_at=now,
             )
             order = Order(id=INSERT_ORDER.insert(**values), **values)
             if _uses_key_rows(product):
                 _claim_keys(order, product, sku.id, quantity)
+            if prepay is not None:
+                prepay.post(order)
         return order
 
     for attempt in range(ORDER_NO_ATTEMPTS):
@@ -273,6 +309,18 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
             # and the savepoint's own rollback then fails with an error no retry recognises.
             if "order_no" not in str(exc) or attempt == ORDER_NO_ATTEMPTS - 1:
                 raise
+
+
+def _check_costs(costs, unit_price: int) -> tuple:
+    """The price chain as ((site_id, unit_cost), …): costs never rise going up, none above the price."""
+    checked, ceiling = [], unit_price
+    for pair in costs or ():
+        site, cost = pair
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (site, cost)) or not 0 <= cost <= ceiling:
+            raise InvalidOrder("price is below this site's cost")
+        checked.append((site, cost))
+        ceiling = cost
+    return tuple(checked)
 
 
 def _check_buyer_limit(product: Product, quantity: int, member_id: int | None, contact: str):
@@ -344,12 +392,16 @@ def _locked_ids(query) -> list[int]:
 
 
 def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
-              channel_profile: str | None = None) -> PaymentResult:
+              channel_profile: str | None = None, within=None) -> PaymentResult:
     """Record a verified payment and deliver the order: the one entry point for payment channels.
 
     Idempotent by (channel, trade_no): N identical calls, even concurrent, write one
     payment and deliver once. A payment that does not match its order raises
     PaymentRejected before anything is written.
+
+    ``within(order)``, if given, runs inside the payment's database transaction before the
+    payment row is written (the balance channel debits the wallet there): whatever it
+    raises rolls the whole payment back.
     """
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool):
         raise PaymentRejected("amount must be whole fen")
@@ -368,12 +420,23 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
             raise PaymentRejected(f"order {order_no} was created for another account of {channel!r}")
         if amount_fen != order.amount_fen:
             raise PaymentRejected(f"amount {amount_fen} fen does not match order {order_no} ({order.amount_fen} fen)")
+        settlement.warm_accounts(order)
+
         def record():
             with database.atomic():
+                if within is not None:
+                    within(order)
                 payment = Payment(order=order.id, channel=channel, trade_no=trade_no, amount_fen=amount_fen)
                 payment.id = INSERT_PAYMENT.insert(order=order.id, channel=channel, trade_no=trade_no,
                                                    amount=amount_fen, now=utcnow())
-                return _apply_payment(order, payment)
+                result = _apply_payment(order, payment)
+                # The money's split is written with the payment, or not at all.
+                if result.refund_due:
+                    if not order.cost_chain or not settlement.prepay_exists(order.order_no):
+                        settlement.post_owed(order, payment)
+                else:
+                    settlement.post_payment(order, payment)
+                return result
 
         try:
             return retry_transient(record)
@@ -395,6 +458,9 @@ def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
     if _transition(order.id, "expired", "paid", paid_at=now):
         # Late payment: the reservation was released; take stock again if there is any.
         product = order.product
+        if order.cost_chain and settlement.prepay_released(order.order_no):
+            # A direct-settlement site got its cost back at expiry; its own account took the money.
+            return _owe_refund(order, payment, "paid after expiry to the site's own account")
         if not _take_stock(order.sku_id, order.quantity):
             return _owe_refund(order, payment, "paid after expiry and the stock is gone")
         if _uses_key_rows(product):
@@ -458,7 +524,7 @@ def expire_due(now: datetime.datetime | None = None, limit: int = 500) -> int:
     now = now or utcnow()
     expired = 0
     with all_sites():
-        due = list(Order.select(Order.id, Order.sku, Order.quantity, Order.product)
+        due = list(Order.select(Order.id, Order.order_no, Order.sku, Order.quantity, Order.product)
                    .where((Order.status == "created") & (Order.expires_at < now)).limit(limit))
         for order in due:
             expired += retry_transient(lambda: _expire_one(order))
@@ -470,6 +536,7 @@ def _expire_one(order: Order) -> int:
         if not _transition(order.id, "created", "expired"):
             return 0  # paid or expired meanwhile
         _release(order.id, order.sku_id, order.quantity)
+        settlement.release_prepay(order.order_no)
         return 1
 
 

@@ -4,17 +4,25 @@
   profile it was created for (redirect, QR payload or auto-submitting form).
 * ``GET|POST /pay/notify/<channel>/<profile>`` — gateway notifications, on every site
   domain; CSRF-exempt (the signature is the proof); verified before any write; replies
-  the channel's exact body; every refusal is logged with its reason.
+  the channel's exact body; every refusal is logged with its reason and recorded in the
+  ``payment_notice`` table (``notice_log``) for the operator's payments page.
+
+A QR payload is drawn server-side as an inline SVG (``qr_image``, with ``segno`` when it is
+installed — the channel plugins depend on it); without it the page shows the payload text.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import (Blueprint, Response, abort, current_app, flash, has_request_context, redirect, render_template,
+                   request, url_for)
+from markupsafe import Markup
 
+from . import notice_log
 from .app import current_site
 from .hookspecs import hookimpl
+from .member_routes import current_member_id
 from .payments import NotifyRequest, PaymentError, PaymentRegistry, PayRequest, verify_and_apply
 
 log = logging.getLogger("kamengsite.payments")
@@ -29,7 +37,11 @@ def registry() -> PaymentRegistry:
 def buyer_options() -> list[tuple[str, str]]:
     """``[("epay/main", "易支付"), ...]``: the payment methods a buyer may pick before ordering."""
     options = []
-    for channel, profile in registry().options():
+    site = current_site()
+    member_id = current_member_id()
+    for channel, profile in registry().options(site.slug, site.config.settlement):
+        if channel.needs_member and member_id is None:
+            continue  # e.g. the balance channel: only a signed-in member has a wallet
         options.append((f"{channel.id}/{profile.name}", profile.label or channel.name or channel.id))
     return options
 
@@ -72,7 +84,7 @@ def pay(order_no):
         notify_url=url_for("payments.notify", channel=channel.id, profile=profile.name, _external=True),
         return_url=url_for("storefront.order", order_no=order_no, _external=True),
         client_ip=request.remote_addr or "", pay_type=pay_type,
-        device="mobile" if "mobile" in ua else "pc")
+        device="mobile" if "mobile" in ua else "pc", member_id=current_member_id(), site_id=current_site().site_id)
     try:
         action = channel.create_payment(profile, pay_request)
     except PaymentError as exc:
@@ -80,7 +92,24 @@ def pay(order_no):
         return redirect(url_for("storefront.order", order_no=order_no))
     if action.kind == "redirect":
         return redirect(action.url)
-    return render_template("payments/action.html", action=action, order=order, channel=channel)
+    qr = qr_image(action.qr) if action.kind == "qrcode" else None
+    return render_template("payments/action.html", action=action, order=order, channel=channel, qr_image=qr)
+
+
+def qr_image(payload: str) -> Markup | None:
+    """The QR code of ``payload`` as inline SVG (no script, no CDN); None without ``segno`` or for no payload."""
+    if not payload:
+        return None
+    try:
+        import segno
+    except ImportError:  # the page falls back to showing the payload text
+        return None
+    try:
+        svg = segno.make(payload, error="m", micro=False).svg_inline(scale=5, border=2, title="支付二维码")
+    except (ValueError, segno.DataOverflowError):
+        log.warning("payment QR payload could not be encoded (%d characters)", len(payload))
+        return None
+    return Markup(svg)  # segno escapes what it writes; the payload itself is not embedded as text
 
 
 @bp.route("/pay/notify/<channel>/<profile>", methods=["GET", "POST"])
@@ -92,20 +121,22 @@ def handle_notification(channel_id: str, profile_name: str, notice: NotifyReques
     """Verify, apply, notify after delivery, and answer exactly as the channel's gateway expects."""
     found = registry().find(channel_id, profile_name)
     if found is None:
-        log.warning("payment notification rejected: channel=%s profile=%s reason=no such configured channel/profile",
-                    channel_id, profile_name)
+        reason = "no such configured channel/profile"
+        log.warning("payment notification rejected: channel=%s profile=%s reason=%s", channel_id, profile_name, reason)
+        _record(channel_id, profile_name, notice_log.REJECTED, reason)
         return Response("unknown channel", status=404, content_type="text/plain; charset=utf-8")
     channel, profile = found
     outcome = verify_and_apply(channel, profile, notice)
     if outcome.acknowledged:
         log.info("payment notification acknowledged without payment: channel=%s profile=%s order=%s reason=%s",
                  channel.id, profile.name, outcome.notification.order_no, outcome.reason)
+        _record(channel.id, profile.name, notice_log.ACKNOWLEDGED, outcome.reason, outcome.notification.order_no)
         reply = channel.reply(True)
     elif not outcome.ok:
+        order_no = outcome.notification.order_no if outcome.notification else notice.fields.get("out_trade_no", "?")
         log.warning("payment notification rejected: channel=%s profile=%s order=%s reason=%s",
-                    channel.id, profile.name,
-                    outcome.notification.order_no if outcome.notification else notice.fields.get("out_trade_no", "?"),
-                    outcome.reason)
+                    channel.id, profile.name, order_no, outcome.reason)
+        _record(channel.id, profile.name, notice_log.REJECTED, outcome.reason, "" if order_no == "?" else order_no)
         reply = channel.reply(False)
     else:
         from .storefront import after_payment
@@ -113,6 +144,13 @@ def handle_notification(channel_id: str, profile_name: str, notice: NotifyReques
         after_payment(outcome.result, outcome.order)
         reply = channel.reply(True)
     return Response(reply.body, status=reply.status, content_type=reply.content_type)
+
+
+def _record(channel_id: str, profile_name: str, outcome: str, reason: str, order_no: str = ""):
+    """Keep the refusal for the operator's payments page; ``record_notice`` never raises."""
+    remote_ip = (request.remote_addr or "") if has_request_context() else ""
+    notice_log.record_notice(channel=channel_id, profile=profile_name, outcome=outcome, reason=reason,
+                             order_no=order_no, remote_ip=remote_ip)
 
 
 @hookimpl

@@ -60,6 +60,23 @@ class Profile:
     name: str
     settings: dict
     secret_keys: frozenset = frozenset()
+    fee_bp: int = 0  # the gateway's percentage, in basis points (60 = 0.6 %)
+    fee_fixed_fen: int = 0
+    fee_bearer: str = "seller"  # seller: out of the margin; buyer: added to what the buyer pays
+    sites: tuple = ()  # site names it is offered on; empty: every site that settles through the platform
+    owner_site: str = ""  # a direct-settlement site's own merchant account: offered on that site only
+
+    def offered_on(self, site_slug: str, settlement: str = "platform") -> bool:
+        """Whether buyers of ``site_slug`` may pay with this profile."""
+        if settlement == "direct":
+            return self.owner_site == site_slug
+        return not self.owner_site and (not self.sites or site_slug in self.sites)
+
+    def fee_for(self, goods_fen: int) -> tuple[int, str]:
+        """(fee in fen, who bears it) for an order of ``goods_fen``."""
+        from .settlement import channel_fee
+
+        return channel_fee(goods_fen, fee_bp=self.fee_bp, fee_fixed_fen=self.fee_fixed_fen), self.fee_bearer
 
     def get(self, key, default=None):
         return self.settings.get(key, default)
@@ -88,6 +105,8 @@ class PayRequest:
     client_ip: str = ""
     pay_type: str = ""
     device: str = "pc"
+    member_id: int | None = None  # the signed-in member on the selling site, if any (the balance channel needs one)
+    site_id: int | None = None  # the selling site
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,28 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class RefundRequest:
+    """Give (part of) a paid order's money back through the gateway that took it."""
+
+    order_no: str
+    trade_no: str  # the gateway's trade number recorded at payment
+    refund_no: str  # ours, unique per refund: gateways use it to make the call idempotent
+    amount_fen: int  # what to give back now
+    total_fen: int  # what the order paid in all
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """``ok``: the gateway accepted the refund; ``pending``: it will confirm later (treated as accepted)."""
+
+    ok: bool
+    gateway_refund_no: str = ""
+    pending: bool = False
+    message: str = ""  # the gateway's words on failure, for the operator
+
+
+@dataclass(frozen=True)
 class Reply:
     """The exact HTTP answer a gateway expects."""
 
@@ -186,6 +227,16 @@ class Channel:
 
     def reply(self, ok: bool) -> Reply:
         return Reply(self.success_body) if ok else Reply(self.failure_body, self.failure_status)
+
+    #: True for channels only a signed-in member can use (the balance channel): hidden from guests.
+    needs_member: bool = False
+    #: True when ``refund`` gives money back through the gateway; otherwise refunds go to the buyer's balance.
+    supports_refund: bool = False
+
+    def refund(self, profile: Profile, request: RefundRequest) -> RefundResult:
+        """Ask the gateway to give money back; only called when ``supports_refund``. Never raises for a
+        gateway's "no": return ``RefundResult(False, message=...)``."""
+        raise NotImplementedError
 
     def register_routes(self, app, instance):
         """Optional: add routes to every site app (e.g. a sandbox's gateway page)."""
@@ -240,6 +291,31 @@ def _secret_keys(schema: dict) -> frozenset:
     return frozenset(k for k, v in props.items() if isinstance(v, dict) and v.get("writeOnly"))
 
 
+#: Settings every profile may carry, whatever its channel: read by the host, not the channel.
+COMMON_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "fee_bp": {"type": "integer", "minimum": 0, "maximum": 10000},
+        "fee_fixed_fen": {"type": "integer", "minimum": 0, "maximum": 100000},
+        "fee_bearer": {"enum": ["seller", "buyer"]},
+        "sites": {"type": "array", "items": {"type": "string", "maxLength": 32}, "uniqueItems": True},
+        "owner_site": {"type": "string", "maxLength": 32},
+    },
+}
+_common_validator = jsonschema.Draft202012Validator(COMMON_SCHEMA)
+
+
+def _common_settings(raw: dict, where, key: str) -> dict:
+    common = {k: raw[k] for k in COMMON_SCHEMA["properties"] if k in raw}
+    for error in _common_validator.iter_errors(common):
+        path = ".".join(str(p) for p in error.absolute_path)
+        raise ConfigError(where, f"{key}.{path}", error.message)
+    if "sites" in common:
+        common["sites"] = tuple(common["sites"])
+    return common
+
+
 def load_profile(channel: Channel, name: str, raw, where, environ=None) -> Profile:
     """Resolve ``env:`` references and validate one profile; ConfigError names the key, never a secret."""
     environ = os.environ if environ is None else environ
@@ -248,6 +324,8 @@ def load_profile(channel: Channel, name: str, raw, where, environ=None) -> Profi
         raise ConfigError(where, key, "profile names are 1-32 of a-z, 0-9, '_' and '-'")
     if not isinstance(raw, dict):
         raise ConfigError(where, key, "must be a table of settings")
+    common = _common_settings(raw, where, key)
+    raw = {k: v for k, v in raw.items() if k not in COMMON_SCHEMA["properties"]}
     settings = {}
     for k, v in raw.items():
         if isinstance(v, str) and v.startswith(ENV_PREFIX):
@@ -275,7 +353,7 @@ def load_profile(channel: Channel, name: str, raw, where, environ=None) -> Profi
         else:
             reason = error.message
         raise ConfigError(where, f"{key}.{path}" if path else key, reason)
-    return Profile(channel=channel.id, name=name, settings=settings, secret_keys=secrets_)
+    return Profile(channel=channel.id, name=name, settings=settings, secret_keys=secrets_, **common)
 
 
 def check_payments_config(payments: dict, channels: dict, where="config.toml", environ=None) -> dict:
@@ -329,9 +407,10 @@ class PaymentRegistry:
             return None
         return self.channels[channel_id], profile
 
-    def options(self) -> list[tuple[Channel, Profile]]:
-        """What a buyer may choose from, in configuration order."""
-        return [(self.channels[c], p) for (c, _), p in self.profiles.items()]
+    def options(self, site_slug: str | None = None, settlement: str = "platform") -> list[tuple[Channel, Profile]]:
+        """What a buyer (of ``site_slug``, if given) may choose from, in configuration order."""
+        return [(self.channels[c], p) for (c, _), p in self.profiles.items()
+                if site_slug is None or p.offered_on(site_slug, settlement)]
 
 
 # -- notifications: verify, then apply -------------------------------------------------

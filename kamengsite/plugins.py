@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "kamengsite"
 
 #: Modules that are plugins of the host itself; always enabled on every site.
-CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", "kamengsite.payment_routes")
+CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", "kamengsite.payment_routes",
+                "kamengsite.admin_payments", "kamengsite.member_routes", "kamengsite.opening_routes",
+                "kamengsite.admin_sites", "kamengsite.admin_money")
 
 
 class PluginHost:

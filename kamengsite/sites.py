@@ -189,9 +189,12 @@ class SiteRegistry:
                         raise ConfigError(config.config_file, "parent", f"no site named {config.parent!r}")
                 status = "active" if config.enabled else "disabled"
                 if site is None:
-                    site = Site.create(slug=config.slug, parent=parent, status=status)
-                elif site.parent_id != (parent.id if parent else None) or site.status != status:
+                    site = Site.create(slug=config.slug, parent=parent, status=status, level=config.level,
+                                       settlement=config.settlement)
+                elif (site.parent_id != (parent.id if parent else None) or site.status != status
+                      or site.level != config.level or site.settlement != config.settlement):
                     site.parent, site.status = parent, status
+                    site.level, site.settlement = config.level, config.settlement
                     site.save()
                 self._index_domains(site, config)
         return site
@@ -201,13 +204,15 @@ class SiteRegistry:
         rows = database.execute_sql(self._current_row_sql(), (config.slug,)).fetchall()
         if not rows:
             return None
-        site_id, parent_id, status, created_at, parent_slug, _ = rows[0]
-        domains = {row[5] for row in rows if row[5] is not None}
+        site_id, parent_id, status, created_at, level, settlement, expires_at, parent_slug, _ = rows[0]
+        domains = {row[-1] for row in rows if row[-1] is not None}
         if (parent_slug != (config.parent or None)
                 or status != ("active" if config.enabled else "disabled")
+                or level != config.level or settlement != config.settlement
                 or domains != set(config.domains)):
             return None
-        site = Site(id=site_id, slug=config.slug, parent=parent_id, status=status,
+        site = Site(id=site_id, slug=config.slug, parent=parent_id, status=status, level=level,
+                    settlement=settlement, expires_at=Site.expires_at.python_value(expires_at),
                     created_at=Site.created_at.python_value(created_at))
         site._dirty.clear()  # as loaded from the database, like Site.get()
         return site
@@ -219,7 +224,8 @@ class SiteRegistry:
         cached = self._row_sql
         if cached is None or cached[0] is not db:
             parent = Site.alias("parent_site")
-            query = (Site.select(Site.id, Site.parent, Site.status, Site.created_at, parent.slug, SiteDomain.domain)
+            query = (Site.select(Site.id, Site.parent, Site.status, Site.created_at, Site.level, Site.settlement,
+                                 Site.expires_at, parent.slug, SiteDomain.domain)
                      .join_from(Site, parent, peewee.JOIN.LEFT_OUTER, on=(Site.parent == parent.id))
                      .join_from(Site, SiteDomain, peewee.JOIN.LEFT_OUTER, on=(SiteDomain.site == Site.id))
                      .where(Site.slug == "?"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from flask_wtf.csrf import CSRFProtect
 from wtforms import IntegerField, PasswordField, StringField
@@ -21,6 +21,8 @@ from .catalog import product_on_sale, sku_stock, skus_on_sale, storefront_produc
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
+from .pricing import Pricer
+from .member_routes import current_member_id
 from .ratelimit import limited
 from .tenancy import all_sites
 
@@ -74,10 +76,26 @@ def _query_secret() -> bytes:
     return secret
 
 
+def _pricer() -> Pricer:
+    """This site's prices of the main catalogue (its level, its parents' cuts, its owner's markups)."""
+    if "kamengsite_pricer" not in g:
+        g.kamengsite_pricer = Pricer.for_site(current_site().site_id)
+    return g.kamengsite_pricer
+
+
+def _catalog_owners() -> tuple:
+    """The catalogues this site sells: the main site's, and its own goods where its level allows."""
+    site_id = current_site().site_id
+    main = _catalog_owner_id()
+    return (main, site_id) if site_id != main and _pricer().sells_own_goods else (main,)
+
+
 def _on_sale_product(product_id: int):
-    product = product_on_sale(product_id, _catalog_owner_id())
-    if product is None:
+    owners = _catalog_owners()
+    product = next(filter(None, (product_on_sale(product_id, owner) for owner in owners)), None)
+    if product is None or not _pricer().visible(product):
         abort(404)
+    product.name = _pricer().display_name(product)
     return product
 
 
@@ -92,7 +110,7 @@ def _owns(order_no: str) -> bool:
 
 @bp.get("/")
 def home():
-    return render_template("home.html", products=storefront_products(_catalog_owner_id()))
+    return render_template("home.html", products=_pricer().listing(storefront_products(_catalog_owners())))
 
 
 @bp.route("/p/<int:product_id>", methods=["GET", "POST"])
@@ -100,6 +118,9 @@ def home():
 def product(product_id):
     item = _on_sale_product(product_id)
     skus = skus_on_sale(item.id)
+    pricer = _pricer()
+    tiers = pricer.tier_prices([s.id for s in skus])
+    quotes = {s.id: pricer.quote(item, s.id, s.price_fen, tiers) for s in skus}
     topup_fields = topup.parse_fields(item.topup_fields) if item.kind == "topup" else []
     form = BuyForm()
     pay_options = _pay_options()
@@ -116,13 +137,18 @@ def product(product_id):
             form.pay.errors = ["请选择支付方式"]
         else:
             channel, _, profile = (form.pay.data if pay_options else _default_channel()).partition("/")
+            quote = quotes[form.sku.data]
             try:
                 order = orders.create_order(
+                    unit_price_fen=quote.unit_price_fen, costs=quote.costs,
+                    fee=_channel_fee(channel, profile, quote.unit_price_fen * (form.quantity.data or 0)),
+                    prepaid=current_site().config.settlement == "direct" and bool(quote.costs),
                     site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
                     contact=form.contact.data, query_password=form.query_password.data,
                     query_secret=_query_secret(), fields=topup_values or None,
                     ttl=datetime.timedelta(minutes=current_site().instance.order_ttl_minutes),
                     buyer_ip=request.remote_addr or "", channel=channel, channel_profile=profile,
+                    member_id=current_member_id(),
                 )
             except orders.OutOfStock:
                 flash("库存不足，请减少数量或稍后再来", "error")
@@ -134,7 +160,13 @@ def product(product_id):
                 return redirect(url_for("storefront.order", order_no=order.order_no))
     return render_template("storefront/product.html", product=item, skus=skus, form=form,
                            topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors,
-                           pay_options=pay_options)
+                           pay_options=pay_options, prices={sku_id: q.unit_price_fen for sku_id, q in quotes.items()})
+
+
+def _channel_fee(channel: str, profile: str, goods_fen: int) -> tuple[int, str]:
+    """The fee of the chosen payment profile on this order, and who bears it."""
+    found = payment_routes.registry().find(channel, profile) if channel else None
+    return found[1].fee_for(goods_fen) if found else (0, "")
 
 
 def _watch_stock(product, sku_id: int):

@@ -200,6 +200,19 @@ def test_account_set_password(cli):
     assert missing.exit_code == 1 and "no account 'nobody'" in missing.stderr
 
 
+def test_account_create_for_a_sub_site_owner(cli):
+    ok(run(cli, "init"))
+    ok(run(cli, "site", "new", "shop9", "--template", "shop"))
+    out = ok(run(cli, "account", "create", "owner", "--site", "shop9", "--password-stdin",
+                 input="the owner's password\n"))
+    assert "on site 'shop9'" in out and "http://shop9." in out
+    main = main_site_of(cli)  # binds the database
+    assert authenticate(Site.get(Site.slug == "shop9").id, "owner", "the owner's password") is not None
+    assert authenticate(main, "owner", "the owner's password") is None  # another site's account
+    missing = run(cli, "account", "create", "x", "--site", "nosuch")
+    assert missing.exit_code == 1 and "site 'nosuch' not found" in missing.stderr
+
+
 def test_account_commands_need_an_initialised_instance(cli):
     result = run(cli, "account", "create", "alice")
     assert result.exit_code == 1 and "kamengsite init" in result.stderr
@@ -223,8 +236,12 @@ def test_demo_creates_the_admin_operator_once(instance):
     assert not any(password in line for line in second)
     assert any("'admin' already present" in line for line in second)
     assert authenticate(main, "admin", password) is not None  # unchanged by the second run
-    with all_sites():
-        assert Account.select().where(Account.username == "admin").count() == 1
+    with all_sites():  # one on the main site and one per demo sub-site (its owner), each created once
+        assert Account.select().where(Account.username == "admin").count() == 3
+    owners = [line for line in first if line.startswith(("shop1 owner account: admin", "shop2 owner account: admin"))]
+    shop1_password = re.search(r"password: (\S+)", owners[0]).group(1)
+    assert authenticate(Site.get(Site.slug == "shop1").id, "admin", shop1_password) is not None
+    assert authenticate(main, "admin", shop1_password) is None
 
 
 def test_demo_passwords_differ_between_instances(tmp_path):

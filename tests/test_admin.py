@@ -237,15 +237,27 @@ def test_console_pages_are_not_cached_or_framed(console):
 # -- sub-sites -------------------------------------------------------------------------
 
 
-def test_sub_sites_have_no_console(host, client_for, operator):
+def test_sub_sites_have_their_own_console_without_the_catalogue(host, client_for, operator, card_product):
     host.registry.create("shop1", template="gaming")
     client = client_for("shop1.localhost")
     assert client.get("/").status_code == 200
-    for path in ("/admin/", "/admin/login", "/admin/categories"):
+    assert client.get("/admin/").status_code == 302  # the sub-site's console: sign in first
+    assert client.get("/admin/login").status_code == 200
+    # The main site's operator is nobody on the sub-site: accounts are per site.
+    assert "用户名或密码错误" in text(login(client))
+    assert client.get("/admin/").status_code == 302
+    # The catalogue pages are the main site's only: 404, signed in or not.
+    paths = ("/admin/categories", "/admin/products/new", f"/admin/products/{card_product.id}/edit",
+             f"/admin/products/{card_product.id}/keys")
+    for path in paths:
+        assert client.get(path).status_code == 404, path
+    create_account(Site.get(Site.slug == "shop1").id, "owner", PASSWORD)
+    assert login(client, "owner").status_code == 302
+    for path in paths:
         assert client.get(path).status_code == 404, path
     csrf = token(client.get("/lookup"))
-    assert client.post("/admin/login", data={"csrf_token": csrf, "username": "boss",
-                                             "password": PASSWORD}).status_code == 404
+    assert client.post("/admin/categories", data={"csrf_token": csrf, "name": "偷偷建的"}).status_code == 404
+    assert not Category.select().where(Category.name == "偷偷建的").exists()
 
 
 def test_a_main_site_session_is_void_on_a_sub_site(host, console):

@@ -129,9 +129,10 @@ def test_jobs_round_trip_through_redis(shop, monkeypatch):
 def test_expiry_runs_every_minute():
     queue = jobs.make_jobs(Instance(path="/nonexistent", secret_key="x"), immediate=True)
     periodic = queue.huey._registry._periodic_tasks
-    assert [t.__name__ for t in periodic] == ["expire_orders"]
+    assert [t.__name__ for t in periodic][:2] == ["expire_orders", "release_margins"]
     start = datetime.datetime(2026, 1, 1, 0, 0)
     minutes = [start + datetime.timedelta(minutes=m) for m in range(0, 24 * 60, 7)]
+    assert sum(periodic[1]().validate_datetime(m) for m in minutes) == sum(m.minute % 15 == 0 for m in minutes)
     task = periodic[0]()
     assert all(task.validate_datetime(m) for m in minutes)
 

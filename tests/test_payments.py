@@ -125,3 +125,52 @@ def test_notification_body_survives_a_form_content_type():
     with app.test_request_context("/n?a=1", method="POST", data={"b": "2"}):
         notice = NotifyRequest.from_flask(request)
     assert notice.fields == {"a": "1", "b": "2"} and notice.body == b"b=2"
+
+
+# -- what every profile may carry: fees, the sites it is offered on -----------------------
+
+
+@pytest.mark.parametrize("extra, key", [({"fee_bearer": "nobody"}, "payments.fake.a.fee_bearer"),
+                                        ({"fee_bp": -1}, "payments.fake.a.fee_bp"),
+                                        ({"fee_fixed_fen": 1.5}, "payments.fake.a.fee_fixed_fen"),
+                                        ({"sites": "shop1"}, "payments.fake.a.sites")])
+def test_common_profile_settings_are_checked_with_the_key_named(extra, key):
+    registry = PaymentRegistry([Fake()], {"fake": {"a": {"secret": "s", **extra}}})
+    assert registry.find("fake", "a") is None
+    assert key in registry.errors["payments.fake.a"]
+
+
+def test_profile_fee_and_the_sites_it_is_offered_on():
+    registry = PaymentRegistry([Fake()], {"fake": {
+        "everywhere": {"secret": "s", "fee_bp": 60, "fee_fixed_fen": 10},
+        "shop1_only": {"secret": "s", "sites": ["shop1"], "fee_bearer": "buyer", "fee_bp": 100},
+        "shop2_own": {"secret": "s", "owner_site": "shop2"}}})
+    everywhere, only, own = (registry.find("fake", n)[1] for n in ("everywhere", "shop1_only", "shop2_own"))
+    assert everywhere.fee_for(23580) == (142 + 10, "seller")  # 0.6 % of 235.80 = 1.4148 → 1.42, + 0.10
+    assert only.fee_for(999) == (10, "buyer") and only.fee_for(0) == (0, "buyer")
+    assert "fee_bp" not in everywhere.settings  # the host's settings never reach the channel's
+    names = lambda *args: [p.name for _, p in registry.options(*args)]  # noqa: E731
+    assert names("shop1") == ["everywhere", "shop1_only"]
+    assert names("shop2") == ["everywhere"]
+    assert names("shop2", "direct") == ["shop2_own"]  # a direct-settlement site pays into its own account only
+    assert names("shop3", "direct") == []
+
+
+def test_a_buyer_borne_fee_is_added_to_what_the_buyer_pays(host_factory):
+    from kamengsite.catalog import create_product
+    from kamengsite.cardkeys import import_keys
+    from kamengsite.crypto import CardKeyCipher
+    from kamengsite.models import Site
+    from kamengsite.orders import Order
+    from kamengsite.testing import SiteClient, buy
+    from kamengsite.tenancy import all_sites
+
+    host = host_factory("fee", payments={"fake": {"a": {"secret": "s", "fee_bp": 100, "fee_fixed_fen": 5,
+                                                         "fee_bearer": "buyer"}}})
+    host.plugins.register(FakePlugin(), name="fake-channel")
+    product = create_product(Site.get(Site.slug == "main"), "月卡", 1000)
+    import_keys(product.skus[0], ["K-1"], CardKeyCipher.from_instance(host.instance))
+    created = buy(SiteClient(host, "main.localhost"), product, "fake/a")
+    with all_sites():
+        order = Order.get(Order.order_no == created.headers["Location"].rsplit("/", 1)[1])
+    assert (order.goods_fen, order.fee_fen, order.fee_bearer, order.amount_fen) == (1000, 15, "buyer", 1015)

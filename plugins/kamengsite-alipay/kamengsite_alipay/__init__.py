@@ -1,4 +1,5 @@
-"""支付宝开放平台 (Alipay Open Platform) payment channel for kamengsite: page pay, RSA2.
+"""支付宝开放平台 (Alipay Open Platform) payment channel for kamengsite: page / wap pay, QR precreate,
+refunds; RSA2.
 
 Protocol (see ``../shared/reference/payments.md``, "Alipay Open Platform — RSA2"):
 
@@ -12,6 +13,15 @@ Protocol (see ``../shared/reference/payments.md``, "Alipay Open Platform — RSA
   with the Alipay public key. Only ``TRADE_SUCCESS`` and ``TRADE_FINISHED`` are payments; ``app_id``,
   ``seller_id`` (when configured), ``out_trade_no`` and ``total_amount`` (Decimal → fen) are
   checked. The gateway trade number is ``trade_no``. The reply is exactly ``success``.
+* ``product = "page"`` (default): 电脑网站支付 for a PC, 手机网站支付 (``alipay.trade.wap.pay``,
+  ``QUICK_WAP_WAY``) for a phone — both a signed redirect. ``product = "qr"``: 当面付
+  ``alipay.trade.precreate``, a server call whose ``qr_code`` is shown as a QR code.
+* server calls (precreate, ``alipay.trade.refund``): the signed parameters are POSTed form-encoded
+  to the gateway (``post_form``, urllib; replaceable with ``post=`` or by patching this module's
+  ``post_form``). The answer ``{"<method>_response": {...}, "sign": "..."}`` is trusted only when
+  ``sign`` verifies with the Alipay public key over the exact text of the ``..._response`` object as
+  received; ``code == "10000"`` is success (a refund with ``fund_change != "Y"`` is accepted but
+  pending: Alipay asks for a query to confirm it).
 """
 
 from __future__ import annotations
@@ -20,7 +30,10 @@ import base64
 import binascii
 import functools
 import json
+import logging
+import re
 import urllib.parse
+import urllib.request
 from datetime import datetime, timedelta, timezone
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -28,13 +41,22 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kamengsite.hookspecs import hookimpl
-from kamengsite.payments import Channel, Notification, PaymentAction, PaymentError, PayType, Rejection, fen_to_yuan, yuan_to_fen
+from kamengsite.payments import (Channel, Notification, PaymentAction, PaymentError, PayType, RefundResult, Rejection,
+                                 fen_to_yuan, yuan_to_fen)
+
+log = logging.getLogger(__name__)
 
 GATEWAY = "https://openapi.alipay.com/gateway.do"
 SANDBOX_GATEWAY = "https://openapi-sandbox.dl.alipaydev.com/gateway.do"
 PAID_STATUSES = ("TRADE_SUCCESS", "TRADE_FINISHED")
 BEIJING = timezone(timedelta(hours=8))
 SUBJECT_MAX_CHARS = 256
+SUCCESS_CODE = "10000"
+DEFAULT_TIMEOUT = 10.0
+MAX_RESPONSE_BYTES = 1 << 20
+MESSAGE_MAX = 200
+REASON_MAX_CHARS = 256
+QR_RE = re.compile(r"^https://\S{1,2000}$")
 # Plain yuan with at most 2 decimals: no sign, no exponent, no NaN/Infinity, no spaces.
 KEY_RE = r"^\s*(?:-----BEGIN [A-Z ]+-----[A-Za-z0-9+/=\s]+-----END [A-Z ]+-----|[A-Za-z0-9+/=\s]+)\s*$"
 
@@ -53,6 +75,10 @@ SETTINGS_SCHEMA = {
         "gateway": {"type": "string", "pattern": r"^https://[^\s/?#]+/[^\s?#]*$",
                     "description": "default https://openapi.alipay.com/gateway.do"},
         "sandbox": {"type": "boolean", "description": "use the 沙箱 gateway (refused on production instances)"},
+        "product": {"enum": ["page", "qr"],
+                    "description": "page = 电脑/手机网站支付 redirect (default); qr = 当面付 precreate, a QR code"},
+        "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 60,
+                    "description": "seconds to wait for the gateway's server calls (precreate, refunds; default 10)"},
     },
     "required": ["app_id", "app_private_key", "alipay_public_key"],
     "additionalProperties": False,
@@ -124,6 +150,52 @@ def rsa2_verify(content: str, signature: str, public_key_text: str) -> bool:
     return True
 
 
+def response_node(raw, method: str) -> tuple[dict, str, str]:
+    """(the ``<method>_response`` object, its exact text, ``sign``) of a gateway answer; ValueError if unreadable.
+
+    Alipay signs the response object's text as sent, so it is cut out of the body, not re-serialised.
+    An ``error_response`` (e.g. a bad app_id) stands in for the method's own object.
+    """
+    text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+    answer = json.loads(text)
+    if not isinstance(answer, dict):
+        raise ValueError("answer is not a JSON object")
+    name = method.replace(".", "_") + "_response"
+    key = name if name in answer else "error_response"
+    found = re.search(r'"' + re.escape(key) + r'"\s*:\s*', text)
+    if key not in answer or found is None:
+        raise ValueError(f"answer has no {name}")
+    node, end = json.JSONDecoder().raw_decode(text, found.end())
+    if not isinstance(node, dict) or node != answer[key]:  # the text cut out must be the object parsed
+        raise ValueError(f"{key} could not be located in the answer")
+    return node, text[found.end():end], str(answer.get("sign") or "")
+
+
+class SigningFailed(ValueError):
+    """The application private key could not sign a request (a configuration problem)."""
+
+
+class AnswerNotTrusted(ValueError):
+    """A success answer whose signature does not verify with the Alipay public key."""
+
+
+def post_form(url: str, fields: dict, timeout: float) -> bytes:
+    """POST ``fields`` form-encoded (UTF-8); the response body. Raises on network errors and non-2xx answers."""
+    body = urllib.parse.urlencode(fields).encode("utf-8")
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8", "Accept": "application/json",
+        "User-Agent": "kamengsite-alipay/0.1"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https gateway only (schema)
+        return response.read(MAX_RESPONSE_BYTES)
+
+
+def _gateway_message(node: dict) -> str:
+    """Alipay's own words for the operator, e.g. ``ACQ.TRADE_NOT_EXIST 交易不存在``."""
+    code = str(node.get("sub_code") or node.get("code") or "")
+    words = str(node.get("sub_msg") or node.get("msg") or "")
+    return f"{code} {words}".strip()[:MESSAGE_MAX]
+
+
 def amount_to_fen(text) -> int:
     """``total_amount`` as Alipay writes it (no surrounding spaces) → fen, by the host's ``yuan_to_fen``."""
     if isinstance(text, str) and text != text.strip():
@@ -144,42 +216,126 @@ class AlipayChannel(Channel):
     failure_body = "fail"
     failure_status = 400
 
-    def __init__(self, production: bool = False):
+    supports_refund = True
+
+    def __init__(self, production: bool = False, post=None):
         self.production = production
+        self._post = post  # ``post(url, fields, timeout) -> bytes``; None: this module's ``post_form`` at call time
 
     def gateway(self, profile) -> str:
         if profile.get("gateway"):
             return profile.get("gateway")
         return SANDBOX_GATEWAY if profile.get("sandbox") else GATEWAY
 
-    def create_payment(self, profile, request):
-        """电脑网站支付 (``alipay.trade.page.pay``): a redirect to the gateway with signed parameters."""
-        if profile.get("sandbox") and self.production:
-            raise PaymentError("支付渠道配置有误（沙箱账号不能用于正式站点），请联系站长")
-        biz = {
-            "out_trade_no": request.order_no,
-            "total_amount": fen_to_yuan(request.amount_fen),
-            "subject": (request.subject or request.order_no)[:SUBJECT_MAX_CHARS],
-            "product_code": "FAST_INSTANT_TRADE_PAY",
-        }
+    def _sandbox_refused(self, profile) -> bool:
+        return bool(profile.get("sandbox")) and self.production
+
+    @staticmethod
+    def signed_params(profile, method: str, biz: dict, notify_url: str = "", return_url: str = "") -> dict:
+        """The public parameters plus ``biz_content``, signed with the application key (ValueError if it cannot)."""
         params = {
             "app_id": str(profile.get("app_id")),
-            "method": "alipay.trade.page.pay",
+            "method": method,
             "format": "JSON",
             "charset": "utf-8",
             "sign_type": "RSA2",
             "timestamp": datetime.now(BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
             "version": "1.0",
-            "notify_url": request.notify_url,
-            "return_url": request.return_url,
+            "notify_url": notify_url,
+            "return_url": return_url,
             "biz_content": json.dumps(biz, ensure_ascii=False, separators=(",", ":")),
         }
         params = {k: v for k, v in params.items() if v}
+        params["sign"] = rsa2_sign(request_content(params), profile.get("app_private_key"))
+        return params
+
+    def call(self, profile, method: str, biz: dict, notify_url: str = "") -> dict:
+        """A server call whose answer verifies with the Alipay public key: the ``..._response`` object.
+
+        Raises SigningFailed (our key), AnswerNotTrusted (a success must be signed by Alipay),
+        ValueError for an unreadable answer and anything else for a network failure; a refusal
+        (code != 10000) is returned as is: believing a "no" costs nothing.
+        """
         try:
-            params["sign"] = rsa2_sign(request_content(params), profile.get("app_private_key"))
+            params = self.signed_params(profile, method, biz, notify_url=notify_url)
+        except (ValueError, TypeError) as exc:
+            raise SigningFailed(str(exc)) from None
+        timeout = float(profile.get("timeout") or DEFAULT_TIMEOUT)
+        raw = (self._post or post_form)(self.gateway(profile), params, timeout)
+        node, text, signature = response_node(raw, method)
+        if str(node.get("code")) == SUCCESS_CODE and not rsa2_verify(text, signature, profile.get("alipay_public_key")):
+            raise AnswerNotTrusted("bad signature (RSA2) on the answer")
+        return node
+
+    # -- paying ---------------------------------------------------------------------------
+
+    def create_payment(self, profile, request):
+        """QR precreate (``product = "qr"``), else a redirect: wap pay for a phone, page pay for a PC."""
+        if self._sandbox_refused(profile):
+            raise PaymentError("支付渠道配置有误（沙箱账号不能用于正式站点），请联系站长")
+        biz = {
+            "out_trade_no": request.order_no,
+            "total_amount": fen_to_yuan(request.amount_fen),
+            "subject": (request.subject or request.order_no)[:SUBJECT_MAX_CHARS],
+        }
+        if profile.get("product") == "qr":
+            return self._precreate(profile, request, biz)
+        if request.device == "mobile":
+            method, biz = "alipay.trade.wap.pay", dict(biz, product_code="QUICK_WAP_WAY", quit_url=request.return_url)
+        else:
+            method, biz = "alipay.trade.page.pay", dict(biz, product_code="FAST_INSTANT_TRADE_PAY")
+        try:
+            params = self.signed_params(profile, method, biz, request.notify_url, request.return_url)
         except (ValueError, TypeError) as exc:
             raise PaymentError("支付渠道配置有误，请联系站长") from exc
         return PaymentAction.redirect(f"{self.gateway(profile)}?{urllib.parse.urlencode(params)}")
+
+    def _precreate(self, profile, request, biz: dict) -> PaymentAction:
+        """当面付 ``alipay.trade.precreate``: Alipay answers the ``qr_code`` the buyer scans."""
+        try:
+            node = self.call(profile, "alipay.trade.precreate", biz, notify_url=request.notify_url)
+        except SigningFailed as exc:
+            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+        except Exception as exc:  # noqa: BLE001 - network, unreadable or unsigned answer: one message
+            log.warning("alipay precreate failed: profile=%s order=%s error=%s: %s",
+                        profile.name, request.order_no, type(exc).__name__, str(exc)[:200])
+            raise PaymentError("无法连接支付宝，请稍后再试") from exc
+        qr = str(node.get("qr_code") or "")
+        if (str(node.get("code")) != SUCCESS_CODE or node.get("out_trade_no") != request.order_no
+                or not QR_RE.match(qr)):
+            log.warning("alipay precreate refused: profile=%s order=%s answer=%s",
+                        profile.name, request.order_no, _gateway_message(node))
+            raise PaymentError("支付宝下单失败，请稍后再试或联系站长")
+        return PaymentAction.qrcode(qr)
+
+    # -- refunds --------------------------------------------------------------------------
+
+    def refund(self, profile, request):
+        """``alipay.trade.refund``; ``out_request_no`` (our refund number) makes a retry idempotent."""
+        if not 0 < request.amount_fen <= request.total_fen:
+            return RefundResult(False, message="退款金额必须大于 0 且不超过订单金额")
+        if self._sandbox_refused(profile):
+            return RefundResult(False, message="沙箱账号不能用于正式站点")
+        biz = {"out_trade_no": request.order_no, "trade_no": request.trade_no,
+               "refund_amount": fen_to_yuan(request.amount_fen), "out_request_no": request.refund_no,
+               "refund_reason": (request.reason or "")[:REASON_MAX_CHARS]}
+        biz = {k: v for k, v in biz.items() if v}
+        try:
+            node = self.call(profile, "alipay.trade.refund", biz)
+        except SigningFailed:
+            return RefundResult(False, message="应用私钥无法签名，请检查支付宝配置")
+        except Exception as exc:  # noqa: BLE001 - never raise to the caller: the refund is not known to have happened
+            log.warning("alipay refund call failed: profile=%s order=%s error=%s: %s",
+                        profile.name, request.order_no, type(exc).__name__, str(exc)[:200])
+            why = ("支付宝应答验签失败" if isinstance(exc, AnswerNotTrusted)
+                   else f"无法连接支付宝或应答无法识别（{type(exc).__name__}）")
+            return RefundResult(False, message=f"{why}，退款结果未知，请到支付宝商家中心核对后重试")
+        if str(node.get("code")) != SUCCESS_CODE:
+            return RefundResult(False, message=f"支付宝拒绝退款：{_gateway_message(node) or '未说明原因'}")
+        if node.get("out_trade_no") not in (None, request.order_no):
+            return RefundResult(False, message="支付宝应答的订单号与退款订单不符")
+        # fund_change "Y": money moved by this call; otherwise Alipay says to confirm with a refund query.
+        return RefundResult(True, pending=node.get("fund_change") != "Y", message=_gateway_message(node))
 
     def verify_notification(self, profile, notice, now):
         if profile.get("sandbox") and self.production:

@@ -17,14 +17,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+import kamengsite_alipay
 import kamengsite_test_fixtures as base
 from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
 from kamengsite.errors import ConfigError
 from kamengsite.orders import Order, Payment, create_order
-from kamengsite.payments import NotifyRequest, PayRequest, Rejection, Reply, check_payments_config
+from kamengsite.payments import (NotifyRequest, PaymentError, PayRequest, RefundRequest, Rejection, Reply,
+                                 check_payments_config)
 from kamengsite.tenancy import all_sites
 from kamengsite_alipay import (GATEWAY, SANDBOX_GATEWAY, AlipayChannel, amount_to_fen, load_private_key,
-                               load_public_key)
+                               load_public_key, response_node)
 
 TOKEN = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
 APP_ID, OTHER_APP_ID = "2021004100000001", "2021004100000002"
@@ -103,9 +105,65 @@ class Alipay:
         return params["sign_type"] == "RSA2" and params["charset"] == "utf-8"
 
 
+class AlipayServer:
+    """The gateway's server API (``alipay.trade.precreate``, ``alipay.trade.refund``) as Alipay runs it.
+
+    Checks the request signature with the application public key like Alipay, then answers as
+    told by ``answer``: ``"ok"``, ``"pending"`` (a refund with ``fund_change`` N), ``"refuse"`` (a
+    business "no"), ``"forged"`` (a success signed by another key) or ``"unsigned"``. Answers are
+    written with Alipay's spacing and escapes, and signed over that exact text.
+    """
+
+    def __init__(self, alipay):
+        self.alipay = alipay
+        self.answer = "ok"
+        self.down = False
+        self.calls = []  # (url, params, biz) of every request
+
+    def __call__(self, url, fields, timeout):
+        assert 0 < timeout <= 60
+        if self.down:
+            raise TimeoutError("timed out")
+        biz = json.loads(fields["biz_content"])
+        self.calls.append((url, dict(fields), biz))
+        node_name = fields["method"].replace(".", "_") + "_response"
+        if not self.alipay.request_signed_by_app(fields) or fields.get("app_id") != APP_ID:
+            return self.respond(node_name, {"code": "40002", "msg": "Invalid Arguments",
+                                            "sub_code": "isv.invalid-signature",
+                                            "sub_msg": "验签出错，建议检查签名字符串或签名私钥与应用公钥是否匹配"})
+        if self.answer == "refuse":
+            return self.respond(node_name, {"code": "40004", "msg": "Business Failed",
+                                            "sub_code": "ACQ.TRADE_NOT_EXIST", "sub_msg": "交易不存在"})
+        if fields["method"] == "alipay.trade.precreate":
+            node = {"code": "10000", "msg": "Success", "out_trade_no": biz["out_trade_no"],
+                    "qr_code": "https://qr.alipay.com/bax08" + biz["out_trade_no"][-12:]}
+        else:
+            node = {"code": "10000", "msg": "Success", "buyer_logon_id": "b***@example.com",
+                    "buyer_user_id": "2088102177846880", "fund_change": "N" if self.answer == "pending" else "Y",
+                    "gmt_refund_pay": "2024-07-01 12:30:00", "out_trade_no": biz.get("out_trade_no"),
+                    "refund_fee": biz["refund_amount"], "send_back_fee": "0.00", "trade_no": biz.get("trade_no")}
+        return self.respond(node_name, node)
+
+    def respond(self, node_name, node) -> bytes:
+        # Alipay's own writing: a space after ':' in places, '\/' escapes, non-ASCII as \u escapes.
+        text = json.dumps(node, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/").replace(
+            '"code":', '"code": ', 1)
+        key = self.alipay.stranger if self.answer == "forged" else self.alipay.platform
+        sign = base64.b64encode(key.sign(text.encode(), padding.PKCS1v15(), hashes.SHA256())).decode()
+        tail = "" if self.answer == "unsigned" else f',"sign":"{sign}"'
+        return f'{{"{node_name}":{text}{tail}}}'.encode()
+
+
 @pytest.fixture(scope="module")
 def alipay():
     return Alipay()
+
+
+@pytest.fixture
+def server(alipay, monkeypatch):
+    served = AlipayServer(alipay)
+    monkeypatch.setattr(kamengsite_alipay, "post_form", served)  # the default transport: no network
+    return served
 
 
 def payments_config(alipay):
@@ -116,7 +174,17 @@ def payments_config(alipay):
         # bare base64 PKCS#8 / SPKI bodies, sandbox gateway, no seller_id
         "second": {"app_id": OTHER_APP_ID, "app_private_key": _body_pkcs8(alipay.app),
                    "alipay_public_key": _body_spki(alipay.platform.public_key()), "sandbox": True},
+        # 当面付: a QR code from alipay.trade.precreate
+        "qr": {"label": "支付宝扫码", "app_id": APP_ID, "product": "qr", "app_private_key": "env:ALIPAY_TEST_PRIVATE_KEY",
+               "alipay_public_key": _pem_spki(alipay.platform.public_key())},
     }}
+
+
+def profile_of(alipay, name="main", **overrides):
+    config = payments_config(alipay)["alipay"][name]
+    config.update(overrides)
+    return check_payments_config({"alipay": {name: config}}, {"alipay": AlipayChannel()},
+                                 environ={"ALIPAY_TEST_PRIVATE_KEY": _pem_pkcs1(alipay.app)})[("alipay", name)]
 
 
 @pytest.fixture
@@ -466,3 +534,146 @@ def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothi
     assert shop.counter.orders == delivered
     assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
     assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]
+
+
+# -- 手机网站支付 and 当面付 (precreate) --------------------------------------------------------------
+
+
+def test_a_phone_gets_wap_pay_signed_for_alipay(shop, alipay):
+    client = shop.client()
+    order_no = new_order(shop, "alipay/main", client)
+    page = client.get(f"/order/{order_no}")
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "alipay", "profile": "main"},
+                           headers={"User-Agent": "Mozilla/5.0 (Linux; Android 14) Mobile Safari/537.36"})
+    assert response.status_code == 302
+    url, _, query = response.headers["Location"].partition("?")
+    params = dict(urllib.parse.parse_qsl(query))
+    assert url == GATEWAY and params["method"] == "alipay.trade.wap.pay"
+    assert json.loads(params["biz_content"]) == {
+        "out_trade_no": order_no, "total_amount": "15.00", "subject": "测试月卡", "product_code": "QUICK_WAP_WAY",
+        "quit_url": f"http://shop1.localhost/order/{order_no}"}
+    assert alipay.request_signed_by_app(params)
+
+
+def _pay_qr(shop):
+    client = shop.client()
+    order_no = new_order(shop, "alipay/qr", client)
+    page = client.get(f"/order/{order_no}")
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "alipay", "profile": "qr"})
+    return client, order_no, response
+
+
+def test_precreate_shows_alipays_qr_code_as_an_image(shop, server):
+    _, order_no, response = _pay_qr(shop)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    assert f'data-qrcode="https://qr.alipay.com/bax08{order_no[-12:]}"' in html
+    assert "<svg" in html and "<script" not in html
+    [(url, params, biz)] = server.calls  # the request passed Alipay's signature check
+    assert url == GATEWAY and params["method"] == "alipay.trade.precreate"
+    assert params["notify_url"] == "http://shop1.localhost/pay/notify/alipay/qr" and "return_url" not in params
+    assert biz == {"out_trade_no": order_no, "total_amount": "15.00", "subject": "测试月卡"}
+    assert snapshot()[0] == 0
+
+
+@pytest.mark.parametrize("answer, shown", [("refuse", "支付宝下单失败"), ("forged", "无法连接支付宝"),
+                                           ("unsigned", "无法连接支付宝")])
+def test_a_precreate_answer_that_is_refused_or_not_alipays_shows_a_message(shop, server, answer, shown):
+    server.answer = answer
+    client, order_no, response = _pay_qr(shop)
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/order/{order_no}")
+    assert shown in client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert server.calls
+
+
+def test_a_precreate_signed_with_another_app_key_is_refused_by_alipay(alipay, server):
+    channel = AlipayChannel()
+    request = PayRequest("K20240701000000000001", 1500, "月卡", "https://s/n", "https://s/r")
+    with pytest.raises(PaymentError, match="支付宝下单失败"):
+        channel.create_payment(profile_of(alipay, "qr", app_private_key=_body_pkcs8(alipay.stranger)), request)
+    assert channel.create_payment(profile_of(alipay, "qr"), request).kind == "qrcode"
+
+
+def test_the_signed_text_is_cut_from_the_answer_not_re_serialised(alipay):
+    server = AlipayServer(alipay)
+    raw = server.respond("alipay_trade_refund_response", {"code": "10000", "msg": "成功", "url": "https://a/b"})
+    node, text, sign = response_node(raw, "alipay.trade.refund")
+    assert node == {"code": "10000", "msg": "成功", "url": "https://a/b"}
+    assert '"code": "10000"' in text and "\\u6210" in text and "\\/" in text  # exactly as sent
+    assert text != json.dumps(node)
+    assert kamengsite_alipay.rsa2_verify(text, sign, _pem_spki(alipay.platform.public_key()))
+
+
+# -- refunds ----------------------------------------------------------------------------------
+
+
+def _refund(alipay, amount_fen=500, profile="main", **overrides):
+    request = RefundRequest(order_no="K20240701000000000001", trade_no="2024070122001400000000000001",
+                            refund_no="RF0001", amount_fen=amount_fen, total_fen=PRICE_FEN, reason="缺货退款")
+    return AlipayChannel().refund(profile_of(alipay, profile, **overrides), request)
+
+
+def test_alipay_supports_refunds():
+    assert AlipayChannel.supports_refund is True
+
+
+def test_a_refund_is_signed_for_alipay_and_its_signed_answer_accepted(alipay, server):
+    result = _refund(alipay)
+    assert result.ok and not result.pending
+    [(url, params, biz)] = server.calls
+    assert url == GATEWAY and params["method"] == "alipay.trade.refund"
+    assert biz == {"out_trade_no": "K20240701000000000001", "trade_no": "2024070122001400000000000001",
+                   "refund_amount": "5.00", "out_request_no": "RF0001", "refund_reason": "缺货退款"}
+
+
+def test_a_refund_without_fund_change_is_accepted_as_pending(alipay, server):
+    server.answer = "pending"
+    result = _refund(alipay, amount_fen=PRICE_FEN)
+    assert result.ok and result.pending
+
+
+def test_a_refund_alipay_refuses_is_not_ok_with_its_reason(alipay, server):
+    server.answer = "refuse"
+    result = _refund(alipay)
+    assert not result.ok and "ACQ.TRADE_NOT_EXIST" in result.message and "交易不存在" in result.message
+
+
+@pytest.mark.parametrize("answer", ["forged", "unsigned"])
+def test_a_success_answer_not_signed_by_alipay_is_not_ok(alipay, server, answer):
+    server.answer = answer
+    result = _refund(alipay)
+    assert not result.ok and "验签失败" in result.message
+
+
+def test_a_refund_signed_with_another_app_key_is_refused_by_alipay(alipay, server):
+    result = _refund(alipay, app_private_key=_body_pkcs8(alipay.stranger))
+    assert not result.ok and "isv.invalid-signature" in result.message
+
+
+@pytest.mark.parametrize("raw", [TimeoutError("timed out"), b"<html>502</html>", b'{"sign":"x"}'])
+def test_network_errors_and_unreadable_answers_are_not_ok_and_never_raise(alipay, raw):
+    def post(url, fields, timeout):
+        if isinstance(raw, Exception):
+            raise raw
+        return raw
+
+    request = RefundRequest("K1", "T1", "RF1", 100, 100)
+    result = AlipayChannel(post=post).refund(profile_of(alipay), request)
+    assert not result.ok and "无法连接支付宝或应答无法识别" in result.message
+    assert "PRIVATE" not in result.message
+
+
+@pytest.mark.parametrize("amount_fen", [0, PRICE_FEN + 1])
+def test_a_refund_amount_outside_the_payment_is_refused_before_any_call(alipay, server, amount_fen):
+    assert not _refund(alipay, amount_fen=amount_fen).ok and server.calls == []
+
+
+def test_a_sandbox_profile_refunds_nothing_on_a_production_instance(alipay, server):
+    request = RefundRequest("K1", "T1", "RF1", 100, 100)
+    result = AlipayChannel(production=True).refund(profile_of(alipay, "second"), request)
+    assert not result.ok and "沙箱" in result.message and server.calls == []
+
+
+def test_product_is_validated(alipay):
+    with pytest.raises(ConfigError, match=r"payments\.alipay\.main\.product"):
+        profile_of(alipay, product="app")

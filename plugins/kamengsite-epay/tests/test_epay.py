@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 import secrets
@@ -17,11 +18,13 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+import kamengsite_epay
 import kamengsite_test_fixtures as base
 from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
 from kamengsite.errors import ConfigError
+from kamengsite.notice_log import PaymentNotice
 from kamengsite.orders import Order, Payment, create_order
-from kamengsite.payments import check_payments_config, sign_content
+from kamengsite.payments import PaymentError, PayRequest, RefundRequest, check_payments_config, sign_content
 from kamengsite.tenancy import all_sites
 from kamengsite_epay import EpayChannel, md5_sign
 
@@ -89,9 +92,97 @@ class Gateway:
         return fields["sign_type"] == "RSA" and abs(int(fields["timestamp"]) - time.time()) < 300
 
 
+class GatewayServer:
+    """The gateway's server API (mapi.php, api/pay/create, api.php?act=refund, api/pay/refund).
+
+    Checks each request exactly as the gateway does and answers as told by ``answer``:
+    for the create calls ``"qrcode"``, ``"payurl"``, ``"urlscheme"`` or ``"refuse"``; for refunds
+    ``"ok"``, ``"refuse"`` (a business "no") or ``"forged"`` (an answer whose signature is not the
+    platform's). ``down`` makes the call fail like a dead network.
+    """
+
+    def __init__(self, gateway):
+        self.gateway = gateway
+        self.answer = "qrcode"
+        self.down = False
+        self.calls = []  # (path, fields) of every request
+
+    def __call__(self, url, fields, timeout):
+        assert url.startswith(API) and 0 < timeout <= 60
+        path = url[len(API):]
+        self.calls.append((path, dict(fields)))
+        if self.down:
+            raise OSError("connection refused")
+        handler = {"mapi.php": self.mapi, "api/pay/create": self.create_v2,
+                   "api.php?act=refund": self.refund_v1, "api/pay/refund": self.refund_v2}[path]
+        return json.dumps(handler(dict(fields)), ensure_ascii=False).encode()
+
+    def _signed_by_merchant(self, fields, version) -> bool:
+        try:
+            return self.gateway.request_signed_by_merchant(fields, version)
+        except Exception:  # noqa: BLE001 - InvalidSignature, missing fields: the gateway refuses
+            return False
+
+    def mapi(self, fields):
+        if not self._signed_by_merchant(fields, "v1") or fields.get("pid") != V1_PID:
+            return {"code": -1, "msg": "签名校验失败"}
+        if not fields.get("clientip") or fields.get("device") not in ("pc", "mobile"):
+            return {"code": -1, "msg": "clientip/device 不能为空"}
+        trade_no = "2024" + fields["out_trade_no"][-10:]
+        return {"code": 1, "msg": "ok", "trade_no": trade_no, **self._pay_target(trade_no)}
+
+    def _pay_target(self, trade_no):
+        return {"qrcode": {"qrcode": f"https://qr.alipay.com/bax0{trade_no}"},
+                "payurl": {"payurl": f"{API}pay/cashier/{trade_no}"},
+                "urlscheme": {"urlscheme": f"alipays://platformapi/startapp?saId=10000007&t={trade_no}"},
+                "unsafe": {"payurl": "javascript:alert(document.cookie)"},
+                "refuse": {}}[{"forged": "qrcode", "ok": "qrcode"}.get(self.answer, self.answer)]
+
+    def platform_answer(self, answer: dict) -> dict:
+        """Signed by the platform key as the V2 gateway signs its answers (ints written as PHP writes them)."""
+        answer = dict(answer, timestamp=str(int(time.time())))
+        private = self.gateway.merchant if self.answer == "forged" else self.gateway.platform
+        raw = private.sign(self.gateway.content(answer).encode(), padding.PKCS1v15(), hashes.SHA256())
+        return dict(answer, sign=base64.b64encode(raw).decode(), sign_type="RSA")
+
+    def create_v2(self, fields):
+        if not self._signed_by_merchant(fields, "v2") or fields.get("method") != "web":
+            return {"code": -1, "msg": "签名校验失败"}
+        trade_no = "2024" + fields["out_trade_no"][-10:]
+        target = self._pay_target(trade_no)
+        if not target:
+            return {"code": -1, "msg": "通道维护中"}
+        (kind, info), = target.items()
+        return self.platform_answer({"code": 0, "trade_no": trade_no,
+                                     "pay_type": "jump" if kind == "payurl" else kind, "pay_info": info})
+
+    def refund_v1(self, fields):
+        if fields.get("pid") != V1_PID or fields.get("key") != self.gateway.md5_key:
+            return {"code": -1, "msg": "商户密钥错误"}
+        if self.answer == "refuse":
+            return {"code": -1, "msg": "退款金额超过可退金额"}
+        return {"code": 1, "msg": "退款成功"}
+
+    def refund_v2(self, fields):
+        if not self._signed_by_merchant(fields, "v2"):
+            return {"code": -1, "msg": "签名校验失败"}
+        if self.answer == "refuse":
+            return {"code": -1, "msg": "退款金额超过可退金额"}
+        return self.platform_answer({"code": 0, "msg": "退款成功", "refund_no": "R" + fields["out_refund_no"],
+                                     "out_refund_no": fields["out_refund_no"], "trade_no": fields.get("trade_no", ""),
+                                     "money": fields["money"], "reducemoney": fields["money"]})
+
+
 @pytest.fixture(scope="module")
 def gateway():
     return Gateway()
+
+
+@pytest.fixture
+def server(gateway, monkeypatch):
+    served = GatewayServer(gateway)
+    monkeypatch.setattr(kamengsite_epay, "post_form", served)  # the default transport: no network
+    return served
 
 
 def payments_config(gateway):
@@ -99,7 +190,19 @@ def payments_config(gateway):
         "v1": {"label": "支付宝/微信", "api": API, "pid": V1_PID, "key": "env:EPAY_TEST_KEY"},
         "v2": {"version": "v2", "api": API, "pid": V2_PID, "merchant_private_key": gateway.merchant_private_body,
                "platform_public_key": gateway.platform_public_body},
+        "mapi": {"api": API, "pid": V1_PID, "key": "env:EPAY_TEST_KEY", "mode": "mapi"},
+        "mapi2": {"version": "v2", "api": API, "pid": V2_PID, "mode": "mapi",
+                  "merchant_private_key": gateway.merchant_private_body,
+                  "platform_public_key": gateway.platform_public_body},
     }}
+
+
+def profile_of(gateway, name, **overrides):
+    config = payments_config(gateway)
+    config["epay"][name].update(overrides)
+    profiles = check_payments_config({"epay": {name: config["epay"][name]}}, {"epay": EpayChannel()},
+                                     environ={"EPAY_TEST_KEY": gateway.md5_key})
+    return profiles[("epay", name)]
 
 
 @pytest.fixture
@@ -207,6 +310,7 @@ def test_a_genuine_notification_delivers_and_replies_success(shop, gateway, vers
         assert Order.get(Order.order_no == order_no).status == "delivered"
     assert (payment.channel, payment.amount_fen) == ("epay", PRICE_FEN)
     assert shop.counter.orders == [(order_no, "shop1")]
+    assert PaymentNotice.select().count() == 0  # a payment is no refusal
     assert "CODE-" in client.get(f"/order/{order_no}").get_data(as_text=True)
 
 
@@ -287,6 +391,10 @@ def _assert_refused(shop, response, before, caplog):
     assert shop.counter.orders == []
     rejected = [r for r in caplog.records if "payment notification rejected" in r.getMessage()]
     assert len(rejected) == 1 and "reason=" in rejected[0].getMessage()
+    # ... and kept for the operator's payments page, with the same reason
+    newest = PaymentNotice.select().order_by(PaymentNotice.id.desc()).first()
+    assert (newest.channel, newest.outcome) == ("epay", "rejected")
+    assert newest.reason and newest.reason[:40] in rejected[0].getMessage()
 
 
 @pytest.mark.parametrize("case", sorted(FORGERIES))
@@ -422,3 +530,175 @@ def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothi
     assert shop.counter.orders == delivered
     assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
     assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]
+
+
+# -- the server API (mode = "mapi"): a QR code or a jump, from the gateway's answer -------------
+
+
+def _pay(shop, profile):
+    client = shop.client()
+    order_no = new_order(shop, f"epay/{profile}", client)
+    page = client.get(f"/order/{order_no}")
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "epay",
+                                                     "profile": profile, "type": "alipay"},
+                           environ_base={"REMOTE_ADDR": "203.0.113.7"})
+    return client, order_no, response
+
+
+@pytest.mark.parametrize("profile, version", [("mapi", "v1"), ("mapi2", "v2")])
+def test_mapi_shows_the_gateways_qr_code_as_an_image(shop, server, profile, version):
+    client, order_no, response = _pay(shop, profile)
+    html = response.get_data(as_text=True)
+    assert response.status_code == 200
+    [(path, fields)] = server.calls
+    assert path == ("mapi.php" if version == "v1" else "api/pay/create")
+    assert server.gateway.request_signed_by_merchant(fields, version)  # the gateway's own check
+    assert fields["clientip"] == "203.0.113.7" and fields["device"] == "pc" and fields["type"] == "alipay"
+    assert fields["out_trade_no"] == order_no and fields["money"] == "15.00"
+    assert f'data-qrcode="https://qr.alipay.com/bax0' in html
+    assert "<svg" in html and "<script" not in html  # drawn on the server: no QR script, no CDN
+    assert snapshot()[0] == 0  # showing a QR pays nothing
+
+
+@pytest.mark.parametrize("answer", ["payurl", "urlscheme"])
+@pytest.mark.parametrize("profile", ["mapi", "mapi2"])
+def test_mapi_jumps_where_the_gateway_says(shop, server, answer, profile):
+    server.answer = answer
+    _, order_no, response = _pay(shop, profile)
+    assert response.status_code == 302
+    expected = {"payurl": f"{API}pay/cashier/2024{order_no[-10:]}",
+                "urlscheme": f"alipays://platformapi/startapp?saId=10000007&t=2024{order_no[-10:]}"}[answer]
+    assert response.headers["Location"] == expected
+
+
+def test_mapi_sends_the_device_of_a_phone(shop, server):
+    client = shop.client()
+    order_no = new_order(shop, "epay/mapi", client)
+    page = client.get(f"/order/{order_no}")
+    client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "epay", "profile": "mapi"},
+                headers={"User-Agent": "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148"})
+    assert server.calls[-1][1]["device"] == "mobile"
+
+
+@pytest.mark.parametrize("case", ["refused", "unsafe target", "network down", "forged V2 answer"])
+def test_a_failed_server_api_call_shows_a_message_and_writes_nothing(shop, server, case):
+    profile = "mapi2" if case == "forged V2 answer" else "mapi"
+    server.answer = {"refused": "refuse", "unsafe target": "unsafe", "forged V2 answer": "forged"}.get(case, "qrcode")
+    server.down = case == "network down"
+    client = shop.client()
+    order_no = new_order(shop, f"epay/{profile}", client)
+    before = snapshot()
+    page = client.get(f"/order/{order_no}")
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "epay", "profile": profile})
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/order/{order_no}")
+    shown = client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert ("无法连接支付网关" if case == "network down" else "支付网关未能创建订单") in shown
+    assert snapshot() == before
+    assert server.calls  # the gateway was asked
+
+
+def test_the_forged_v2_answer_would_have_been_a_qr_code(gateway, server, caplog):
+    """The refusal above is the signature's doing: the same answer signed by the platform is shown."""
+    channel = EpayChannel()
+    request = PayRequest("K20240701000000000001", 1500, "月卡", "https://s/n", "https://s/r", "1.2.3.4", "alipay")
+    server.answer = "forged"
+    with caplog.at_level(logging.WARNING, logger="kamengsite_epay"), pytest.raises(PaymentError):
+        channel.create_payment(profile_of(gateway, "mapi2"), request)
+    assert "bad signature (RSA)" in caplog.text
+    server.answer = "qrcode"
+    assert channel.create_payment(profile_of(gateway, "mapi2"), request).kind == "qrcode"
+
+
+def test_submit_stays_the_default_mode(shop, server):
+    _, _, response = _pay(shop, "v1")
+    assert "pay-form" in response.get_data(as_text=True) and server.calls == []
+
+
+# -- refunds through the gateway ------------------------------------------------------------------
+
+
+def _refund(gateway, profile_name, amount_fen=500, **overrides):
+    channel = EpayChannel()
+    request = RefundRequest(order_no="K20240701000000000001", trade_no="2024070100000001EP", refund_no="RF0001",
+                            amount_fen=amount_fen, total_fen=PRICE_FEN, reason="缺货")
+    return channel.refund(profile_of(gateway, profile_name, **overrides), request)
+
+
+def test_epay_supports_refunds():
+    assert EpayChannel.supports_refund is True
+
+
+def test_a_v1_refund_posts_the_documented_fields_and_is_accepted(gateway, server):
+    server.answer = "ok"
+    result = _refund(gateway, "v1")
+    assert result.ok and not result.pending
+    [(path, fields)] = server.calls
+    assert path == "api.php?act=refund"
+    assert fields == {"pid": V1_PID, "key": gateway.md5_key, "trade_no": "2024070100000001EP",
+                      "out_trade_no": "K20240701000000000001", "money": "5.00"}
+
+
+def test_a_v2_refund_is_signed_and_its_answer_verified(gateway, server):
+    server.answer = "ok"
+    result = _refund(gateway, "v2", amount_fen=1500)
+    assert result.ok and result.gateway_refund_no == "RRF0001"
+    [(path, fields)] = server.calls
+    assert path == "api/pay/refund" and gateway.request_signed_by_merchant(fields, "v2")
+    assert (fields["trade_no"], fields["money"], fields["out_refund_no"]) == ("2024070100000001EP", "15.00", "RF0001")
+
+
+@pytest.mark.parametrize("profile", ["v1", "v2"])
+def test_a_refund_the_gateway_refuses_is_not_ok_with_its_reason(gateway, server, profile):
+    server.answer = "refuse"
+    result = _refund(gateway, profile)
+    assert not result.ok and "退款金额超过可退金额" in result.message
+
+
+def test_a_v2_refund_answer_with_a_bad_signature_is_not_ok(gateway, server):
+    server.answer = "forged"  # a "yes" signed by someone other than the platform
+    result = _refund(gateway, "v2")
+    assert not result.ok and "验签" in result.message
+
+
+def test_a_v2_refund_signed_with_the_wrong_merchant_key_is_refused_by_the_gateway(gateway, server):
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    server.answer = "ok"
+    result = _refund(gateway, "v2", merchant_private_key=_bodies(stranger)[0])
+    assert not result.ok and "签名校验失败" in result.message
+
+
+@pytest.mark.parametrize("profile", ["v1", "v2"])
+def test_a_network_error_is_not_ok_and_never_raises(gateway, server, profile):
+    server.down = True
+    result = _refund(gateway, profile)
+    assert not result.ok and "无法连接" in result.message
+
+
+@pytest.mark.parametrize("answer", [b"<html>502 Bad Gateway</html>", b"[1]", b""])
+def test_an_unreadable_answer_is_not_ok(gateway, answer):
+    channel = EpayChannel(post=lambda url, fields, timeout: answer)
+    request = RefundRequest("K1", "T1", "RF1", 100, 100)
+    assert not channel.refund(profile_of(gateway, "v1"), request).ok
+    assert not channel.refund(profile_of(gateway, "v2"), request).ok
+
+
+def test_the_v1_key_never_travels_over_plain_http_and_never_shows_in_messages(gateway):
+    calls = []
+    channel = EpayChannel(post=lambda url, fields, timeout: calls.append(url) or json.dumps(
+        {"code": -1, "msg": f"key {fields['key']} wrong"}).encode())
+    request = RefundRequest("K1", "T1", "RF1", 100, 100)
+    refused = channel.refund(profile_of(gateway, "v1", api="http://pay.gateway.test/"), request)
+    assert not refused.ok and "https" in refused.message and calls == []
+    echoed = channel.refund(profile_of(gateway, "v1"), request)
+    assert not echoed.ok and gateway.md5_key not in echoed.message and "******" in echoed.message
+
+
+@pytest.mark.parametrize("amount_fen", [0, -1, PRICE_FEN + 1])
+def test_a_refund_amount_outside_the_payment_is_refused_before_any_call(gateway, server, amount_fen):
+    result = _refund(gateway, "v1", amount_fen=amount_fen)
+    assert not result.ok and server.calls == []
+
+
+def test_mode_is_validated(gateway):
+    with pytest.raises(ConfigError, match=r"payments\.epay\.v1\.mode"):
+        profile_of(gateway, "v1", mode="qr")

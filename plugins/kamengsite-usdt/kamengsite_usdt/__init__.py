@@ -8,7 +8,12 @@ Protocol (see ``../shared/reference/payments.md``, "USDT (TRC20) through an epus
   ``{order_id, amount, notify_url, redirect_url, signature}``; ``amount`` is CNY yuan sent as a
   JSON number written without trailing zeros (``15``, ``15.5``, ``15.01``) — the text that is
   signed. The answer ``{status_code: 200, data: {trade_id, order_id, amount, actual_amount,
-  token, expiration_time, payment_url}}`` sends the buyer to ``payment_url``;
+  token, expiration_time, payment_url}}``. When it names the wallet (``token``) and the exact
+  ``actual_amount``, the buyer goes to our own page ``/pay/usdt/<profile>/<order_no>`` (wallet, QR
+  of the wallet drawn on the server, exact USDT amount, expiry countdown); its data travels in the
+  URL, signed with a key derived from the API token, so the page can be reloaded without a second
+  create call (the gateway refuses a second one for the same order). Otherwise, or with
+  ``cashier = "gateway"``, the buyer goes to the gateway's ``payment_url``;
 * notification: ``POST`` JSON ``{trade_id, order_id, amount, actual_amount, token,
   block_transaction_id, signature, status}``. The signature covers the **raw text** of each
   value as received (``100`` and ``"100.00"`` sign differently; ``actual_amount`` may be a
@@ -16,17 +21,27 @@ Protocol (see ``../shared/reference/payments.md``, "USDT (TRC20) through an epus
   paid; ``amount`` (CNY) is a Decimal → fen compared to the order by ``orders.mark_paid``;
   the gateway trade number is ``trade_id``. The reply is exactly ``ok`` (``fail``, HTTP 400,
   for anything refused).
+* refunds: the gateway has no refund API (the USDT went to the merchant's wallet on chain), so
+  ``supports_refund`` is False — refunds are paid to the buyer's balance or by hand.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import json
 import logging
 import re
+import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from flask import Blueprint, abort, redirect, render_template_string, request, url_for
 
 from kamengsite.hookspecs import hookimpl
 from kamengsite.payments import (Channel, Notification, PaymentAction, PaymentError, PayType, Rejection,
@@ -40,6 +55,12 @@ MAX_RESPONSE_BYTES = 1 << 20
 MAX_NOTIFY_BYTES = 64 * 1024
 PAID_STATUS = "2"
 URL_RE = re.compile(r"^https?://[^\s/]+", re.IGNORECASE)
+WALLET_RE = re.compile(r"^[A-Za-z0-9]{20,128}$")  # TRC20 (T…, base58) and the other chains' plain addresses
+USDT_RE = re.compile(r"^[0-9]{1,12}(?:\.[0-9]{1,8})?$")
+PAGE_PATH = "/pay/usdt/{profile}/{order_no}"
+PAGE_KEY_CONTEXT = b"kamengsite-usdt:pay-page"
+RELOAD_SECONDS = 15  # the page reloads itself: a paid order sends the buyer on to the order page
+BEIJING = timezone(timedelta(hours=8))
 
 SETTINGS_SCHEMA = {
     "type": "object",
@@ -51,6 +72,9 @@ SETTINGS_SCHEMA = {
                   "description": "API token (api_auth_token) of the gateway"},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 60,
                     "description": "seconds to wait for the gateway when creating a payment (default 10)"},
+        "cashier": {"enum": ["own", "gateway"],
+                    "description": "own = our page with the wallet, its QR and the exact amount (default); "
+                                   "gateway = the gateway's payment_url"},
     },
     "required": ["api", "token"],
     "additionalProperties": False,
@@ -147,6 +171,83 @@ class UsdtPaymentAction(PaymentAction):
     expiration_time: str = ""
 
 
+# -- our own payment page: its data signed into the URL ------------------------------------
+
+
+def _page_key(token: str) -> bytes:
+    """A key for the page URLs only: the API token itself never signs anything but gateway calls."""
+    return hmac.new(token.encode("utf-8"), PAGE_KEY_CONTEXT, hashlib.sha256).digest()
+
+
+def page_query(token: str, data: dict) -> dict:
+    """``{"d": payload, "s": mac}`` for the page URL: the gateway's answer, tamper-evident."""
+    payload = base64.urlsafe_b64encode(json.dumps(data, separators=(",", ":")).encode()).decode().rstrip("=")
+    return {"d": payload, "s": hmac.new(_page_key(token), payload.encode(), hashlib.sha256).hexdigest()}
+
+
+def read_page_query(token: str, payload: str, mac: str) -> dict | None:
+    """The data of a page URL, or None when it was not made with this profile's token."""
+    expected = hmac.new(_page_key(token), payload.encode(), hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected.encode(), mac.encode("utf-8", "replace")):
+        return None
+    try:
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def expiry_seconds(value) -> int:
+    """``expiration_time`` as Unix seconds (epusdt sends seconds; milliseconds are tolerated); 0 if unknown."""
+    text = str(value or "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return 0
+    number = int(text)
+    return number // 1000 if number > 10**11 else number
+
+
+PAGE = """{% extends "base.html" %}
+{% block title %}USDT 支付 {{ order.order_no }} · {{ site.name }}{% endblock %}
+{% block body %}
+<article class="card pay usdt-pay">
+  <h1>USDT（TRC20）支付</h1>
+  <p>订单 {{ order.order_no }} · {{ order.product.name }} · <span class="price">¥{{ order.amount_fen|yuan }}</span></p>
+  {% if expired %}
+  <p class="error" role="alert">支付已超时，请不要再向下面的地址转账。请返回订单页重新发起支付。</p>
+  {% else %}
+  <p>请转账<strong>精确金额</strong>（多一分、少一分都无法自动到账）：</p>
+  <p class="usdt-amount"><strong id="usdt-amount">{{ amount }}</strong> USDT</p>
+  <p>收款地址（仅限 TRC20 网络）：</p>
+  <p class="usdt-wallet"><code id="usdt-wallet">{{ wallet }}</code></p>
+  {% if qr %}<p class="qrcode" data-qrcode="{{ wallet }}">
+    <span class="qr-image" role="img" aria-label="收款地址二维码">{{ qr }}</span></p>{% endif %}
+  {% if expires %}
+  <p>请在 <time datetime="{{ expires_iso }}">{{ expires_text }}</time>（北京时间）前完成转账，剩余
+    <strong id="usdt-countdown" data-left="{{ left }}">{{ remaining }}</strong>。</p>
+  <script>
+  (function () {
+    // Counted from the server's "seconds left", not the buyer's clock (which may be off).
+    var el = document.getElementById("usdt-countdown"), started = Date.now();
+    var end = started + Number(el.dataset.left) * 1000;
+    function tick() {
+      var left = Math.max(0, Math.floor((end - Date.now()) / 1000));
+      el.textContent = Math.floor(left / 60) + " 分 " + ("0" + left % 60).slice(-2) + " 秒";
+      if (left === 0 || Date.now() - started > {{ reload_ms }}) { location.reload(); return; }
+      setTimeout(tick, 1000);
+    }
+    tick();
+  })();
+  </script>
+  {% endif %}
+  <p class="muted">到账后页面会自动跳转到订单页（区块确认通常需要 1～3 分钟）。</p>
+  {% endif %}
+  <p><a href="{{ url_for('storefront.order', order_no=order.order_no) }}">返回订单页</a>
+  {% if payment_url %} · <a href="{{ payment_url }}" rel="noreferrer">打开网关收银台</a>{% endif %}</p>
+</article>
+{% endblock %}
+"""
+
+
 def _encode_create_body(fields: dict, amount: str) -> bytes:
     """JSON with ``amount`` written as a number with exactly the signed text."""
     parts = [f"{json.dumps(k)}:{amount if k == 'amount' else json.dumps(v, ensure_ascii=False)}"
@@ -163,6 +264,8 @@ class UsdtChannel(Channel):
     success_body = "ok"
     failure_body = "fail"
     failure_status = 400
+
+    supports_refund = False  # an epusdt gateway cannot send USDT back: refunds go to the balance or by hand
 
     def __init__(self, post=None):
         self._post = post  # None: the module's ``post_json`` (looked up at call time)
@@ -192,7 +295,8 @@ class UsdtChannel(Channel):
                         profile.name, request.order_no, type(exc).__name__, exc)
             raise PaymentError("USDT 支付网关暂时无法连接，请稍后再试") from exc
         try:
-            answer = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+            # Decimal: the exact USDT amount is shown to the buyer as the gateway wrote it, never as a float.
+            answer = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw, parse_float=Decimal)
             data = answer.get("data") if isinstance(answer, dict) else None
             if str(answer.get("status_code")) != "200" or not isinstance(data, dict):
                 raise ValueError(f"status_code={answer.get('status_code')!r} message={answer.get('message')!r}")
@@ -205,10 +309,56 @@ class UsdtChannel(Channel):
             log.warning("usdt gateway refused or answered badly: profile=%s order=%s error=%s",
                         profile.name, request.order_no, exc)
             raise PaymentError("USDT 支付网关未能创建订单，请稍后再试或联系站长") from exc
-        return UsdtPaymentAction("redirect", url=payment_url, trade_id=str(data.get("trade_id") or ""),
-                                 wallet=str(data.get("token") or ""),
-                                 actual_amount=str(data.get("actual_amount") or ""),
-                                 expiration_time=str(data.get("expiration_time") or ""))
+        wallet, usdt = str(data.get("token") or ""), str(data.get("actual_amount") or "")
+        trade_id, expires = str(data.get("trade_id") or ""), str(data.get("expiration_time") or "")
+        url = payment_url
+        if profile.get("cashier") != "gateway" and WALLET_RE.match(wallet) and USDT_RE.match(usdt):
+            url = self.page_url(profile, request, {"w": wallet, "a": usdt, "e": expiry_seconds(expires),
+                                                   "t": trade_id[:64], "u": payment_url[:500]})
+        return UsdtPaymentAction("redirect", url=url, trade_id=trade_id, wallet=wallet, actual_amount=usdt,
+                                 expiration_time=expires)
+
+    # -- our payment page ---------------------------------------------------------------
+
+    @staticmethod
+    def page_url(profile, request, data: dict) -> str:
+        """The site-relative URL of our page for this order, carrying the gateway's answer signed."""
+        query = page_query(profile.get("token"), dict(data, o=request.order_no))
+        path = PAGE_PATH.format(profile=urllib.parse.quote(profile.name), order_no=urllib.parse.quote(request.order_no))
+        return f"{path}?{urllib.parse.urlencode(query)}"
+
+    def register_routes(self, app, instance):
+        bp = Blueprint("kamengsite_usdt", __name__)
+        bp.add_url_rule(PAGE_PATH.replace("{profile}", "<profile>").replace("{order_no}", "<order_no>"),
+                        "page", self._page, methods=["GET"])
+        app.register_blueprint(bp)
+
+    def _page(self, profile, order_no):
+        """Wallet, QR, exact amount and countdown for an unpaid order; a paid one goes on to its order page."""
+        from kamengsite import orders
+        from kamengsite.app import current_site
+        from kamengsite.payment_routes import qr_image, registry
+
+        found = registry().find(self.id, profile)
+        if found is None:
+            abort(404)
+        data = read_page_query(found[1].get("token"), request.args.get("d", ""), request.args.get("s", ""))
+        if data is None or data.get("o") != order_no:  # not ours, or made for another order
+            abort(404)
+        order = orders.find_order(order_no, site_id=current_site().site_id)
+        if order is None or (order.channel, order.channel_profile) != (self.id, profile):
+            abort(404)
+        if order.status != "created":  # paid (or closed): nothing to transfer any more
+            return redirect(url_for("storefront.order", order_no=order_no))
+        wallet, expires = str(data.get("w", "")), int(data.get("e") or 0)
+        left = expires - int(time.time())
+        shown = datetime.fromtimestamp(expires, BEIJING) if expires else None
+        return render_template_string(
+            PAGE, order=order, wallet=wallet, amount=str(data.get("a", "")), qr=qr_image(wallet),
+            expired=bool(expires) and left <= 0, expires=expires, left=max(left, 0), reload_ms=RELOAD_SECONDS * 1000,
+            expires_iso=shown.isoformat() if shown else "", expires_text=shown.strftime("%H:%M:%S") if shown else "",
+            remaining=f"{max(left, 0) // 60} 分 {max(left, 0) % 60:02d} 秒",
+            payment_url=str(data.get("u", "")) if URL_RE.match(str(data.get("u", ""))) else "")
 
     # -- notifications ----------------------------------------------------------------
 

@@ -5,12 +5,17 @@ concurrent duplicate notifications."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import re
 import secrets
+import string
+import sys
+import time
 import urllib.error
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -47,7 +52,9 @@ class Gateway:
 
     def __init__(self):
         self.token = secrets.token_urlsafe(24)
-        self.wallet = "T" + secrets.token_hex(16)
+        base58 = "".join(c for c in string.ascii_letters + string.digits if c not in "0OIl")
+        self.wallet = "T" + "".join(secrets.choice(base58) for _ in range(33))  # a TRC20 address
+        self.expires_in = 600  # seconds until the gateway gives the amount up
         self.requests = []  # (url, parsed body, timeout) of every create-transaction call
 
     @staticmethod
@@ -85,7 +92,8 @@ class Gateway:
         return json.dumps({"status_code": 200, "message": "success", "data": {
             "trade_id": "2024T" + request["order_id"][-8:], "order_id": request["order_id"],
             "amount": request["amount"], "actual_amount": 13.89, "token": self.wallet,
-            "expiration_time": 1720000000, "payment_url": f"{API}pay/checkout-counter/2024T{request['order_id'][-8:]}"},
+            "expiration_time": int(time.time()) + self.expires_in,
+            "payment_url": f"{API}pay/checkout-counter/2024T{request['order_id'][-8:]}"},
         }).encode()
 
 
@@ -165,7 +173,7 @@ def test_amounts_are_sent_as_the_gateway_writes_them(fen, text):
         order_no="K20240701000000000001", amount_fen=fen, subject="", notify_url="http://s/n",
         return_url="http://s/r"))[1])
     assert (action.kind, action.wallet, action.actual_amount) == ("redirect", g.wallet, "13.89")
-    assert action.url.startswith(API + "pay/checkout-counter/")
+    assert action.url.startswith("/pay/usdt/main/K20240701000000000001?")  # our page, not the gateway's
 
 
 def test_gateway_failures_become_a_message_for_the_buyer(caplog):
@@ -200,7 +208,7 @@ def test_pay_redirects_to_the_gateway_with_a_signed_request(shop, gateway):
     page = client.get(f"/order/{order_no}")
     response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "usdt", "profile": "main"})
     assert response.status_code == 302
-    assert response.headers["Location"] == f"{API}pay/checkout-counter/2024T{order_no[-8:]}"
+    assert response.headers["Location"].startswith(f"/pay/usdt/main/{order_no}?")
     url, request, _ = gateway.requests[-1]
     assert url == API + "api/v1/order/create-transaction"
     assert request["order_id"] == order_no and request["amount"] == 100 and isinstance(request["amount"], int)
@@ -409,3 +417,93 @@ def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothi
     assert shop.counter.orders == delivered
     assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
     assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]
+
+
+# -- our payment page: exact amount, wallet, its QR, the countdown ----------------------------------
+
+
+def _start(shop, gateway, profile="main"):
+    client = shop.client()
+    order_no = new_order(shop, f"usdt/{profile}", client)
+    page = client.get(f"/order/{order_no}")
+    response = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "usdt", "profile": profile})
+    assert response.status_code == 302
+    return client, order_no, response.headers["Location"]
+
+
+def test_the_page_shows_the_exact_amount_the_wallet_its_qr_and_the_countdown(shop, gateway):
+    client, order_no, location = _start(shop, gateway)
+    page = client.get(location)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200
+    assert '<strong id="usdt-amount">13.89</strong> USDT' in html
+    assert f'<code id="usdt-wallet">{gateway.wallet}</code>' in html
+    assert f'data-qrcode="{gateway.wallet}"' in html and "<svg" in html  # the QR is the wallet, drawn server-side
+    assert re.search(r'id="usdt-countdown" data-left="(59\d|600)">(9|10) 分 \d\d 秒<', html)
+    assert "<script src" not in html and "cdn" not in html.lower()
+    assert f'href="{API}pay/checkout-counter/2024T{order_no[-8:]}"' in html  # the gateway's cashier as a fallback
+    assert len(gateway.requests) == 1
+    assert client.get(location).status_code == 200 and len(gateway.requests) == 1  # a reload calls nobody
+
+
+def test_a_page_url_that_was_tampered_with_is_not_found(shop, gateway):
+    client, order_no, location = _start(shop, gateway)
+    path, _, query = location.partition("?")
+    params = dict(urllib.parse.parse_qsl(query))
+    data = json.loads(base64.urlsafe_b64decode(params["d"] + "=" * (-len(params["d"]) % 4)))
+    forged = kamengsite_usdt.page_query("x" * 32, dict(data, w="T" + "9" * 33))  # signed with another token
+    other_order = new_order(shop, client=client)
+    for url in (f"{path}?d={params['d']}&s={'0' * 64}", f"{path}?d={forged['d']}&s={forged['s']}",
+                f"{path}?s={params['s']}", path, f"/pay/usdt/main/{other_order}?{query}",
+                f"/pay/usdt/alt/{order_no}?{query}", f"/pay/usdt/nope/{order_no}?{query}"):
+        assert client.get(url).status_code == 404, url
+
+
+def test_a_paid_order_sends_the_buyer_on_to_the_order_page(shop, gateway):
+    client, order_no, location = _start(shop, gateway)
+    assert notify(shop.client(), gateway.notification(order_no)).get_data() == b"ok"
+    response = client.get(location)
+    assert response.status_code == 302 and response.headers["Location"].endswith(f"/order/{order_no}")
+
+
+def test_an_expired_amount_is_no_longer_offered(shop, gateway):
+    gateway.expires_in = -5
+    client, _, location = _start(shop, gateway)
+    html = client.get(location).get_data(as_text=True)
+    assert "支付已超时" in html and gateway.wallet not in html and "<svg" not in html
+
+
+def test_without_segno_the_page_shows_the_wallet_as_text(shop, gateway, monkeypatch):
+    monkeypatch.setitem(sys.modules, "segno", None)  # import segno now raises ImportError
+    client, _, location = _start(shop, gateway)
+    html = client.get(location).get_data(as_text=True)
+    assert gateway.wallet in html and "<svg" not in html
+
+
+def test_cashier_gateway_keeps_the_gateways_page(host_factory, gateway, monkeypatch):
+    _env(monkeypatch, gateway)
+    config = payments_config()
+    config["usdt"]["main"]["cashier"] = "gateway"
+    shop = open_channel_shop(host_factory("usdt-gw", payments=config), PRICE_FEN)
+    _, order_no, location = _start(shop, gateway)
+    assert location == f"{API}pay/checkout-counter/2024T{order_no[-8:]}"
+
+
+@pytest.mark.parametrize("data", [{"token": ""}, {"token": "<script>"}, {"actual_amount": "13.89e3"}])
+def test_an_answer_without_a_usable_wallet_or_amount_keeps_the_gateways_page(data):
+    g = Gateway()
+
+    def answer(url, body, timeout):
+        reply = json.loads(g.create_transaction(url, body, timeout))
+        reply["data"].update(data)
+        return json.dumps(reply).encode()
+
+    channel = UsdtChannel(post=answer)
+    profile = check_payments_config({"usdt": {"main": {"api": API, "token": g.token}}},
+                                    {"usdt": channel}, environ={})[("usdt", "main")]
+    action = channel.create_payment(profile, PayRequest("K20240701000000000001", 1500, "", "http://s/n", "http://s/r"))
+    assert action.url.startswith(API + "pay/checkout-counter/")
+
+
+def test_usdt_cannot_refund_through_the_gateway():
+    assert UsdtChannel.supports_refund is False

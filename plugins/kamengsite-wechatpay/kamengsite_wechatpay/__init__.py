@@ -23,6 +23,13 @@ Protocol (WeChat Pay API v3, public-key mode; ``cryptography`` only):
   number is ``transaction_id``.
 * **Reply** — ``204`` with an empty body on success; ``400`` with
   ``{"code":"FAIL","message":"失败"}`` otherwise (the reason goes to the log only).
+* **Refund** — ``POST /v3/refund/domestic/refunds`` with ``{transaction_id | out_trade_no,
+  out_refund_no, reason, amount:{refund, total, currency}}``, signed like every request. The
+  answer is believed only when its headers carry WeChat Pay's signature over
+  ``TIMESTAMP\nNONCE\nRAW_BODY\n`` (same serial, window and key checks as a notification);
+  ``status`` SUCCESS is a refund, PROCESSING an accepted (pending) one, anything else a "no". The
+  call is ``post_raw`` (urllib; status, headers and body, HTTP errors included) — replaceable per
+  channel (``raw_transport=``) or by patching this module's ``post_raw``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -44,12 +52,17 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kamengsite.hookspecs import hookimpl
-from kamengsite.payments import Channel, Notification, PaymentAction, PaymentError, PayType, Rejection, Reply
+from kamengsite.payments import (Channel, Notification, PaymentAction, PaymentError, PayType, RefundResult, Rejection,
+                                 Reply)
 
 log = logging.getLogger(__name__)
 
 API_BASE = "https://api.mch.weixin.qq.com"
 NATIVE_PATH = "/v3/pay/transactions/native"
+REFUND_PATH = "/v3/refund/domestic/refunds"
+REASON_MAX_CHARS = 80
+MESSAGE_MAX = 200
+MAX_RESPONSE_BYTES = 1 << 20
 AUTH_SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 TIMESTAMP_WINDOW = 300
 HTTP_TIMEOUT = 10.0
@@ -137,6 +150,34 @@ def rsa_verify(public_key_text: str, message: bytes, signature: str) -> bool:
     return True
 
 
+def signature_problem(profile, headers: dict, body: bytes, now: float, *, type_required: bool = True) -> str:
+    """Why a message (notification or API answer) is not WeChat Pay's; "" when it is.
+
+    The serial must be the configured public key id, the timestamp within the window, and the
+    signature over ``TIMESTAMP\\nNONCE\\nRAW_BODY\\n`` must verify with the platform public key.
+    Notifications always name the signature type; API answers may leave it out.
+    """
+    sign_type = _header(headers, "Wechatpay-Signature-Type")
+    if (sign_type or type_required) and sign_type != AUTH_SCHEMA:
+        return f"Wechatpay-Signature-Type {sign_type or '(none)'!r} is not {AUTH_SCHEMA}"
+    serial = _header(headers, "Wechatpay-Serial")
+    if not hmac.compare_digest(serial.encode(), str(profile.get("platform_public_key_id")).encode()):
+        return f"Wechatpay-Serial {serial or '(none)'!r} is not the configured public key id"
+    stamp = _header(headers, "Wechatpay-Timestamp")
+    if not (stamp.isascii() and stamp.isdigit() and 1 <= len(stamp) <= 12):
+        return f"Wechatpay-Timestamp {stamp!r} is not seconds"
+    if abs(now - int(stamp)) > TIMESTAMP_WINDOW:
+        return f"Wechatpay-Timestamp {stamp} is outside the {TIMESTAMP_WINDOW} s window"
+    nonce = _header(headers, "Wechatpay-Nonce")
+    signature = _header(headers, "Wechatpay-Signature")
+    if not nonce or not signature:
+        return "missing Wechatpay-Nonce or Wechatpay-Signature"
+    if not rsa_verify(profile.get("platform_public_key"), notify_message(stamp, nonce, body), signature):
+        probe = signature.startswith("WECHATPAY/SIGNTEST/")  # WeChat's deliberate mis-signed test messages
+        return "bad signature" + (" (WeChat Pay signature probe)" if probe else "")
+    return ""
+
+
 def decrypt_resource(apiv3_key: str, resource: dict) -> bytes:
     """AES-256-GCM: key = APIv3 key bytes, nonce, aad = associated_data, base64 ciphertext||tag."""
     key = apiv3_key.encode()
@@ -173,6 +214,25 @@ def post_json(url: str, body: bytes, headers: dict, timeout: float = HTTP_TIMEOU
         raise PaymentError("微信支付返回了无法识别的结果") from exc
 
 
+@dataclass(frozen=True)
+class HttpAnswer:
+    """An API answer as received: what its signature is checked over."""
+
+    status: int
+    headers: dict
+    body: bytes
+
+
+def post_raw(url: str, body: bytes, headers: dict, timeout: float = HTTP_TIMEOUT) -> HttpAnswer:
+    """POST ``body``; the answer with its headers, 4xx/5xx included. Raises only when nothing came back."""
+    req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as response:  # noqa: S310 - https API base only
+            return HttpAnswer(response.status, dict(response.headers), response.read(MAX_RESPONSE_BYTES))
+    except urllib.error.HTTPError as exc:  # WeChat Pay answers refusals with 4xx and a JSON body
+        return HttpAnswer(exc.code, dict(exc.headers or {}), exc.read(MAX_RESPONSE_BYTES))
+
+
 def _header(headers: dict, name: str) -> str:
     wanted = name.lower()
     for key, value in (headers or {}).items():
@@ -192,8 +252,11 @@ class WechatPayChannel(Channel):
     devices = ("pc", "mobile")
     settings_schema = SETTINGS_SCHEMA
 
-    def __init__(self, transport=None):
+    supports_refund = True
+
+    def __init__(self, transport=None, raw_transport=None):
         self.transport = transport  # ``transport(url, body, headers, timeout) -> dict``; default post_json
+        self.raw_transport = raw_transport  # ``(url, body, headers, timeout) -> HttpAnswer``; default post_raw
 
     # -- paying -------------------------------------------------------------------------
 
@@ -227,30 +290,72 @@ class WechatPayChannel(Channel):
             raise PaymentError("微信支付下单失败，请稍后再试")
         return PaymentAction.qrcode(code_url)
 
+    # -- refunds --------------------------------------------------------------------------
+
+    def refund_request(self, profile, request) -> tuple[str, bytes, dict]:
+        """The signed ``POST /v3/refund/domestic/refunds``: (url, body bytes, headers)."""
+        payload = {"out_refund_no": request.refund_no}
+        if request.trade_no:
+            payload["transaction_id"] = request.trade_no
+        else:
+            payload["out_trade_no"] = request.order_no
+        if request.reason:
+            payload["reason"] = request.reason[:REASON_MAX_CHARS]
+        payload["amount"] = {"refund": int(request.amount_fen), "total": int(request.total_fen), "currency": "CNY"}
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        headers = {"Authorization": authorization(profile, "POST", REFUND_PATH, body),
+                   "Content-Type": "application/json", "Accept": "application/json",
+                   "User-Agent": "kamengsite-wechatpay/0.1"}
+        return (profile.get("api_base") or API_BASE).rstrip("/") + REFUND_PATH, body, headers
+
+    def refund(self, profile, request):
+        if not 0 < request.amount_fen <= request.total_fen:
+            return RefundResult(False, message="退款金额必须大于 0 且不超过订单金额")
+        try:
+            url, body, headers = self.refund_request(profile, request)
+        except (ValueError, TypeError):
+            return RefundResult(False, message="商户API私钥无法签名，请检查微信支付配置")
+        try:
+            answer = (self.raw_transport or post_raw)(url, body, headers, HTTP_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - network, TLS, timeout: never raise to the caller
+            log.warning("wechatpay refund call failed: profile=%s order=%s error=%s",
+                        profile.name, request.order_no, type(exc).__name__)
+            return RefundResult(False, message=f"无法连接微信支付（{type(exc).__name__}），请稍后重试")
+        return self._refund_result(profile, request, answer)
+
+    def _refund_result(self, profile, request, answer: HttpAnswer) -> RefundResult:
+        try:
+            data = json.loads(answer.body or b"{}")
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            return RefundResult(False, message=f"微信支付返回了无法识别的结果（HTTP {answer.status}）")
+        if not 200 <= answer.status < 300:  # a "no" needs no proof: believing it costs nothing
+            words = f"{data.get('code') or ''} {data.get('message') or ''}".strip()[:MESSAGE_MAX]
+            return RefundResult(False, message=f"微信支付拒绝退款：{words or f'HTTP {answer.status}'}")
+        why = signature_problem(profile, answer.headers, answer.body, time.time(), type_required=False)
+        if why:
+            log.warning("wechatpay refund answer refused: profile=%s order=%s reason=%s",
+                        profile.name, request.order_no, why)
+            return RefundResult(False, message=f"微信支付应答验签失败（{why[:80]}），退款结果未知，请到商户平台核对")
+        if data.get("out_refund_no") != request.refund_no:
+            return RefundResult(False, message="微信支付应答的退款单号与请求不符")
+        status, refund_id = str(data.get("status") or ""), str(data.get("refund_id") or "")[:64]
+        if status == "SUCCESS":
+            return RefundResult(True, gateway_refund_no=refund_id)
+        if status == "PROCESSING":
+            return RefundResult(True, gateway_refund_no=refund_id, pending=True, message="退款处理中")
+        return RefundResult(False, gateway_refund_no=refund_id, message=f"微信支付退款状态：{status[:32] or '未知'}")
+
     # -- notifications --------------------------------------------------------------------
 
     def verify_notification(self, profile, notice, now):
         if notice.method != "POST":
             return Rejection(f"method {notice.method} is not POST")
         headers, body = notice.headers, notice.body or b""
-        sign_type = _header(headers, "Wechatpay-Signature-Type")
-        if sign_type != AUTH_SCHEMA:
-            return Rejection(f"Wechatpay-Signature-Type {sign_type or '(none)'!r} is not {AUTH_SCHEMA}")
-        serial = _header(headers, "Wechatpay-Serial")
-        if not hmac.compare_digest(serial.encode(), str(profile.get("platform_public_key_id")).encode()):
-            return Rejection(f"Wechatpay-Serial {serial or '(none)'!r} is not the configured public key id")
-        stamp = _header(headers, "Wechatpay-Timestamp")
-        if not (stamp.isascii() and stamp.isdigit() and 1 <= len(stamp) <= 12):
-            return Rejection(f"Wechatpay-Timestamp {stamp!r} is not seconds")
-        if abs(now - int(stamp)) > TIMESTAMP_WINDOW:
-            return Rejection(f"Wechatpay-Timestamp {stamp} is outside the {TIMESTAMP_WINDOW} s window")
-        nonce = _header(headers, "Wechatpay-Nonce")
-        signature = _header(headers, "Wechatpay-Signature")
-        if not nonce or not signature:
-            return Rejection("missing Wechatpay-Nonce or Wechatpay-Signature")
-        if not rsa_verify(profile.get("platform_public_key"), notify_message(stamp, nonce, body), signature):
-            return Rejection("bad signature" + (" (WeChat Pay signature probe)"
-                                                if signature.startswith("WECHATPAY/SIGNTEST/") else ""))
+        why = signature_problem(profile, headers, body, now)
+        if why:
+            return Rejection(why)
         # Signed by WeChat Pay from here on.
         try:
             event = json.loads(body)

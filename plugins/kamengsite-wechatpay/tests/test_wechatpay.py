@@ -23,9 +23,9 @@ from kamengsite.testing import buy as shared_buy, csrf_token, new_order as share
 import kamengsite_wechatpay
 from kamengsite.errors import ConfigError
 from kamengsite.orders import Order, Payment, create_order
-from kamengsite.payments import NotifyRequest, PaymentError, check_payments_config, verify_and_apply
+from kamengsite.payments import NotifyRequest, PaymentError, RefundRequest, check_payments_config, verify_and_apply
 from kamengsite.tenancy import all_sites
-from kamengsite_wechatpay import WechatPayChannel
+from kamengsite_wechatpay import HttpAnswer, WechatPayChannel
 
 TOKEN = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
 APPID, MCHID, ALT_MCHID = "wx8888888888888888", "1900000109", "1900000110"
@@ -120,6 +120,41 @@ class WechatPaySim:
         self.requests.append((url, json.loads(body), headers))
         return {"code_url": "weixin://wxpay/bizpayurl?pr=" + _nonce(7)}
 
+    # the refund API: ``refund_answer`` is "SUCCESS", "PROCESSING", "CLOSED", "refuse" (a business
+    # "no"), "forged" (signed by another key), "unsigned" or "wrong serial"
+    refund_answer = "SUCCESS"
+
+    def answer(self, status: int, payload: dict, key=None, serial=PUB_KEY_ID, signed=True) -> HttpAnswer:
+        body = json.dumps(payload, ensure_ascii=False).encode()  # WeChat's own spacing
+        headers = {"Request-ID": "08F4" + _nonce(16), "Content-Type": "application/json"}
+        if signed:
+            headers.update(self.sign(body, key=key, serial=serial, sign_type=None))  # answers carry no type
+        return HttpAnswer(status, headers, body)
+
+    def refund_transport(self, url, body, headers, timeout):
+        assert timeout and timeout <= 30 and url == "https://api.mch.weixin.qq.com/v3/refund/domestic/refunds"
+        try:
+            self.check_request("POST", url, body, headers)
+        except Exception:  # noqa: BLE001 - WeChat Pay refuses a request it cannot verify
+            return self.answer(401, {"code": "SIGN_ERROR", "message": "签名错误"})
+        request = json.loads(body)
+        self.requests.append((url, request, headers))
+        how = self.refund_answer
+        if how == "refuse":
+            return self.answer(403, {"code": "NOT_ENOUGH", "message": "基本账户余额不足，请充值后重新发起"})
+        refund = {"refund_id": "50000000382019052709732678859", "out_refund_no": request["out_refund_no"],
+                  "transaction_id": request.get("transaction_id", ""), "out_trade_no": "K2024070100000000001",
+                  "channel": "ORIGINAL", "user_received_account": "招商银行信用卡0403",
+                  "create_time": "2024-07-01T12:30:00+08:00", "funds_account": "AVAILABLE",
+                  "status": how if how in ("SUCCESS", "PROCESSING", "CLOSED") else "SUCCESS",
+                  "amount": dict(request["amount"], payer_total=request["amount"]["refund"],
+                                 payer_refund=request["amount"]["refund"],
+                                 settlement_refund=request["amount"]["refund"],
+                                 settlement_total=request["amount"]["total"], discount_refund=0)}
+        return self.answer(200, refund, key=self.merchant if how == "forged" else None,
+                           serial="PUB_KEY_ID_0000000000" if how == "wrong serial" else PUB_KEY_ID,
+                           signed=how != "unsigned")
+
 
 @pytest.fixture(scope="module")
 def wxpay():
@@ -183,6 +218,7 @@ def test_the_pay_page_shows_the_code_url_of_a_signed_native_order(shop, wxpay):
     assert response.status_code == 200
     qr = re.search(r'data-qrcode="([^"]+)"', html).group(1)
     assert qr.startswith("weixin://wxpay/bizpayurl?pr=")
+    assert "<svg" in html and "<script" not in html  # the QR is drawn on the server: no script, no CDN
     [(url, body, headers)] = wxpay.requests  # check_request verified Authorization with the merchant public key
     assert url == "https://api.mch.weixin.qq.com/v3/pay/transactions/native"
     assert body == {"appid": APPID, "mchid": MCHID, "description": "测试月卡", "out_trade_no": order_no,
@@ -522,3 +558,96 @@ def test_signed_notifications_without_a_payment_are_acknowledged_and_write_nothi
     assert shop.counter.orders == delivered
     assert [r for r in caplog.records if "acknowledged without payment" in r.getMessage()]
     assert not [r for r in caplog.records if "payment notification rejected" in r.getMessage()]
+
+
+# -- refunds through POST /v3/refund/domestic/refunds ---------------------------------------------
+
+
+@pytest.fixture
+def refunds(wxpay, monkeypatch):
+    _environment(monkeypatch, wxpay)
+    monkeypatch.setattr(kamengsite_wechatpay, "post_raw", wxpay.refund_transport)  # no network
+    monkeypatch.setattr(wxpay, "refund_answer", "SUCCESS")
+    wxpay.requests.clear()
+    return wxpay
+
+
+def _refund(wxpay, amount_fen=500, trade_no="4200001234202407011234567890", **settings):
+    channel = WechatPayChannel()
+    profile = check_payments_config({"wechatpay": {"main": profile_settings(wxpay, **settings)}},
+                                    {"wechatpay": channel})[("wechatpay", "main")]
+    request = RefundRequest(order_no="K2024070100000000001", trade_no=trade_no, refund_no="RF0001",
+                            amount_fen=amount_fen, total_fen=PRICE_FEN, reason="缺货退款")
+    return channel.refund(profile, request)
+
+
+def test_wechatpay_supports_refunds():
+    assert WechatPayChannel.supports_refund is True
+
+
+def test_a_refund_is_signed_and_its_signed_answer_accepted(refunds):
+    result = _refund(refunds)
+    assert result.ok and not result.pending and result.gateway_refund_no == "50000000382019052709732678859"
+    [(url, body, headers)] = refunds.requests  # check_request verified Authorization with the merchant public key
+    assert body == {"out_refund_no": "RF0001", "transaction_id": "4200001234202407011234567890", "reason": "缺货退款",
+                    "amount": {"refund": 500, "total": PRICE_FEN, "currency": "CNY"}}
+
+
+def test_a_refund_without_the_trade_number_names_our_order(refunds):
+    assert _refund(refunds, trade_no="").ok
+    assert refunds.requests[-1][1]["out_trade_no"] == "K2024070100000000001"
+    assert "transaction_id" not in refunds.requests[-1][1]
+
+
+def test_a_processing_refund_is_accepted_as_pending(refunds):
+    refunds.refund_answer = "PROCESSING"
+    result = _refund(refunds)
+    assert result.ok and result.pending
+
+
+@pytest.mark.parametrize("answer, words", [("refuse", "NOT_ENOUGH"), ("CLOSED", "CLOSED")])
+def test_a_refund_wechat_pay_refuses_is_not_ok_with_its_reason(refunds, answer, words):
+    refunds.refund_answer = answer
+    result = _refund(refunds)
+    assert not result.ok and words in result.message
+
+
+@pytest.mark.parametrize("answer, why", [("forged", "bad signature"), ("unsigned", "Wechatpay-Serial '(none)'"),
+                                         ("wrong serial", "PUB_KEY_ID_0000000000")])
+def test_a_success_answer_not_signed_by_wechat_pay_is_not_ok(refunds, answer, why):
+    refunds.refund_answer = answer
+    result = _refund(refunds)
+    assert not result.ok and "验签失败" in result.message and why in result.message
+
+
+def test_a_stale_answer_is_not_ok(refunds, monkeypatch):
+    real_sign = refunds.sign
+    stale = int(time.time()) - 301
+    monkeypatch.setattr(refunds, "sign", lambda body, **kw: real_sign(body, **dict(kw, timestamp=stale)))
+    result = _refund(refunds)
+    assert not result.ok and "window" in result.message
+
+
+def test_a_refund_signed_with_another_merchant_key_is_refused_by_wechat_pay(refunds, monkeypatch):
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    monkeypatch.setenv("WXPAY_TEST_PRIVATE_KEY", _pem(stranger, private=True))
+    result = _refund(refunds)
+    assert not result.ok and "SIGN_ERROR" in result.message
+
+
+@pytest.mark.parametrize("failure", [TimeoutError("timed out"), HttpAnswer(502, {}, b"<html>bad gateway</html>")])
+def test_network_errors_and_unreadable_answers_are_not_ok_and_never_raise(refunds, monkeypatch, failure):
+    def transport(url, body, headers, timeout):
+        if isinstance(failure, Exception):
+            raise failure
+        return failure
+
+    monkeypatch.setattr(kamengsite_wechatpay, "post_raw", transport)
+    result = _refund(refunds)
+    assert not result.ok and result.message
+    assert refunds.apiv3_key not in result.message and "PRIVATE" not in result.message
+
+
+@pytest.mark.parametrize("amount_fen", [0, PRICE_FEN + 1])
+def test_a_refund_amount_outside_the_payment_is_refused_before_any_call(refunds, amount_fen):
+    assert not _refund(refunds, amount_fen=amount_fen).ok and refunds.requests == []

@@ -1,0 +1,679 @@
+"""The money pages of the console: a core plugin, on every site.
+
+A sub-site's owner, in the console of their own site (its own accounts, ``admin.operator_required``):
+
+* 价格 ``/admin/prices`` — the main catalogue as this site sells it (its cost, the base price, its
+  price; "按成本价" where the price floor applied) and its markup rules: for everything, a
+  category or a product (percent, fixed amount, rounding, hide, rename), and — if the site's
+  level may open child sites — what its children pay on top of its cost, within the level's cap;
+* 余额 ``/admin/balance`` — frozen / available / in payout / prepaid-hold balances, the latest
+  ledger entries of the site's accounts, a withdrawal request, the site's withdrawals;
+* 订单 ``/admin/orders`` — the site's own orders (also on the main site, with a refund link).
+
+The operator, on the main site only (``admin.main_site_only``): 提现审核 ``/admin/withdrawals``,
+对账 ``/admin/reconcile`` (and ``.csv``), 退款 ``/admin/refunds``.
+
+Tenant isolation: a sub-site's pages take the site from the request (its host), never from a
+form or a URL; tenant rows are read inside the request's site scope, and platform-wide rows
+(ledger accounts, withdrawals) are filtered by that site's id explicitly. Every write is a POST
+form with a CSRF token. Money is integer fen; ``Decimal`` parses what the owner typed, at the
+form boundary only.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import functools
+import io
+import re
+import unicodedata
+from dataclasses import dataclass
+from decimal import Decimal
+
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, HiddenField, StringField, TextAreaField
+from wtforms.validators import InputRequired, Length
+
+from . import admin, ledger, orders, pricing, reconcile, refunds, withdrawals
+from .app import current_site
+from .catalog import Category, Product, Sku
+from .hookspecs import hookimpl
+from .levels import BP, Level, get_level
+from .models import Site, utcnow
+from .settlement import site_balances
+from .tenancy import all_sites
+from .themes import format_fen
+
+bp = Blueprint("admin_money", __name__, url_prefix="/admin")
+bp.after_request(admin._console_headers)  # no-store, no framing, no script: as every console page
+bp.context_processor(admin._console_context)  # the layout's log-out form and menu
+
+MAX_PRODUCTS = 500
+ORDERS_PER_PAGE = 50
+LEDGER_ROWS = 50
+RECENT_ROWS = 20
+MAX_REPORT_DAYS = 366
+MAX_FIXED_FEN = 10**9  # pricing.set_rule's bound: ±10,000,000 元
+
+SCOPE_LABELS = {"all": "全部商品", "category": "分类", "product": "商品", "children": "下级分站"}
+ORDER_STATUS_LABELS = {"created": "待支付", "paid": "已支付，处理中", "delivered": "已发货", "expired": "已过期",
+                       "refund_pending": "待退款", "refunded": "已退款", "cancelled": "已取消"}
+ACCOUNT_LABELS = {"site_frozen": "冻结", "site_available": "可用", "site_payout": "提现中", "prepaid_hold": "预存占用"}
+TXN_LABELS = {"payment": "订单分润", "refund": "退款扣回", "release": "解冻", "withdrawal": "提现", "adjustment": "调整",
+              "prepay": "预存成本", "wallet_pay": "余额支付", "wallet_topup": "充值"}
+WITHDRAWAL_LABELS = {"requested": "待审核", "approved": "已批准，待打款", "paid": "已打款", "rejected": "已拒绝"}
+REFUND_STATUS_LABELS = {"pending": "处理中", "done": "已完成", "failed": "失败"}
+DESTINATION_LABELS = {"auto": "自动（能原路退回就原路，否则退到会员余额，否则人工）", "channel": "原路退回",
+                      "balance": "买家的会员余额", "manual": "人工退款（线下打款后点“确认已退款”）"}
+#: The ledger accounts that belong to a site (what its owner may see).
+SITE_ACCOUNT_KINDS = tuple(ACCOUNT_LABELS)
+
+
+# -- parsing what the owner typed ---------------------------------------------------------
+
+_NUMBER = re.compile(r"^[+-]?\d{1,9}(?:\.\d{1,2})?$")
+
+
+def _clean_number(text: str, *units: str) -> str:
+    value = unicodedata.normalize("NFKC", text or "").strip().replace(" ", "")  # full-width digits, ％ and ￥ too
+    value = value.removeprefix("¥")
+    for unit in units:
+        value = value.removesuffix(unit)
+    return value
+
+
+def parse_percent_bp(text: str) -> int:
+    """'12.5' → 1250 basis points, '-5' → -500, '' → 0; at most two decimals (0.01 % is one basis point)."""
+    value = _clean_number(text, "%")
+    if not value:
+        return 0
+    if not _NUMBER.match(value):
+        raise ValueError("百分比格式不对，请填写如 12.5 或 -5（最多两位小数）")
+    return int(Decimal(value) * 100)
+
+
+def parse_fixed_fen(text: str) -> int:
+    """'1.50' → 150 fen, '-1' → -100, '' → 0; at most two decimals (to the fen)."""
+    value = _clean_number(text, "元")
+    if not value:
+        return 0
+    if not _NUMBER.match(value):
+        raise ValueError("金额格式不对，请填写如 1.50 或 -2（元，最多两位小数）")
+    return int(Decimal(value) * 100)
+
+
+def percent_text(bp: int) -> str:
+    """1250 → '12.5', 3000 → '30', -500 → '-5'."""
+    return f"{(Decimal(bp) / 100).normalize():f}"
+
+
+class _ParsedField(StringField):
+    """A number typed as text, ``data`` as an integer; what was typed is shown again on errors."""
+
+    parse = staticmethod(lambda text: 0)
+    show = staticmethod(str)
+
+    def process_formdata(self, valuelist):
+        if valuelist:
+            self.data = None
+            self.data = self.parse(valuelist[0])  # ValueError → the field's error, in Chinese
+
+    def _value(self):
+        if self.raw_data:
+            return self.raw_data[0]
+        return self.show(self.data) if isinstance(self.data, int) and self.data else ""
+
+
+class PercentField(_ParsedField):
+    parse = staticmethod(parse_percent_bp)
+    show = staticmethod(percent_text)
+
+
+class FixedYuanField(_ParsedField):
+    parse = staticmethod(parse_fixed_fen)
+    show = staticmethod(format_fen)
+
+
+# -- forms ------------------------------------------------------------------------------------
+
+
+class RuleForm(FlaskForm):
+    scope = HiddenField()
+    target = StringField("对象")
+    percent = PercentField("加价（%）", default=0)
+    fixed = FixedYuanField("再加（元）", default=0)
+    rounding = admin.ChoiceField("取整", choices=[admin._option(k, v) for k, v in pricing.ROUNDINGS.items()],
+                                 default="none")
+    hidden = BooleanField("在本站隐藏")
+    rename = StringField("本站显示的名称（留空用原名）", validators=[Length(max=120, message="最多 120 个字")])
+
+
+class WithdrawForm(FlaskForm):
+    amount = admin.YuanField("提现金额（元）")
+    payee = TextAreaField("收款信息（如 支付宝账号 + 实名）", validators=[
+        InputRequired("请填写收款信息"), Length(max=500, message="最多 500 个字")])
+
+
+class NoteForm(FlaskForm):
+    note = StringField("备注", validators=[Length(max=500, message="备注最多 500 个字")])
+
+
+class RefundForm(FlaskForm):
+    order_no = StringField("订单号", validators=[InputRequired("请填写订单号"), Length(max=32, message="订单号最多 32 位")])
+    destination = admin.ChoiceField("退到", default="auto", choices=[
+        admin._option(k, DESTINATION_LABELS[k]) for k in ("auto", "balance", "manual")])
+    absorb = BooleanField("分站余额不够退回它的分润时，由平台承担差额")
+    reason = StringField("退款原因", validators=[Length(max=500, message="最多 500 个字")])
+
+
+def _submitted(form) -> bool:
+    """A valid POST of ``form``; a missing or wrong CSRF token is a 400 (CSRFProtect usually answers first)."""
+    if form.validate_on_submit():
+        return True
+    if form.is_submitted() and "csrf_token" in form.errors:
+        abort(400)
+    return False
+
+
+# -- where we are ---------------------------------------------------------------------------
+
+
+def _site_id() -> int:
+    return current_site().site_id
+
+
+def sub_site_only(view):
+    """A page of a sub-site owner's console: a 404 on the main site (it has no cost, no margin)."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if admin.is_main_site():
+            abort(404)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _main_site_id() -> int:
+    """The site whose catalogue every site sells."""
+    cache = current_app.extensions.setdefault("kamengsite.catalog_owner", {})
+    if "id" not in cache:
+        cache["id"] = Site.get(Site.slug == current_site().instance.main_site).id
+    return cache["id"]
+
+
+def _level() -> Level | None:
+    return get_level(Site.get_by_id(_site_id()).level)
+
+
+def _may_open_children(level: Level | None) -> bool:
+    return bool(level and level.may_open_children)
+
+
+# -- 价格 ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PriceRow:
+    product_id: int
+    name: str  # as this site shows it
+    original_name: str
+    category: str
+    sku_name: str
+    cost_fen: int
+    base_fen: int
+    price_fen: int
+    at_cost: bool  # the markup would go below the cost: the floor applied
+    hidden: bool
+    rule: str  # which rule sets the price
+    child_cost_fen: int | None  # what a child site pays (sites that may open children)
+
+
+def _main_catalogue():
+    """(products on sale, {product id: [SKUs on sale]}, categories) of the main site."""
+    main_id = _main_site_id()
+    products = list(Product.select().where((Product.site == main_id) & (Product.status == "on"))
+                    .order_by(Product.sort, Product.id).limit(MAX_PRODUCTS))
+    skus: dict[int, list[Sku]] = {}
+    if products:
+        for sku in (Sku.select().where(Sku.product.in_([p.id for p in products]) & (Sku.status == "on"))
+                    .order_by(Sku.sort, Sku.id)):
+            skus.setdefault(sku.product_id, []).append(sku)
+    categories = list(Category.select().where(Category.site == main_id).order_by(Category.sort, Category.id))
+    return products, skus, categories
+
+
+def _wanted_price(cost_fen: int, base_fen: int, rule) -> int:
+    """The price before the floor (pricing.retail_price without its ``max``)."""
+    if rule is None:
+        return base_fen
+    markup = pricing.percent_of(cost_fen, rule.markup_percent_bp) + rule.markup_fixed_fen
+    return pricing.round_up(cost_fen + markup, rule.rounding)
+
+
+def _rule_source(pricer: pricing.Pricer, product) -> str:
+    if pricer.rules.get(("product", product.id)):
+        return "商品规则"
+    if product.category_id and pricer.rules.get(("category", product.category_id)):
+        return "分类规则"
+    return "全部商品" if pricer.rules.get(("all", 0)) else "未加价（主站价）"
+
+
+def _price_rows(level: Level | None, products, skus, category_labels) -> list[PriceRow]:
+    pricer = pricing.Pricer.for_site(_site_id())
+    children_rule = pricing.PriceRule.get_or_none(pricing.PriceRule.scope == "children")  # this site's only
+    tiers = pricer.tier_prices([s.id for rows in skus.values() for s in rows])
+    rows = []
+    for product in products:
+        rule = pricer.rule_for(product)
+        for sku in skus.get(product.id, []):
+            quote = pricer.quote(product, sku.id, sku.price_fen, tiers)
+            cost = quote.costs[0][1] if quote.costs else sku.price_fen
+            child_cost = None
+            if _may_open_children(level):
+                child_cost = cost + pricing.child_markup(cost, children_rule, level)
+            rows.append(PriceRow(
+                product_id=product.id, name=pricer.display_name(product), original_name=product.name,
+                category=category_labels.get(product.category_id, "—"), sku_name=sku.name or "默认规格",
+                cost_fen=cost, base_fen=sku.price_fen, price_fen=quote.unit_price_fen,
+                at_cost=_wanted_price(cost, sku.price_fen, rule) < cost, hidden=not pricer.visible(product),
+                rule=_rule_source(pricer, product), child_cost_fen=child_cost))
+    return rows
+
+
+def _rule_values(rule) -> dict:
+    if rule is None:
+        return {}
+    return {"percent": rule.markup_percent_bp, "fixed": rule.markup_fixed_fen, "rounding": rule.rounding,
+            "hidden": rule.hidden, "rename": rule.rename}
+
+
+def _prefill(scope: str, target: int, rules: dict, products_by_id: dict) -> dict:
+    """What the form of ``scope`` starts with: the rule it would replace (for a product or a
+    category without its own rule: the rule in effect, so a rename does not drop the markup)."""
+    own = rules.get((scope, target))
+    if own is not None or scope in ("all", "children"):
+        return _rule_values(own)
+    category_id = products_by_id[target].category_id if scope == "product" and target in products_by_id else None
+    inherited = (rules.get(("category", category_id)) if category_id else None) or rules.get(("all", 0))
+    return dict(_rule_values(inherited), hidden=False, rename="")
+
+
+def _rule_forms(rules: dict, products_by_id: dict, submitted: RuleForm | None = None) -> dict[str, RuleForm]:
+    """One form per scope; the one just submitted keeps what was typed and its errors."""
+    wanted_scope = request.args.get("scope", "")
+    wanted_target = _int_or_zero(request.args.get("target"))
+    forms = {}
+    for scope in pricing.SCOPES:
+        if submitted is not None and submitted.scope.data == scope:
+            forms[scope] = submitted
+            continue
+        target = wanted_target if scope == wanted_scope else 0
+        data = dict(_prefill(scope, target, rules, products_by_id), scope=scope, target=str(target or ""))
+        forms[scope] = RuleForm(formdata=None, data=data)
+    return forms
+
+
+def _int_or_zero(text) -> int:
+    try:
+        return max(0, int(text or 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _check_target(form: RuleForm, products_by_id: dict, category_ids: set) -> int | None:
+    scope = form.scope.data
+    if scope in ("all", "children"):
+        return 0
+    target = _int_or_zero(form.target.data)
+    if scope == "category" and target not in category_ids:
+        form.target.errors.append("请选择分类")
+        return None
+    if scope == "product" and target not in products_by_id:
+        form.target.errors.append("请选择商品")
+        return None
+    return target
+
+
+def _check_markup(form: RuleForm, level: Level | None) -> bool:
+    percent, fixed = form.percent.data, form.fixed.data
+    if form.scope.data == "children":
+        cap = level.max_child_markup_bp if level else 0
+        if percent < 0 or fixed < 0:
+            form.percent.errors.append("下级分站的成本不能低于本站成本：加价不能为负数")
+        elif percent > cap:
+            form.percent.errors.append(f"当前等级最多加价 {percent_text(cap)}%")
+    elif not -BP <= percent <= pricing.MAX_MARKUP_BP:
+        form.percent.errors.append(f"加价请在 -100% 到 {percent_text(pricing.MAX_MARKUP_BP)}% 之间")
+    if abs(fixed) > MAX_FIXED_FEN:
+        form.fixed.errors.append(f"金额不能超过 {format_fen(MAX_FIXED_FEN)} 元")
+    return not (form.percent.errors or form.fixed.errors)
+
+
+def _save_rule(form: RuleForm, level, products_by_id, category_ids) -> bool:
+    scope = form.scope.data
+    if scope not in pricing.SCOPES or (scope == "children" and not _may_open_children(level)):
+        abort(404)  # the page never offers these: a hand-made request
+    target = _check_target(form, products_by_id, category_ids)
+    if target is None or not _check_markup(form, level):
+        return False
+    try:
+        pricing.set_rule(_site_id(), scope, target, markup_percent_bp=form.percent.data,
+                         markup_fixed_fen=form.fixed.data,
+                         rounding=form.rounding.data if scope != "children" else "none",
+                         hidden=bool(form.hidden.data) and scope in ("category", "product"),
+                         rename=(form.rename.data or "") if scope == "product" else "")
+    except pricing.PricingError as exc:  # the checks above should have caught it; show it anyway
+        form.percent.errors.append(str(exc))
+        return False
+    return True
+
+
+@bp.route("/prices", methods=["GET", "POST"])
+@sub_site_only
+@admin.operator_required
+def prices():
+    level = _level()
+    products, skus, categories = _main_catalogue()
+    products_by_id = {p.id: p for p in products}
+    labels = admin._category_labels(categories)
+    submitted = None
+    if request.method == "POST":
+        submitted = RuleForm()
+        if _submitted(submitted) and _save_rule(submitted, level, products_by_id, set(labels)):
+            flash(f"已保存“{SCOPE_LABELS[submitted.scope.data]}”的价格规则", "ok")
+            return redirect(url_for("admin_money.prices"))
+    rules = {(r.scope, r.target_id): r for r in pricing.PriceRule.select()}  # confined to this site
+    return render_template(
+        "admin/money_prices.html", rows=_price_rows(level, products, skus, labels),
+        forms=_rule_forms(rules, products_by_id, submitted),
+        rules=sorted(rules.values(), key=lambda r: (pricing.SCOPES.index(r.scope), r.target_id)),
+        products=products, product_names={p.id: p.name for p in products}, categories=categories,
+        category_labels=labels, level=level,
+        may_open_children=_may_open_children(level), scopes=SCOPE_LABELS, roundings=pricing.ROUNDINGS,
+        percent_text=percent_text, delete_form=admin.ActionForm(formdata=None))
+
+
+@bp.post("/prices/rules/<int:rule_id>/delete")
+@sub_site_only
+@admin.operator_required
+def delete_rule(rule_id):
+    if not _submitted(admin.ActionForm()):
+        abort(400)
+    rule = pricing.PriceRule.get_or_none(pricing.PriceRule.id == rule_id)  # another site's rule is not found
+    if rule is None:
+        abort(404)
+    pricing.delete_rule(_site_id(), rule.scope, rule.target_id)
+    flash(f"已删除“{SCOPE_LABELS.get(rule.scope, rule.scope)}”的价格规则", "ok")
+    return redirect(url_for("admin_money.prices"))
+
+
+# -- 余额 ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    at: datetime.datetime
+    account: str
+    what: str
+    note: str
+    amount_fen: int
+
+
+def _entry_note(txn_kind: str, reference: str, own_orders: set) -> str:
+    """What an entry is about, without naming anything of another site (a child's order number)."""
+    order_no = reference.removeprefix("prepay:")
+    if txn_kind in ("payment", "refund", "prepay"):
+        if order_no in own_orders:
+            return f"订单 {order_no}"
+        return "下级分站的订单" if txn_kind != "prepay" else ""
+    if txn_kind == "withdrawal" and ":" in reference:
+        return f"提现 #{reference.rsplit(':', 1)[1]}"
+    return ""
+
+
+def _recent_entries(site_id: int) -> list[EntryRow]:
+    rows = list(ledger.LedgerEntry
+                .select(ledger.LedgerEntry.created_at, ledger.LedgerEntry.amount_fen, ledger.LedgerAccount.kind,
+                        ledger.LedgerTxn.kind, ledger.LedgerTxn.reference)
+                .join(ledger.LedgerAccount).switch(ledger.LedgerEntry).join(ledger.LedgerTxn)
+                .where((ledger.LedgerAccount.site == site_id) & ledger.LedgerAccount.kind.in_(SITE_ACCOUNT_KINDS))
+                .order_by(ledger.LedgerEntry.id.desc()).limit(LEDGER_ROWS).tuples())
+    references = {ref.removeprefix("prepay:") for *_, ref in rows}
+    own_orders = set()
+    if references:
+        own_orders = {no for (no,) in orders.Order.select(orders.Order.order_no).where(
+            (orders.Order.site == site_id) & orders.Order.order_no.in_(list(references))).tuples()}
+    return [EntryRow(at, ACCOUNT_LABELS.get(account, account), TXN_LABELS.get(kind, kind),
+                     _entry_note(kind, ref, own_orders), amount) for at, amount, account, kind, ref in rows]
+
+
+@bp.route("/balance", methods=["GET", "POST"])
+@sub_site_only
+@admin.operator_required
+def balance():
+    site_id = _site_id()
+    form = WithdrawForm()
+    if _submitted(form):
+        try:
+            if form.amount.data <= 0:
+                raise withdrawals.WithdrawalError("提现金额必须大于 0")
+            found = withdrawals.request_withdrawal(site_id, form.amount.data, form.payee.data)
+        except withdrawals.WithdrawalError as exc:
+            form.amount.errors.append(str(exc))
+        else:
+            flash(f"已申请提现 ¥{format_fen(found.amount_fen)}，等待平台审核", "ok")
+            return redirect(url_for("admin_money.balance"))
+    level = _level()
+    return render_template(
+        "admin/money_balance.html", balances=site_balances(site_id), entries=_recent_entries(site_id), form=form,
+        withdrawals=withdrawals.site_withdrawals(site_id), statuses=WITHDRAWAL_LABELS,
+        minimum=level.withdraw_min_fen if level else withdrawals.DEFAULT_MIN_FEN,
+        fee=percent_text(level.withdraw_fee_bp) if level else "0")
+
+
+# -- 订单 ---------------------------------------------------------------------------------------
+
+
+@bp.get("/orders")
+@admin.operator_required
+def order_list():
+    site_id = _site_id()
+    status = request.args.get("status", "")
+    if status not in orders.STATUSES:
+        status = ""
+    page = max(1, _int_or_zero(request.args.get("page")) or 1)
+    query = orders.Order.select().where(orders.Order.site == site_id)  # and the request's site scope
+    if status:
+        query = query.where(orders.Order.status == status)
+    found = list(query.order_by(orders.Order.id.desc()).offset((page - 1) * ORDERS_PER_PAGE).limit(ORDERS_PER_PAGE + 1))
+    names = _product_names({o.product_id for o in found})
+    return render_template("admin/money_orders.html", orders=found[:ORDERS_PER_PAGE], names=names, status=status,
+                           statuses=ORDER_STATUS_LABELS, page=page, more=len(found) > ORDERS_PER_PAGE,
+                           main=admin.is_main_site(), refundable=refunds.REFUNDABLE)
+
+
+def _product_names(product_ids: set) -> dict[int, str]:
+    """Product names as this site shows them (an owner's rename)."""
+    if not product_ids:
+        return {}
+    pricer = pricing.Pricer.for_site(_site_id())
+    return {p.id: pricer.display_name(p) for p in Product.select(Product.id, Product.name)
+            .where(Product.id.in_(list(product_ids)))}
+
+
+# -- 提现审核 (operator) -----------------------------------------------------------------------------
+
+
+def _site_slugs(site_ids) -> dict[int, str]:
+    ids = list(set(site_ids))
+    return dict(Site.select(Site.id, Site.slug).where(Site.id.in_(ids)).tuples()) if ids else {}
+
+
+@bp.get("/withdrawals")
+@admin.main_site_only
+@admin.operator_required
+def withdrawal_list():
+    waiting = withdrawals.open_withdrawals()
+    recent = list(withdrawals.Withdrawal.select().where(withdrawals.Withdrawal.status.not_in(withdrawals.OPEN))
+                  .order_by(withdrawals.Withdrawal.id.desc()).limit(RECENT_ROWS))
+    return render_template("admin/money_withdrawals.html", waiting=waiting, recent=recent,
+                           slugs=_site_slugs(w.site_id for w in waiting + recent), statuses=WITHDRAWAL_LABELS,
+                           note_form=NoteForm(formdata=None))
+
+
+_WITHDRAWAL_ACTIONS = {"approve": (withdrawals.approve, "已批准"), "pay": (withdrawals.mark_paid, "已标记为已打款"),
+                       "reject": (withdrawals.reject, "已拒绝，金额已退回分站可用余额")}
+
+
+@bp.post("/withdrawals/<int:withdrawal_id>/<any(approve, pay, reject):action>")
+@admin.main_site_only
+@admin.operator_required
+def withdrawal_action(withdrawal_id, action):
+    form = NoteForm()
+    if not _submitted(form):
+        flash("；".join(form.note.errors) or "请重试", "error")
+        return redirect(url_for("admin_money.withdrawal_list"))
+    move, done = _WITHDRAWAL_ACTIONS[action]
+    try:
+        found = move(withdrawal_id, (form.note.data or "").strip())
+    except withdrawals.WithdrawalError:
+        current = withdrawals.Withdrawal.get_or_none(withdrawals.Withdrawal.id == withdrawal_id)
+        if current is None:
+            abort(404)
+        flash(f"提现 #{withdrawal_id} 现在是“{WITHDRAWAL_LABELS.get(current.status, current.status)}”，不能这样操作", "error")
+    else:
+        flash(f"提现 #{found.id}（¥{format_fen(found.amount_fen)}）{done}", "ok")
+    return redirect(url_for("admin_money.withdrawal_list"))
+
+
+# -- 对账 (operator) ----------------------------------------------------------------------------
+
+
+def _report_range() -> tuple[datetime.date, datetime.date, str]:
+    """The report's days from ``?start=&end=`` (UTC dates, default today) and an error to show, if any."""
+    today = utcnow().date()
+    try:
+        start = datetime.date.fromisoformat(request.args.get("start") or today.isoformat())
+        end = datetime.date.fromisoformat(request.args.get("end") or start.isoformat())
+    except ValueError:
+        return today, today, "日期格式不对，请用 2026-01-31 这样的格式；已显示今天"
+    if end < start:
+        return start, start, "结束日期早于开始日期；已只显示开始那天"
+    if (end - start).days >= MAX_REPORT_DAYS:
+        return start, start, f"一次最多查询 {MAX_REPORT_DAYS} 天；已只显示开始那天"
+    return start, end, ""
+
+
+@bp.get("/reconcile")
+@admin.main_site_only
+@admin.operator_required
+def reconcile_page():
+    start, end, error = _report_range()
+    if error:
+        flash(error, "error")
+    rows = reconcile.report(start, end)
+    return render_template("admin/money_reconcile.html", rows=rows, total=reconcile.totals(rows), start=start,
+                           end=end, columns=reconcile.COLUMNS)
+
+
+@bp.get("/reconcile.csv")
+@admin.main_site_only
+@admin.operator_required
+def reconcile_csv():
+    start, end, _ = _report_range()
+    rows = reconcile.report(start, end)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["day", "channel", "site", "orders", *reconcile.COLUMNS])
+    for row in rows + [reconcile.totals(rows)]:
+        writer.writerow([row.day, row.channel, row.site, row.orders,
+                         *(format_fen(getattr(row, column)) for column in reconcile.COLUMNS)])
+    name = f"reconcile-{start.isoformat()}-{end.isoformat()}.csv"
+    return Response(out.getvalue(), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+# -- 退款 (operator) ----------------------------------------------------------------------------
+
+
+def _payments_registry():
+    return current_app.extensions.get("kamengsite.payments")
+
+
+def _order_summary(order_no: str):
+    """(order, its site's slug, its refund) of any site, for the operator's refund page."""
+    if not order_no:
+        return None
+    with all_sites():
+        order = orders.find_order(order_no)
+    if order is None:
+        return None
+    return {"order": order, "site": _site_slugs([order.site_id]).get(order.site_id, "?"),
+            "refund": refunds.Refund.get_or_none(refunds.Refund.order == order.id)}
+
+
+@bp.route("/refunds", methods=["GET", "POST"])
+@admin.main_site_only
+@admin.operator_required
+def refund_page():
+    form = RefundForm()
+    if request.method == "GET":
+        form.order_no.data = (request.args.get("order_no") or "").strip()[:32]
+    elif _submitted(form):
+        order_no = form.order_no.data.strip()
+        summary = _order_summary(order_no)
+        try:
+            if summary and summary["refund"] is not None:
+                raise refunds.RefundError(f"订单 {order_no} 已经退过款（{summary['refund'].refund_no}）")
+            refund = refunds.refund_order(order_no, reason=(form.reason.data or "").strip(), to=form.destination.data,
+                                          absorb=bool(form.absorb.data), registry=_payments_registry())
+        except refunds.RefundError as exc:
+            form.order_no.errors.append(f"退款失败：{exc}")
+        else:
+            flash(f"已退款 {refund.refund_no}：¥{format_fen(refund.amount_fen)}，退到"
+                  f"{DESTINATION_LABELS.get(refund.destination, refund.destination)}，"
+                  f"{REFUND_STATUS_LABELS.get(refund.status, refund.status)}", "ok" if refund.status != "failed" else "error")
+            return redirect(url_for("admin_money.refund_page", order_no=order_no))
+    recent = list(refunds.Refund.select().order_by(refunds.Refund.id.desc()).limit(RECENT_ROWS))
+    with all_sites():
+        order_nos = dict(orders.Order.select(orders.Order.id, orders.Order.order_no)
+                         .where(orders.Order.id.in_([r.order_id for r in recent] or [0])).tuples())
+    return render_template("admin/money_refunds.html", form=form, summary=_order_summary(form.order_no.data or ""),
+                           recent=recent, order_nos=order_nos, slugs=_site_slugs(r.site_id for r in recent),
+                           statuses=REFUND_STATUS_LABELS, destinations=DESTINATION_LABELS,
+                           order_statuses=ORDER_STATUS_LABELS, note_form=NoteForm(formdata=None))
+
+
+@bp.post("/refunds/<refund_no>/<any(confirm, retry):action>")
+@admin.main_site_only
+@admin.operator_required
+def refund_action(refund_no, action):
+    form = NoteForm()
+    if not _submitted(form):
+        flash("；".join(form.note.errors) or "请重试", "error")
+        return redirect(url_for("admin_money.refund_page"))
+    try:
+        if action == "confirm":
+            refund = refunds.confirm_manual(refund_no, (form.note.data or "").strip())
+        else:
+            refund = refunds.retry(refund_no, _payments_registry())
+    except refunds.RefundError as exc:
+        flash(f"操作失败：{exc}", "error")
+    else:
+        flash(f"退款 {refund.refund_no}：{REFUND_STATUS_LABELS.get(refund.status, refund.status)}",
+              "ok" if refund.status == "done" else "error")
+    return redirect(url_for("admin_money.refund_page"))
+
+
+# -- plugin -----------------------------------------------------------------------------------
+
+
+@hookimpl
+def prepare_site_app(app, site):
+    """On every site; each view says whose it is (``sub_site_only`` / ``admin.main_site_only``)."""
+    if app.extensions.get("kamengsite.site") is None:
+        return
+    app.register_blueprint(bp)

@@ -1,0 +1,339 @@
+"""Sub-sites in the consoles: a core plugin.
+
+On the main site, the operator's pages under ``/admin/sites/`` (``admin.operator_required``,
+the console's headers and layout): applications to approve or reject with a reason, every
+site with its level, parent, state, term and balance, suspend / resume / close, run the
+expiry check now, and the levels (read-only).
+
+On every sub-site, its owner's console under ``/admin/``: sign in with the account created
+when the site was opened, see the site's state, term and balance, renew, change level, and
+bind the site's own domains (claims and proofs of this site only: ``DomainClaim`` rows are
+tenant rows, so another site's claims are never found here). The host lets ``/admin/``
+through while a site is off, so an owner can renew an expired site.
+
+Every write is a POST form with a CSRF token.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask_wtf import FlaskForm
+from wtforms import PasswordField, SelectField, StringField
+from wtforms.validators import InputRequired, Length
+
+from . import accounts, admin, domains, ledger, opening
+from .app import current_site
+from .hookspecs import hookimpl
+from .levels import all_levels, get_level
+from .models import Site
+from .ratelimit import limited
+
+# -- forms ------------------------------------------------------------------------------------
+
+
+class ActionForm(FlaskForm):
+    """A button: nothing but the CSRF token."""
+
+
+class ReasonForm(FlaskForm):
+    reason = StringField("原因", validators=[Length(max=500, message="最多 500 个字")])
+
+
+class RenewForm(FlaskForm):
+    pay_from = SelectField("付款方式", choices=[admin._option("site", "分站余额"), admin._option("wallet", "开通人的会员钱包")])
+
+
+class LevelForm(FlaskForm):
+    level = SelectField("新等级", validate_choice=False)
+
+
+class ClaimForm(FlaskForm):
+    domain = StringField("域名", validators=[InputRequired("请填写域名"), Length(max=253)])
+
+
+class VerifyForm(FlaskForm):
+    method = SelectField("验证方式", choices=[admin._option(k, v) for k, v in domains.METHODS.items()])
+
+
+class UnbindForm(FlaskForm):
+    domain = StringField("域名", validators=[InputRequired(), Length(max=253)])
+
+
+class OwnerLoginForm(FlaskForm):
+    username = StringField("用户名", validators=[InputRequired("请输入用户名"), Length(max=64)])
+    password = PasswordField("密码", validators=[InputRequired("请输入密码"), Length(max=accounts.MAX_PASSWORD)])
+
+
+def _registry():
+    return opening.registry_for(current_site().instance)
+
+
+# -- the operator's pages (main site) ------------------------------------------------------------
+
+operator_bp = Blueprint("admin_sites", __name__, url_prefix="/admin/sites")
+operator_bp.after_request(admin._console_headers)  # no-store, no framing, no script: as every console page
+operator_bp.context_processor(admin._console_context)  # the layout's log-out form
+
+
+@operator_bp.get("/")
+@admin.operator_required
+def sites():
+    summaries = [s for s in opening.site_summaries(_registry()) if s.slug != current_site().slug]
+    pending = opening.SiteApplication.select().where(opening.SiteApplication.status == "requested").count()
+    return render_template("admin/sites.html", summaries=summaries, pending=pending, action=ActionForm(),
+                           reason_form=ReasonForm(formdata=None))
+
+
+@operator_bp.post("/<slug>/<any(suspend, resume, close):action>")
+@admin.operator_required
+def site_action(slug, action):
+    form = ReasonForm()
+    if not form.validate_on_submit():
+        abort(400)
+    registry = _registry()
+    if slug not in registry.slugs() or slug == registry.main_site:
+        abort(404)
+    reason = (form.reason.data or "").strip()
+    try:
+        if action == "suspend":
+            opening.suspend(registry, slug, reason)
+            flash(f"已暂停分站“{slug}”：前台显示暂停营业，订单和余额不变", "ok")
+        elif action == "resume":
+            opening.resume(registry, slug)
+            flash(f"已恢复分站“{slug}”", "ok")
+        else:
+            opening.close(registry, slug, reason)
+            flash(f"已关闭分站“{slug}”", "ok")
+    except opening.OpeningError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin_sites.sites"))
+
+
+@operator_bp.post("/expire")
+@admin.operator_required
+def expire_now():
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    done = opening.expire_sites(_registry())
+    flash(f"到期检查完成：停用 {len(done['expired'])} 个，恢复 {len(done['reopened'])} 个", "ok")
+    return redirect(url_for("admin_sites.sites"))
+
+
+@operator_bp.get("/applications")
+@admin.operator_required
+def applications():
+    status = request.args.get("status", "requested")
+    if status not in (*opening.STATUSES, "all"):
+        status = "requested"
+    rows = opening.applications(None if status == "all" else status)
+    parents = {s.id: s.slug for s in Site.select(Site.id, Site.slug)}
+    return render_template("admin/sites_applications.html", rows=rows, status=status, statuses=opening.STATUS_LABELS,
+                           parents=parents, action=ActionForm(), reason_form=ReasonForm(formdata=None),
+                           field_labels=opening.FIELD_LABELS)
+
+
+@operator_bp.post("/applications/<int:application_id>/approve")
+@admin.operator_required
+def approve(application_id):
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    try:
+        application = opening.approve(_registry(), application_id)
+        flash(f"已开通分站“{application.slug}”（{application.notice or '未通知'}）", "ok")
+    except opening.OpeningError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin_sites.applications"))
+
+
+@operator_bp.post("/applications/<int:application_id>/reject")
+@admin.operator_required
+def reject(application_id):
+    form = ReasonForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        application = opening.reject(_registry(), application_id, form.reason.data or "")
+        flash(f"已拒绝“{application.slug}”的申请（{application.notice or '未通知'}）", "ok")
+    except opening.OpeningError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("admin_sites.applications"))
+
+
+@operator_bp.get("/levels")
+@admin.operator_required
+def levels():
+    return render_template("admin/sites_levels.html", levels=all_levels())
+
+
+# -- the owner's console (sub-sites) ----------------------------------------------------------
+
+owner_bp = Blueprint("owner", __name__, url_prefix="/admin")
+owner_bp.after_request(admin._console_headers)
+owner_bp.context_processor(admin._console_context)  # the layout's log-out form and the owner's menu
+
+
+def owner_required(view):
+    """A signed-in console account of *this* site (the session is per site), or off to the login."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        account = admin._current_operator()  # checks the site, the session version and the age
+        if account is None:
+            return redirect(url_for("owner.login"))
+        g.operator = account
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def _site() -> Site:
+    return Site.get_by_id(current_site().site_id)
+
+
+@owner_bp.route("/login", methods=["GET", "POST"])
+@limited("login", "10/minute")
+def login():
+    form = OwnerLoginForm()
+    if form.validate_on_submit():
+        account = accounts.authenticate(current_site().site_id, form.username.data, form.password.data)
+        if account is not None and account.role in admin.CONSOLE_ROLES:
+            session.clear()  # nothing from before the login survives (fixation)
+            session[admin.SESSION_KEY] = {"id": account.id, "v": account.session_version, "t": admin._now()}
+            return redirect(url_for("owner.home"))
+        form.password.errors.append("用户名或密码错误")
+    return render_template("admin/sites_owner_login.html", form=form)
+
+
+@owner_bp.post("/logout")
+def logout():
+    if ActionForm().validate_on_submit():
+        account = admin._current_operator()
+        if account is not None:
+            accounts.end_sessions(current_site().site_id, account.id)
+        session.clear()
+        flash("已退出登录", "ok")
+    return redirect(url_for("owner.login"))
+
+
+@owner_bp.get("/")
+@owner_required
+def home():
+    site = _site()
+    config = current_site().config
+    level = get_level(site.level)
+    available = ledger.balance(ledger.account("site_available", site=site.id))
+    frozen = ledger.balance(ledger.account("site_frozen", site=site.id))
+    level_form = LevelForm(formdata=None)
+    level_form.level.choices = [admin._option(lv.code, lv.name) for lv in all_levels()
+                                if lv.self_service or lv.code == site.level]
+    level_form.level.data = site.level
+    return render_template("admin/sites_owner_home.html", site_row=site, level=level,
+                           state=opening.lifecycle_state(config), states=opening.LIFECYCLE_LABELS, available=available, frozen=frozen,
+                           renew_form=RenewForm(formdata=None), level_form=level_form)
+
+
+@owner_bp.post("/renew")
+@owner_required
+def renew():
+    form = RenewForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        until = opening.renew(_registry(), current_site().slug, pay_from=form.pay_from.data)
+        flash(f"续费成功，服务期至 {until:%Y-%m-%d %H:%M}（UTC）", "ok")
+    except opening.OpeningError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("owner.home"))
+
+
+@owner_bp.post("/level")
+@owner_required
+def change_level():
+    form = LevelForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        opening.change_level(_registry(), current_site().slug, form.level.data or "", self_service_only=True)
+        flash("等级已更改", "ok")
+    except opening.OpeningError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("owner.home"))
+
+
+def _checkers() -> dict:
+    """The fetcher and resolver for proofs; tests put fakes in ``app.extensions``."""
+    return current_app.extensions.get("kamengsite.domain_checkers", {})
+
+
+@owner_bp.route("/domains", methods=["GET", "POST"])
+@owner_required
+def domain_list():
+    form = ClaimForm()
+    if form.validate_on_submit():
+        try:
+            found = domains.claim(_site(), form.domain.data, base_domain=current_site().instance.base_domain)
+            flash(f"已申请绑定 {found.domain}，请按下面的说明验证", "ok")
+            return redirect(url_for("owner.domain_list"))
+        except domains.DomainError as exc:
+            form.domain.errors.append(str(exc))
+    level = get_level(_site().level)
+    return render_template("admin/sites_owner_domains.html", form=form,
+                           claims=domains.claims_of(current_site().site_id), bound=current_site().config.domains,
+                           may_bind=bool(level and level.may_bind_domain), verify_form=VerifyForm(formdata=None),
+                           action=ActionForm(), unbind_form=UnbindForm(formdata=None))
+
+
+@owner_bp.post("/domains/<int:claim_id>/verify")
+@owner_required
+@limited("domain_verify", "10/minute")  # each proof may fetch a URL or query DNS
+def domain_verify(claim_id):
+    form = VerifyForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        found = domains.verify(_registry(), current_site().site_id, claim_id, form.method.data, **_checkers())
+        flash(f"验证成功，{found.domain} 已绑定到本站", "ok")
+    except domains.DomainError as exc:
+        flash(f"验证失败：{exc}", "error")
+    return redirect(url_for("owner.domain_list"))
+
+
+@owner_bp.post("/domains/<int:claim_id>/cancel")
+@owner_required
+def domain_cancel(claim_id):
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    try:
+        domains.cancel(current_site().site_id, claim_id)
+        flash("已取消", "ok")
+    except domains.DomainError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("owner.domain_list"))
+
+
+@owner_bp.post("/domains/unbind")
+@owner_required
+def domain_unbind():
+    form = UnbindForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        domains.unbind(_registry(), _site(), form.domain.data)
+        flash(f"已解除绑定 {form.domain.data}", "ok")
+    except domains.DomainError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("owner.domain_list"))
+
+
+# -- plugin -----------------------------------------------------------------------------------
+
+
+@hookimpl
+def prepare_site_app(app, site):
+    """The operator's pages on the main site; the owner's console on every other site."""
+    context = app.extensions.get("kamengsite.site")
+    if context is None:
+        return
+    app.register_blueprint(operator_bp if site.slug == context.instance.main_site else owner_bp)

@@ -1,0 +1,226 @@
+"""Where each fen of a paid order goes: the ledger side of payments, prepayment and release.
+
+A payment through the platform's channels (the default) is split in one ledger
+transaction ``("payment", order_no)``, written inside ``orders.mark_paid``'s own
+database transaction, so a payment is never recorded without its split::
+
+    channel_clearing(channel)   −amount        what the gateway collected for us
+    fees(channel)               +fee           what the gateway keeps
+    site_frozen(selling site)   +price − cost  the owner's margin
+    site_frozen(each parent)    +child's cost − own cost
+    platform_revenue            +top site's cost (main-site orders: everything)
+
+The fee comes out of the seller's margin (``fee_bearer = "seller"``; the platform bears
+what the margin cannot) or is added to what the buyer pays (``"buyer"``). Margins stay
+frozen for the site level's ``freeze_days`` and are then released to ``site_available``
+(``release_due``), which is what owners withdraw.
+
+A site with **direct settlement** takes payments on its own merchant accounts: when an
+order is created its cost is moved from its prepaid ``site_available`` balance into a hold
+(``("prepay", order_no)``; refused when short), the payment splits the hold up the chain
+(the selling site's margin is already in its own account), and an expired order gets the
+hold back.
+
+Money that arrives for an order that cannot take it (paid twice, paid after its stock
+was gone) is owed back: ``refund_payable`` holds it until the refund.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import peewee
+
+from . import ledger
+from .db import database, retry_transient
+from .errors import KamengsiteError
+from .levels import Level
+from .models import Site, utcnow
+from .pricing import percent_of
+from .tenancy import all_sites
+
+MANUAL_CHANNEL = "manual"
+
+
+class SettlementError(KamengsiteError):
+    code = "settlement_error"
+
+
+# -- channel fees --------------------------------------------------------------------------
+
+
+def channel_fee(goods_fen: int, *, fee_bp: int = 0, fee_fixed_fen: int = 0) -> int:
+    """A channel profile's fee on ``goods_fen``: percent (basis points, rounded up) plus fixed."""
+    if goods_fen <= 0:
+        return 0
+    return percent_of(goods_fen, fee_bp) + fee_fixed_fen
+
+
+# -- the payment split ---------------------------------------------------------------------
+
+
+def _margins(order) -> tuple[list[tuple[int, int]], int]:
+    """([(site_id, margin_fen), …] selling site first, platform share) of the goods' price."""
+    costs, quantity, goods = order.costs, order.quantity, order.goods_fen or order.amount_fen
+    if not costs:
+        return [], goods
+    margins = [(costs[0][0], goods - costs[0][1] * quantity)]
+    for (_, child_cost), (site_id, cost) in zip(costs, costs[1:]):
+        margins.append((site_id, (child_cost - cost) * quantity))
+    return margins, costs[-1][1] * quantity
+
+
+def payment_entries(order, prepaid: bool = False) -> list[tuple[ledger.LedgerAccount, int]]:
+    """The split of a paid order as ledger entries (zero parts left out)."""
+    margins, platform = _margins(order)
+    if prepaid:
+        # The buyer paid the site's own account: the site's margin never reaches us; its cost sits in the hold.
+        seller_site, _ = margins[0]
+        source = [(ledger.account("prepaid_hold", site=seller_site), -(order.goods_fen - margins[0][1]))]
+        margins, fee = margins[1:], 0
+    else:
+        fee = order.fee_fen
+        channel = order.channel or MANUAL_CHANNEL
+        source = [(ledger.account("channel_clearing", channel=channel), -order.amount_fen)]
+        if fee and order.fee_bearer != "buyer":
+            if margins:
+                taken = min(fee, margins[0][1])
+                margins[0] = (margins[0][0], margins[0][1] - taken)
+                platform -= fee - taken
+            else:
+                platform -= fee
+        if fee:
+            source.append((ledger.account("fees", channel=channel), fee))
+    credits = [(ledger.account("site_frozen", site=site_id), fen) for site_id, fen in margins if fen]
+    if platform:
+        credits.append((ledger.account("platform_revenue"), platform))
+    return [entry for entry in source + credits if entry[1]]
+
+
+def warm_accounts(order) -> None:
+    """Before ``mark_paid``'s transaction: create or cache the accounts its split will use."""
+    channel = order.channel or MANUAL_CHANNEL
+    ledger.account("channel_clearing", channel=channel)
+    ledger.account("fees", channel=channel)
+    ledger.account("platform_revenue")
+    ledger.account("refund_payable")
+    for site_id, _ in order.costs:
+        ledger.account("site_frozen", site=site_id)
+
+
+def post_payment(order, payment) -> None:
+    """Inside ``mark_paid``'s transaction: the split of a delivered/paid order, or money owed back."""
+    if payment.amount_fen <= 0:
+        return
+    prepaid = bool(order.cost_chain) and prepay_exists(order.order_no)
+    entries = payment_entries(order, prepaid=prepaid)
+    if len(entries) >= 2:
+        ledger.post_in_transaction("payment", order.order_no, entries, memo=f"order {order.order_no}")
+
+
+def post_owed(order, payment) -> None:
+    """Inside ``mark_paid``'s transaction: money that arrived but buys nothing, owed to the buyer."""
+    if payment.amount_fen <= 0:
+        return
+    channel = payment.channel or MANUAL_CHANNEL
+    ledger.post_in_transaction("payment", f"owed:{payment.id}", [
+        (ledger.account("channel_clearing", channel=channel), -payment.amount_fen),
+        (ledger.account("refund_payable"), payment.amount_fen)], memo=f"owed back: order {order.order_no}")
+
+
+# -- direct settlement: prepaying the cost ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrepayPlan:
+    """The cost a direct-settlement site pays for an order when it is created."""
+
+    site_id: int
+    amount_fen: int
+    available: ledger.LedgerAccount
+    hold: ledger.LedgerAccount
+
+    def post(self, order) -> None:
+        """Inside ``create_order``'s transaction; InsufficientFunds rolls the order back."""
+        if self.amount_fen <= 0:
+            return
+        from .orders import InvalidOrder
+
+        try:
+            ledger.post_in_transaction("prepay", order.order_no, [(self.available, -self.amount_fen),
+                                                                  (self.hold, self.amount_fen)],
+                                       memo=f"cost of order {order.order_no}")
+        except ledger.InsufficientFunds:
+            raise InvalidOrder("本站预存款不足，暂时无法下单，请联系站长") from None
+
+
+def prepay_plan(site_id: int, costs, quantity: int) -> PrepayPlan:
+    """The accounts (created now, outside the order's transaction) and amount of a prepayment."""
+    if not costs:
+        raise SettlementError("the main site does not prepay its own goods")
+    return PrepayPlan(site_id, costs[0][1] * quantity, ledger.account("site_available", site=site_id),
+                      ledger.account("prepaid_hold", site=site_id))
+
+
+def release_prepay(order_no: str) -> None:
+    """Inside the caller's transaction: give an expired order's held cost back to its site
+    (no-op if none was held, or it was given back already)."""
+    txn = ledger.find("prepay", order_no)
+    if txn is None or prepay_released(order_no):
+        return
+    entries = [(e.account_id, -e.amount_fen) for e in txn.entries.order_by(ledger.LedgerEntry.id)]
+    ledger.post_in_transaction("refund", f"prepay:{order_no}", entries, memo=f"order {order_no} expired")
+
+
+def prepay_exists(order_no: str) -> bool:
+    return ledger.find("prepay", order_no) is not None
+
+
+def prepay_released(order_no: str) -> bool:
+    return ledger.find("refund", f"prepay:{order_no}") is not None
+
+
+# -- frozen → available ----------------------------------------------------------------------
+
+
+def release_due(now: datetime.datetime | None = None) -> int:
+    """Move each site's margins older than its level's freeze period to its available balance.
+
+    What is released is the frozen balance less the credits still inside the freeze window,
+    computed under a lock on the frozen account, so two workers never release twice.
+    Returns how many sites had money released.
+    """
+    now = now or utcnow()
+    released = 0
+    frozen_accounts = list(ledger.LedgerAccount.select().where(ledger.LedgerAccount.kind == "site_frozen"))
+    levels = {lv.code: lv for lv in Level.select()}
+    with all_sites():
+        site_levels = dict(Site.select(Site.id, Site.level).tuples())
+    for frozen in frozen_accounts:
+        level = levels.get(site_levels.get(frozen.site_id, ""))
+        cutoff = now - datetime.timedelta(days=level.freeze_days if level else 7)
+        available = ledger.account("site_available", site=frozen.site_id)
+        if ledger.balance(frozen) > 0:
+            released += retry_transient(lambda: _release_one(frozen, available, cutoff, now))
+    return released
+
+
+@database.atomic()
+def _release_one(frozen, available, cutoff, now) -> int:
+    ledger.lock([frozen])
+    recent = int(ledger.LedgerEntry.select(peewee.fn.COALESCE(peewee.fn.SUM(ledger.LedgerEntry.amount_fen), 0))
+                 .where((ledger.LedgerEntry.account == frozen.id) & (ledger.LedgerEntry.amount_fen > 0)
+                        & (ledger.LedgerEntry.created_at > cutoff)).scalar() or 0)
+    amount = ledger.balance(frozen) - recent
+    if amount <= 0:
+        return 0
+    ledger.post_in_transaction("release", f"release:{frozen.site_id}:{now:%Y%m%d%H%M%S%f}",
+                               [(frozen, -amount), (available, amount)], memo="freeze period over")
+    return 1
+
+
+def site_balances(site_id: int) -> dict[str, int]:
+    """What a site owner sees: frozen, available, being paid out, held for direct orders."""
+    return {kind: ledger.balance(ledger.account(kind, site=site_id))
+            for kind in ("site_frozen", "site_available", "site_payout", "prepaid_hold")}
