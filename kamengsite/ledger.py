@@ -22,7 +22,7 @@ import weakref
 
 import peewee
 
-from .db import database, is_sqlite, retry_transient
+from .db import Statement, arg, database, is_sqlite, retry_transient
 from .models import BaseModel, Site, utcnow
 
 #: Sign convention: an entry is positive when it credits its account's holder (money the
@@ -133,6 +133,7 @@ def account(kind: str, site=None, member=None, channel: str = "") -> LedgerAccou
     if found is not None:
         if not database.in_transaction():  # committed for sure: a rollback cannot take it away
             known[code] = found
+            _known_kinds()[found.id] = found.kind
         return found
     try:
         with database.atomic():
@@ -147,14 +148,23 @@ def account(kind: str, site=None, member=None, channel: str = "") -> LedgerAccou
 _account_cache: "weakref.WeakKeyDictionary[peewee.Database, dict]" = weakref.WeakKeyDictionary()
 
 
+def _cache() -> tuple[dict, dict]:
+    db = database.obj
+    entry = _account_cache.get(db)
+    if entry is None:
+        entry = _account_cache[db] = ({}, {})
+    return entry
+
+
 def _known_accounts() -> dict:
     """Accounts already read from this database, by code: an account never changes once created,
-    so the payment path need not look its accounts up again (per database object)."""
-    db = database.obj
-    known = _account_cache.get(db)
-    if known is None:
-        known = _account_cache[db] = {}
-    return known
+    so the payment path need not look its accounts up again (per database object). Filled only
+    outside transactions: a row read inside one could still be rolled back."""
+    return _cache()[0]
+
+
+def _known_kinds() -> dict:
+    return _cache()[1]
 
 
 def forget_accounts():
@@ -162,12 +172,30 @@ def forget_accounts():
     _account_cache.pop(database.obj, None)
 
 
+# The payment path's queries, compiled once per database (see db.Statement).
+_BALANCE = Statement(lambda: LedgerEntry.select(peewee.fn.COALESCE(peewee.fn.SUM(LedgerEntry.amount_fen), 0))
+                     .where(LedgerEntry.account == arg("account")))
+_TXN_FIELDS = (LedgerTxn.id, LedgerTxn.kind, LedgerTxn.reference, LedgerTxn.reverses, LedgerTxn.memo,
+               LedgerTxn.created_at)
+_FIND = Statement(lambda: LedgerTxn.select(*_TXN_FIELDS).where(
+    (LedgerTxn.kind == arg("kind")) & (LedgerTxn.reference == arg("reference"))))
+_INSERT_TXN = Statement(lambda: LedgerTxn.insert({f: arg(f.name) for f in _TXN_FIELDS[1:]}))
+_INSERT_ENTRIES: dict[int, Statement] = {}
+
+
+def _insert_entries(count: int) -> Statement:
+    """One multi-row INSERT of ``count`` entries (a statement per count, compiled once)."""
+    statement = _INSERT_ENTRIES.get(count)
+    if statement is None:
+        statement = _INSERT_ENTRIES[count] = Statement(lambda: LedgerEntry.insert_many(
+            [{LedgerEntry.txn: arg("txn"), LedgerEntry.account: arg(f"a{i}"), LedgerEntry.amount_fen: arg(f"x{i}"),
+              LedgerEntry.created_at: arg("now")} for i in range(count)]))
+    return statement
+
+
 def balance(acct) -> int:
     """The account's balance: the sum of its entries, in fen."""
-    account_id = _id(acct, "account")
-    total = (LedgerEntry.select(peewee.fn.COALESCE(peewee.fn.SUM(LedgerEntry.amount_fen), 0))
-             .where(LedgerEntry.account == account_id).scalar())
-    return int(total or 0)
+    return int(_BALANCE.first(account=_id(acct, "account"))[0] or 0)
 
 
 def balances() -> list[tuple[LedgerAccount, int]]:
@@ -232,7 +260,12 @@ def _validate(kind: str, reference: str, entries) -> list[tuple[int, int]]:
 
 
 def find(kind: str, reference: str) -> LedgerTxn | None:
-    return LedgerTxn.get_or_none((LedgerTxn.kind == kind) & (LedgerTxn.reference == reference))
+    row = _FIND.first(kind=kind, reference=reference)
+    if row is None:
+        return None
+    txn = LedgerTxn(**{f.name: f.python_value(v) for f, v in zip(_TXN_FIELDS, row)})
+    txn._dirty.clear()  # as loaded, like LedgerTxn.get()
+    return txn
 
 
 def post(kind: str, reference: str, entries, memo: str = "", *, _reverses: int | None = None) -> LedgerTxn:
@@ -273,12 +306,13 @@ def lock(accounts) -> None:
              .order_by(LedgerAccount.id).for_update())
 
 
-def post_in_transaction(kind: str, reference: str, entries, memo: str = "") -> LedgerTxn:
+def post_in_transaction(kind: str, reference: str, entries, memo: str = "", *, new: bool = False) -> LedgerTxn:
     """``post`` for a caller that already holds a transaction (e.g. ``orders.mark_paid``): the
     caller's transaction makes it atomic with the caller's writes. Raises on a duplicate
-    reference (IntegrityError) or a short account (InsufficientFunds); the caller rolls back."""
+    reference (IntegrityError) or a short account (InsufficientFunds); the caller rolls back.
+    ``new=True``: the caller knows the reference was never posted (skips the lookup)."""
     rows = _validate(kind, reference, entries)
-    existing = find(kind, reference)
+    existing = None if new else find(kind, reference)
     if existing is not None:
         return existing
     return _write(kind, reference, rows, memo, None)
@@ -289,8 +323,7 @@ def _write(kind: str, reference: str, rows: list[tuple[int, int]], memo: str, re
     delta: dict[int, int] = {}
     for account_id, amount in rows:
         delta[account_id] = delta.get(account_id, 0) + amount
-    kinds = dict(LedgerAccount.select(LedgerAccount.id, LedgerAccount.kind)
-                 .where(LedgerAccount.id.in_(list(delta))).tuples())
+    kinds = _kinds(list(delta))
     missing = set(delta) - set(kinds)
     if missing:
         raise ValueError(f"unknown ledger account(s): {sorted(missing)}")
@@ -301,10 +334,27 @@ def _write(kind: str, reference: str, rows: list[tuple[int, int]], memo: str, re
         if after < 0:
             raise InsufficientFunds(f"{LedgerAccount.get_by_id(account_id)} would fall to {after} fen")
     now = utcnow()
-    txn = LedgerTxn.create(kind=kind, reference=reference, memo=memo, reverses=reverses, created_at=now)
-    LedgerEntry.insert_many([{"txn": txn.id, "account": a, "amount_fen": amt, "created_at": now}
-                             for a, amt in rows]).execute()
+    values = dict(kind=kind, reference=reference, reverses=reverses, memo=memo, created_at=now)
+    txn = LedgerTxn(id=_INSERT_TXN.insert(**values), **values)
+    txn._dirty.clear()
+    values = {"txn": txn.id, "now": now}
+    for i, (account_id, amount) in enumerate(rows):
+        values[f"a{i}"], values[f"x{i}"] = account_id, amount
+    _insert_entries(len(rows)).execute(**values)
     return txn
+
+
+def _kinds(account_ids: list[int]) -> dict[int, str]:
+    """{account id: kind}; kinds never change, so those seen before come from memory."""
+    known = _known_kinds()
+    missing = [i for i in account_ids if i not in known]
+    if missing:
+        found = dict(LedgerAccount.select(LedgerAccount.id, LedgerAccount.kind)
+                     .where(LedgerAccount.id.in_(missing)).tuples())
+        if not database.in_transaction():
+            known.update(found)
+        return {**{i: known[i] for i in account_ids if i in known}, **found}
+    return {i: known[i] for i in account_ids}
 
 
 def reverse(kind: str, reference: str, original_txn) -> LedgerTxn:

@@ -40,6 +40,8 @@ STATUSES = ("created", "paid", "delivered", "expired", "refund_pending", "refund
 #: Orders that hold or consumed stock: what a per-buyer limit counts.
 HOLDING = ("created", "paid", "delivered")
 CONTACT_MAX = 120  # the width of shop_order.contact
+#: ``fee_bearer`` of an order paid into a direct-settlement site's own account (its cost was prepaid).
+DIRECT = "direct"
 ORDER_NO_ATTEMPTS = 5
 
 
@@ -270,6 +272,8 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
     fee_fen, fee_bearer = fee
     if not isinstance(fee_fen, int) or isinstance(fee_fen, bool) or fee_fen < 0 or fee_bearer not in ("", "buyer", "seller"):
         raise InvalidOrder("fee must be whole fen borne by the buyer or the seller")
+    if prepaid:  # paid into the site's own account: its gateway's fee is the site's own business
+        fee_fen, fee_bearer = 0, DIRECT
     amount = goods + (fee_fen if fee_bearer == "buyer" else 0)
     prepay = None
     if prepaid:
@@ -392,7 +396,7 @@ def _locked_ids(query) -> list[int]:
 
 
 def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
-              channel_profile: str | None = None, within=None) -> PaymentResult:
+              channel_profile: str | None = None, within=None, order: Order | None = None) -> PaymentResult:
     """Record a verified payment and deliver the order: the one entry point for payment channels.
 
     Idempotent by (channel, trade_no): N identical calls, even concurrent, write one
@@ -401,7 +405,8 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
 
     ``within(order)``, if given, runs inside the payment's database transaction before the
     payment row is written (the balance channel debits the wallet there): whatever it
-    raises rolls the whole payment back.
+    raises rolls the whole payment back. ``order``: the order as the caller already loaded it
+    with ``find_order`` (saves a query); it is looked up otherwise.
     """
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool):
         raise PaymentRejected("amount must be whole fen")
@@ -411,7 +416,8 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
     if not isinstance(trade_no, str) or not trade_no.strip() or len(trade_no) > 64:
         raise PaymentRejected("trade no must be 1 to 64 characters")
     with all_sites():  # notifications arrive on any domain; the order number names the site
-        order = find_order(order_no)
+        if order is None or order.order_no != order_no:
+            order = find_order(order_no)
         if order is None:
             raise PaymentRejected(f"unknown order {order_no!r}")
         if order.channel and order.channel != channel:
@@ -432,7 +438,7 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
                 result = _apply_payment(order, payment)
                 # The money's split is written with the payment, or not at all.
                 if result.refund_due:
-                    if not order.cost_chain or not settlement.prepay_exists(order.order_no):
+                    if order.fee_bearer != DIRECT:  # a direct site's buyer paid the site: the site owes it
                         settlement.post_owed(order, payment)
                 else:
                     settlement.post_payment(order, payment)
@@ -458,7 +464,7 @@ def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
     if _transition(order.id, "expired", "paid", paid_at=now):
         # Late payment: the reservation was released; take stock again if there is any.
         product = order.product
-        if order.cost_chain and settlement.prepay_released(order.order_no):
+        if order.fee_bearer == DIRECT and settlement.prepay_released(order.order_no):
             # A direct-settlement site got its cost back at expiry; its own account took the money.
             return _owe_refund(order, payment, "paid after expiry to the site's own account")
         if not _take_stock(order.sku_id, order.quantity):

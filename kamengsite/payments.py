@@ -461,7 +461,7 @@ def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, 
                               f"{order.channel_profile or '-'}, not {channel.id}/{profile.name}", notification=parsed)
     try:
         result = orders.mark_paid(parsed.order_no, channel=channel.id, trade_no=parsed.trade_no,
-                                  amount_fen=parsed.amount_fen, channel_profile=profile.name)
+                                  amount_fen=parsed.amount_fen, channel_profile=profile.name, order=order)
     except orders.PaymentRejected as exc:
         return Outcome(False, str(exc), notification=parsed)
     return Outcome(True, result=result, notification=parsed, order=order)

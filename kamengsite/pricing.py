@@ -25,6 +25,7 @@ import peewee
 from .catalog import Product, Sku
 from .errors import KamengsiteError
 from .levels import BP, Level, LevelPrice
+from .db import Statement, arg
 from .models import Site, utcnow
 from .tenancy import TenantModel, all_sites, site_scope
 
@@ -109,6 +110,7 @@ class ChainSite:
     site_id: int
     level: Level | None
     children_rule: PriceRule | None
+    own_rules: tuple = ()  # the site's rules for its own buyers (all / category / product)
 
 
 @dataclass(frozen=True)
@@ -136,12 +138,8 @@ class Pricer:
 
     @classmethod
     def for_site(cls, site_id: int) -> "Pricer":
-        with all_sites():
-            chain = _chain(site_id)
-            rules = {}
-            if chain:
-                rules = {(r.scope, r.target_id): r
-                         for r in PriceRule.select().where((PriceRule.site == site_id) & (PriceRule.scope != "children"))}
+        chain = _chain(site_id)
+        rules = {(r.scope, r.target_id): r for r in chain[0].own_rules} if chain else {}
         return cls(site_id=site_id, chain=chain, rules=rules)
 
     @property
@@ -230,21 +228,50 @@ class Pricer:
         return shown + own
 
 
+def _unscoped(build):
+    """A statement on a tenant table that names its site itself, compiled without the scope filter."""
+    def build_unscoped():
+        with all_sites():
+            return build()
+
+    return Statement(build_unscoped)
+
+
+# Every storefront request builds its site's chain: compiled once per database (see db.Statement).
+_LEVEL_FIELDS = tuple(Level._meta.sorted_fields)
+_RULE_FIELDS = tuple(PriceRule._meta.sorted_fields)
+_PARENT = Site.alias("parent_site")
+# A site with its level and whether its parent is the root: one query per site of the chain.
+_SITE_NODE = Statement(lambda: Site.select(Site.parent, _PARENT.parent, *_LEVEL_FIELDS)
+                       .join_from(Site, _PARENT, peewee.JOIN.LEFT_OUTER, on=(Site.parent == _PARENT.id))
+                       .join_from(Site, Level, peewee.JOIN.LEFT_OUTER, on=(Level.code == Site.level))
+                       .where(Site.id == arg("id")))
+_RULES = _unscoped(lambda: PriceRule.select(*_RULE_FIELDS).where(PriceRule.site == arg("site")))
+
+
+def _row_model(model, fields, row):
+    instance = model(**{f.name: f.python_value(v) for f, v in zip(fields, row)})
+    instance._dirty.clear()
+    return instance
+
+
 def _chain(site_id: int) -> list[ChainSite]:
     """The selling site and its ancestors below the main site (the root), with levels and rules."""
-    sites = []
-    current = Site.get_or_none(Site.id == site_id)
-    seen = set()
-    while current is not None and current.parent_id is not None and current.id not in seen:
-        seen.add(current.id)
-        sites.append(current)
-        current = Site.get_or_none(Site.id == current.parent_id)
-    if not sites:
-        return []
-    levels = {lv.code: lv for lv in Level.select().where(Level.code.in_([s.level for s in sites if s.level]))}
-    children_rules = {r.site_id: r for r in PriceRule.select().where(
-        (PriceRule.scope == "children") & PriceRule.site.in_([s.id for s in sites]))}
-    return [ChainSite(s.id, levels.get(s.level), children_rules.get(s.id)) for s in sites]
+    nodes, seen, current = [], set(), site_id
+    while current is not None and current not in seen:
+        seen.add(current)
+        row = _SITE_NODE.first(id=current)
+        if row is None or row[0] is None:  # unknown, or the root (the main site)
+            break
+        parent, grandparent, level_row = row[0], row[1], row[2:]
+        nodes.append((current, _row_model(Level, _LEVEL_FIELDS, level_row) if level_row[0] is not None else None))
+        current = parent if grandparent is not None else None  # a parent without a parent is the root
+    chain = []
+    for node_id, level in nodes:
+        rules = [_row_model(PriceRule, _RULE_FIELDS, r) for r in _RULES.all(site=node_id)]
+        children = next((r for r in rules if r.scope == "children"), None)
+        chain.append(ChainSite(node_id, level, children, tuple(r for r in rules if r.scope != "children")))
+    return chain
 
 
 def quote_sku(site_id: int, sku_id: int) -> Quote | None:

@@ -113,10 +113,10 @@ def post_payment(order, payment) -> None:
     """Inside ``mark_paid``'s transaction: the split of a delivered/paid order, or money owed back."""
     if payment.amount_fen <= 0:
         return
-    prepaid = bool(order.cost_chain) and prepay_exists(order.order_no)
-    entries = payment_entries(order, prepaid=prepaid)
+    entries = payment_entries(order, prepaid=order.fee_bearer == "direct")
     if len(entries) >= 2:
-        ledger.post_in_transaction("payment", order.order_no, entries, memo=f"order {order.order_no}")
+        # New for sure: the order just left created/expired for paid, which happens once.
+        ledger.post_in_transaction("payment", order.order_no, entries, memo=f"order {order.order_no}", new=True)
 
 
 def post_owed(order, payment) -> None:

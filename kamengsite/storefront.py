@@ -211,7 +211,8 @@ def demo_pay(order_no):
     found = orders.find_order(order_no, site_id=current_site().site_id)
     if found is None or not _demo_payable(found):
         abort(404)
-    result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen)
+    result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen,
+                              order=found)
     after_payment(result, found)
     return redirect(url_for("storefront.order", order_no=order_no))
 
