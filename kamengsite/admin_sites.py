@@ -16,14 +16,12 @@ Every write is a POST form with a CSRF token.
 
 from __future__ import annotations
 
-import functools
-
-from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
-from wtforms import PasswordField, SelectField, StringField
+from wtforms import SelectField, StringField
 from wtforms.validators import InputRequired, Length
 
-from . import accounts, admin, domains, ledger, opening
+from . import admin, domains, ledger, opening
 from .app import current_site
 from .hookspecs import hookimpl
 from .levels import all_levels, get_level
@@ -59,11 +57,6 @@ class VerifyForm(FlaskForm):
 
 class UnbindForm(FlaskForm):
     domain = StringField("域名", validators=[InputRequired(), Length(max=253)])
-
-
-class OwnerLoginForm(FlaskForm):
-    username = StringField("用户名", validators=[InputRequired("请输入用户名"), Length(max=64)])
-    password = PasswordField("密码", validators=[InputRequired("请输入密码"), Length(max=accounts.MAX_PASSWORD)])
 
 
 def _registry():
@@ -169,56 +162,18 @@ def levels():
 
 # -- the owner's console (sub-sites) ----------------------------------------------------------
 
+# The owner's pages on a sub-site; signing in and out are admin.py's (the console of every site).
 owner_bp = Blueprint("owner", __name__, url_prefix="/admin")
 owner_bp.after_request(admin._console_headers)
 owner_bp.context_processor(admin._console_context)  # the layout's log-out form and the owner's menu
-
-
-def owner_required(view):
-    """A signed-in console account of *this* site (the session is per site), or off to the login."""
-
-    @functools.wraps(view)
-    def wrapper(*args, **kwargs):
-        account = admin._current_operator()  # checks the site, the session version and the age
-        if account is None:
-            return redirect(url_for("owner.login"))
-        g.operator = account
-        return view(*args, **kwargs)
-
-    return wrapper
 
 
 def _site() -> Site:
     return Site.get_by_id(current_site().site_id)
 
 
-@owner_bp.route("/login", methods=["GET", "POST"])
-@limited("login", "10/minute")
-def login():
-    form = OwnerLoginForm()
-    if form.validate_on_submit():
-        account = accounts.authenticate(current_site().site_id, form.username.data, form.password.data)
-        if account is not None and account.role in admin.CONSOLE_ROLES:
-            session.clear()  # nothing from before the login survives (fixation)
-            session[admin.SESSION_KEY] = {"id": account.id, "v": account.session_version, "t": admin._now()}
-            return redirect(url_for("owner.home"))
-        form.password.errors.append("用户名或密码错误")
-    return render_template("admin/sites_owner_login.html", form=form)
-
-
-@owner_bp.post("/logout")
-def logout():
-    if ActionForm().validate_on_submit():
-        account = admin._current_operator()
-        if account is not None:
-            accounts.end_sessions(current_site().site_id, account.id)
-        session.clear()
-        flash("已退出登录", "ok")
-    return redirect(url_for("owner.login"))
-
-
 @owner_bp.get("/")
-@owner_required
+@admin.operator_required
 def home():
     site = _site()
     config = current_site().config
@@ -235,7 +190,7 @@ def home():
 
 
 @owner_bp.post("/renew")
-@owner_required
+@admin.operator_required
 def renew():
     form = RenewForm()
     if not form.validate_on_submit():
@@ -249,7 +204,7 @@ def renew():
 
 
 @owner_bp.post("/level")
-@owner_required
+@admin.operator_required
 def change_level():
     form = LevelForm()
     if not form.validate_on_submit():
@@ -268,7 +223,7 @@ def _checkers() -> dict:
 
 
 @owner_bp.route("/domains", methods=["GET", "POST"])
-@owner_required
+@admin.operator_required
 def domain_list():
     form = ClaimForm()
     if form.validate_on_submit():
@@ -286,7 +241,7 @@ def domain_list():
 
 
 @owner_bp.post("/domains/<int:claim_id>/verify")
-@owner_required
+@admin.operator_required
 @limited("domain_verify", "10/minute")  # each proof may fetch a URL or query DNS
 def domain_verify(claim_id):
     form = VerifyForm()
@@ -301,7 +256,7 @@ def domain_verify(claim_id):
 
 
 @owner_bp.post("/domains/<int:claim_id>/cancel")
-@owner_required
+@admin.operator_required
 def domain_cancel(claim_id):
     if not ActionForm().validate_on_submit():
         abort(400)
@@ -314,7 +269,7 @@ def domain_cancel(claim_id):
 
 
 @owner_bp.post("/domains/unbind")
-@owner_required
+@admin.operator_required
 def domain_unbind():
     form = UnbindForm()
     if not form.validate_on_submit():

@@ -255,3 +255,177 @@ def test_two_debits_racing_for_one_balance_never_both_pass(matrix):
         [t.join() for t in threads]
         assert sorted(outcomes) == ["ok", "short"], (round_no, outcomes)
         assert balance(wallet) == 0
+
+
+# -- the invariants under random sequences --------------------------------------------
+
+AMOUNTS = st.integers(1, 5000)
+OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("pay"), st.integers(0, 1), AMOUNTS, st.lists(st.integers(0, 100), min_size=3, max_size=3)),
+    st.tuples(st.just("withdraw"), st.integers(0, 1), AMOUNTS),
+    st.tuples(st.just("topup"), st.integers(1, 3), AMOUNTS),
+    st.tuples(st.just("spend"), st.integers(1, 3), st.integers(0, 1), AMOUNTS),
+    st.tuples(st.just("reverse"), st.integers(0, 30)),
+    st.tuples(st.just("repost"), st.integers(0, 30)),
+), max_size=25)
+
+
+def _reset_ledger():
+    LedgerTxn.update(reverses=None).execute()
+    LedgerEntry.delete().execute()
+    LedgerTxn.delete().execute()
+    ledger.LedgerAccount.delete().execute()
+    ledger.forget_accounts()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=OPERATIONS)
+def test_invariants_hold_under_random_sequences(bound, operations):
+    _reset_ledger()
+    sites = bound
+    expected: dict[int, int] = {}
+    posted: list[tuple[LedgerTxn, list]] = []  # (txn, entries) in posting order
+    reversed_ids: set[int] = set()
+    counter = 0
+
+    def apply(entries):
+        for acct, amount in entries:
+            expected[acct.id] = expected.get(acct.id, 0) + amount
+
+    def would_go_negative(entries):
+        delta: dict = {}
+        for acct, amount in entries:
+            delta[acct] = delta.get(acct, 0) + amount
+        return any(acct.kind in ledger.NO_NEGATIVE and expected.get(acct.id, 0) + d < 0 for acct, d in delta.items())
+
+    def attempt(kind, entries):
+        nonlocal counter
+        counter += 1
+        reference = f"{kind}-{counter}"
+        if would_go_negative(entries):
+            with pytest.raises(InsufficientFunds):
+                post(kind, reference, entries)
+            return
+        txn = post(kind, reference, entries)
+        apply(entries)
+        posted.append((txn, entries))
+
+    clearing = account("channel_clearing", channel="epay")
+    for op in operations:
+        name = op[0]
+        if name == "pay":
+            _, site, amount, weights = op
+            if not any(weights):
+                weights = [1, 1, 1]
+            parts = split(amount, weights)
+            assert sum(parts) == amount
+            credit = [account("platform_revenue"), account("site_available", site=sites[site]), account("fees", channel="epay")]
+            entries = [(clearing, -amount)] + [(a, p) for a, p in zip(credit, parts) if p]
+            attempt("payment", entries)
+        elif name == "withdraw":
+            _, site, amount = op
+            attempt("withdrawal", [(account("site_available", site=sites[site]), -amount), (clearing, amount)])
+        elif name == "topup":
+            _, member, amount = op
+            attempt("payment", [(clearing, -amount), (account("member_wallet", member=member), amount)])
+        elif name == "spend":
+            _, member, site, amount = op
+            attempt("payment", [(account("member_wallet", member=member), -amount),
+                                (account("site_available", site=sites[site]), amount)])
+        elif name == "reverse" and posted:
+            original, entries = posted[op[1] % len(posted)]
+            negated = [(a, -x) for a, x in entries]
+            counter += 1
+            if original.id in reversed_ids:
+                with pytest.raises(ValueError):
+                    reverse("refund", f"refund-{counter}", original)
+            elif would_go_negative(negated):
+                with pytest.raises(InsufficientFunds):
+                    reverse("refund", f"refund-{counter}", original)
+            else:
+                txn = reverse("refund", f"refund-{counter}", original)
+                assert txn.reverses_id == original.id
+                reversed_ids.add(original.id)
+                apply(negated)
+                posted.append((txn, negated))
+        elif name == "repost" and posted:
+            original, entries = posted[op[1] % len(posted)]
+            count = LedgerEntry.select().count()
+            assert post(original.kind, original.reference, entries).id == original.id
+            assert LedgerEntry.select().count() == count  # nothing written
+
+    # Every transaction sums to zero and has at least two entries; balances are the sums of entries.
+    assert ledger.check() == []
+    sums: dict[int, int] = {}
+    per_txn: dict[int, list] = {}
+    for entry in LedgerEntry.select():
+        sums[entry.account_id] = sums.get(entry.account_id, 0) + entry.amount_fen
+        per_txn.setdefault(entry.txn_id, []).append(entry.amount_fen)
+    assert LedgerTxn.select().count() == len(per_txn) == len(posted)
+    assert all(sum(amounts) == 0 and len(amounts) >= 2 for amounts in per_txn.values())
+    for acct, amount in ledger.balances():
+        assert amount == sums.get(acct.id, 0) == expected.get(acct.id, 0) == balance(acct)
+        if acct.kind in ledger.NO_NEGATIVE:
+            assert amount >= 0
+
+
+# -- the command line --------------------------------------------------------------------
+
+
+def _ledger_cli(instance, *args):
+    return CliRunner().invoke(main, ["--instance", str(instance.path), "ledger", *args])
+
+
+def test_cli_check_and_balances(instance):
+    init_database(instance.database_url)
+    shop = Site.create(slug="shop1").id
+    payment = _pay("order-1", shop, 1001)
+    database.close()
+
+    result = _ledger_cli(instance, "check")
+    assert result.exit_code == 0, result.output
+    assert "ledger balances" in result.stdout
+
+    result = _ledger_cli(instance, "balances")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert any("platform_revenue" in line and "701" in line and "7.01" in line for line in lines)
+    assert any("site_available" in line and "shop1" in line and "200" in line for line in lines)
+    assert any("channel_clearing" in line and "-1001" in line and "-10.01" in line for line in lines)
+
+    # Corrupt one entry behind the ledger's back: the check names the transaction and fails.
+    init_database(instance.database_url)
+    entry = LedgerEntry.select().where(LedgerEntry.txn == payment.id).order_by(LedgerEntry.id).first()
+    database.execute_sql("UPDATE ledger_entry SET amount_fen = amount_fen + 1 WHERE id = ?", (entry.id,))
+    database.close()
+    result = _ledger_cli(instance, "check")
+    assert result.exit_code == 1, result.output
+    assert f"transaction {payment.id} (payment order-1): entries sum to 1 fen" in result.stdout
+    assert "ledger check failed" in result.stderr
+    release_connections()
+
+
+def test_cli_check_reports_negative_balance_and_lonely_entry(instance):
+    init_database(instance.database_url)
+    shop = Site.create(slug="shop1").id
+    _pay("order-1", shop, 1000)
+    available = account("site_available", site=shop)
+    lonely = LedgerTxn.create(kind="adjustment", reference="by-hand")
+    database.execute_sql("INSERT INTO ledger_entry (txn_id, account_id, amount_fen, created_at) VALUES (?, ?, ?, ?)",
+                         (lonely.id, available.id, -500, "2024-01-01 00:00:00"))
+    database.close()
+    result = _ledger_cli(instance, "check")
+    assert result.exit_code == 1, result.output
+    assert "1 entry, needs at least 2" in result.stdout
+    assert f"account {available}: balance -300 fen is below zero" in result.stdout
+    assert "all entries sum to -500 fen" in result.stdout
+    release_connections()
+
+
+def test_cli_check_on_an_empty_ledger(instance):
+    result = _ledger_cli(instance, "check")
+    assert result.exit_code == 0, result.output
+    assert "ledger balances: 0 transaction(s)" in result.stdout
+    result = _ledger_cli(instance, "balances")
+    assert result.exit_code == 0 and "no ledger accounts" in result.stdout
+    release_connections()

@@ -555,7 +555,7 @@ def test_mapi_shows_the_gateways_qr_code_as_an_image(shop, server, profile, vers
     assert server.gateway.request_signed_by_merchant(fields, version)  # the gateway's own check
     assert fields["clientip"] == "203.0.113.7" and fields["device"] == "pc" and fields["type"] == "alipay"
     assert fields["out_trade_no"] == order_no and fields["money"] == "15.00"
-    assert f'data-qrcode="https://qr.alipay.com/bax0' in html
+    assert 'data-qrcode="https://qr.alipay.com/bax0' in html
     assert "<svg" in html and "<script" not in html  # drawn on the server: no QR script, no CDN
     assert snapshot()[0] == 0  # showing a QR pays nothing
 
