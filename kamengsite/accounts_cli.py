@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import click
 
-from .cli import _fail_cleanly, pass_ctx
+from .cli import _fail_cleanly, bound_database, pass_ctx
 from .errors import KamengsiteError
 
 
@@ -21,24 +21,15 @@ SITE_OPTION = click.option("--site", "slug", default=None, metavar="SLUG",
 @contextmanager
 def _console_site(instance, slug=None):
     """The id of site ``slug`` (default: the main site) with the database bound; refuses a schema that is behind."""
-    from . import migrations
-    from .db import init_database
     from .models import Site
 
-    db = init_database(instance.database_url)
-    try:
-        pending = migrations.pending(db)
-        if pending:
-            raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
+    with bound_database(instance):
         slug = slug or instance.main_site
         site = Site.get_or_none(Site.slug == slug)
         if site is None:
             hint = "run `kamengsite init`" if slug == instance.main_site else "see `kamengsite site list`"
             raise KamengsiteError(f"site {slug!r} not found: {hint}")
         yield site.id
-    finally:
-        if not db.is_closed():
-            db.close()
 
 
 def _password(from_stdin: bool) -> tuple[str, bool]:

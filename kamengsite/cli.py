@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from contextlib import contextmanager
+
 import click
 
 from .config import check_slug
@@ -114,6 +116,26 @@ def _database(instance):
         reason = " ".join(str(exc).split())  # drivers' messages span lines
         raise KamengsiteError(f"cannot open the database {_redact(instance.database_url)}: {reason}") from None
     return database
+
+
+@contextmanager
+def bound_database(instance):
+    """For one command: the instance's database bound to the models and connected (and the job
+    queue bound); refuses a schema that is behind its migrations."""
+    from . import jobs, migrations
+    from .db import init_database
+
+    db = init_database(instance.database_url)
+    try:
+        pending = migrations.pending(db)
+        if pending:
+            raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
+        jobs.bind(instance)
+        with db.connection_context():
+            yield db
+    finally:
+        if not db.is_closed():
+            db.close()
 
 
 def _redact(url: str) -> str:

@@ -7,36 +7,16 @@ from __future__ import annotations
 
 import csv
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from .cli import _fail_cleanly, pass_ctx
+from .cli import _fail_cleanly, bound_database, pass_ctx
 from .errors import KamengsiteError
 
 log = logging.getLogger(__name__)
 
 SHOW_INVALID = 100  # invalid lines listed one by one; the rest are counted
-
-
-@contextmanager
-def _database(instance):
-    """Bind the database of ``instance`` for one command, refuse a schema that is behind."""
-    from . import jobs, migrations
-    from .db import init_database
-
-    db = init_database(instance.database_url)
-    pending = migrations.pending(db)
-    if pending:
-        db.close()
-        raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
-    jobs.bind(instance)
-    try:
-        yield db
-    finally:
-        if not db.is_closed():
-            db.close()
 
 
 # -- reading key files -----------------------------------------------------------
@@ -142,7 +122,7 @@ def keys_import(ctx, product_id, file, sku_id, skip_header):
     their line numbers. The file is streamed, never read whole.
     """
     instance = ctx.instance()
-    with _database(instance):
+    with bound_database(instance):
         product, sku, report = import_key_file(instance, product_id, file, sku_id=sku_id, skip_header=skip_header)
         from .catalog import Sku
 
@@ -165,7 +145,7 @@ def keys_import(ctx, product_id, file, sku_id, skip_header):
 def keys_recount(ctx):
     """Recompute every card SKU's stock from its available keys and report what was fixed."""
     instance = ctx.instance()
-    with _database(instance):
+    with bound_database(instance):
         checked, fixes = recount_stock()
     for fix in fixes:
         click.echo(f"SKU {fix['sku']} of product {fix['product']} ({fix['name']}): stock {fix['was']} -> {fix['now']}")
@@ -220,7 +200,7 @@ def keys_rotate(ctx, batch_size):
 
     instance = ctx.instance()
     cipher = CardKeyCipher.from_instance(instance)
-    with _database(instance):
+    with bound_database(instance):
         result = rotate_keys(cipher, batch_size=batch_size,
                              progress=lambda n: click.echo(f"  re-sealed {n} so far", err=True))
     click.echo(f"scanned {result['scanned']} keys, re-sealed {result['resealed']}, "

@@ -5,30 +5,11 @@ Registered on the main command group by ``cli._register_more_commands``.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 
 import click
 
-from .cli import _fail_cleanly, pass_ctx
+from .cli import _fail_cleanly, bound_database, pass_ctx
 from .errors import KamengsiteError
-
-
-@contextmanager
-def _bound(instance):
-    """The instance's database bound to the models; refuses a schema that is behind."""
-    from . import migrations
-    from .db import init_database
-
-    db = init_database(instance.database_url)
-    try:
-        pending = migrations.pending(db)
-        if pending:
-            raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
-        with db.connection_context():
-            yield db
-    finally:
-        if not db.is_closed():
-            db.close()
 
 
 def format_fen(fen: int) -> str:
@@ -49,7 +30,7 @@ def check(ctx):
     """Verify every invariant; exit 1 listing each problem."""
     from . import ledger as core
 
-    with _bound(ctx.instance()):
+    with bound_database(ctx.instance()):
         problems = core.check()
         txns = core.LedgerTxn.select().count()
         accounts = core.LedgerAccount.select().count()
@@ -68,7 +49,7 @@ def balances(ctx):
     """Every account with its balance derived from the entries."""
     from . import ledger as core
 
-    with _bound(ctx.instance()):
+    with bound_database(ctx.instance()):
         rows = core.balances()
         slugs = {}
         if rows:
@@ -102,7 +83,7 @@ def report(ctx, start, end, as_json):
     last = end.date() if end else first
     if last < first:
         raise KamengsiteError("--to is before --from")
-    with _bound(ctx.instance()):
+    with bound_database(ctx.instance()):
         rows = reconcile.report(first, last)
     if as_json:
         for row in rows:

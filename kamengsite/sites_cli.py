@@ -11,28 +11,18 @@ from contextlib import contextmanager
 
 import click
 
-from .cli import _fail_cleanly, pass_ctx
+from .cli import _fail_cleanly, bound_database, pass_ctx
 from .cli import site as site_group
-from .errors import KamengsiteError
 from .themes import format_fen
 
 
 @contextmanager
 def _registry(instance):
     """The instance's site registry with the database bound; refuses a schema that is behind."""
-    from . import migrations, opening
-    from .db import init_database
+    from . import opening
 
-    db = init_database(instance.database_url)
-    try:
-        pending = migrations.pending(db)
-        if pending:
-            raise KamengsiteError(f"database needs migrations ({', '.join(pending)}): run `kamengsite db upgrade`")
-        with db.connection_context():
-            yield opening.registry_for(instance)
-    finally:
-        if not db.is_closed():
-            db.close()
+    with bound_database(instance):
+        yield opening.registry_for(instance)
 
 
 # -- applications ---------------------------------------------------------------------------
