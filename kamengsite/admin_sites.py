@@ -70,6 +70,18 @@ operator_bp.after_request(admin._console_headers)  # no-store, no framing, no sc
 operator_bp.context_processor(admin._console_context)  # the layout's log-out form
 
 
+def _post_action(form, action, success, errors, back: str, prefix: str = ""):
+    """A console POST: the CSRF-checked ``form`` (else 400), one ``action()``, its outcome flashed
+    (``success(result)``, or the error's own words), then back to the page."""
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        flash(success(action()), "ok")
+    except errors as exc:
+        flash(f"{prefix}{exc}", "error")
+    return redirect(back)
+
+
 @operator_bp.get("/")
 @admin.operator_required
 def sites():
@@ -82,26 +94,17 @@ def sites():
 @operator_bp.post("/<slug>/<any(suspend, resume, close):action>")
 @admin.operator_required
 def site_action(slug, action):
-    form = ReasonForm()
-    if not form.validate_on_submit():
-        abort(400)
     registry = _registry()
     if slug not in registry.slugs() or slug == registry.main_site:
         abort(404)
+    form = ReasonForm()
     reason = (form.reason.data or "").strip()
-    try:
-        if action == "suspend":
-            opening.suspend(registry, slug, reason)
-            flash(f"已暂停分站“{slug}”：前台显示暂停营业，订单和余额不变", "ok")
-        elif action == "resume":
-            opening.resume(registry, slug)
-            flash(f"已恢复分站“{slug}”", "ok")
-        else:
-            opening.close(registry, slug, reason)
-            flash(f"已关闭分站“{slug}”", "ok")
-    except opening.OpeningError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("admin_sites.sites"))
+    do, message = {
+        "suspend": (lambda: opening.suspend(registry, slug, reason), f"已暂停分站“{slug}”：前台显示暂停营业，订单和余额不变"),
+        "resume": (lambda: opening.resume(registry, slug), f"已恢复分站“{slug}”"),
+        "close": (lambda: opening.close(registry, slug, reason), f"已关闭分站“{slug}”"),
+    }[action]
+    return _post_action(form, do, lambda _: message, opening.OpeningError, url_for("admin_sites.sites"))
 
 
 @operator_bp.post("/expire")
@@ -130,28 +133,18 @@ def applications():
 @operator_bp.post("/applications/<int:application_id>/approve")
 @admin.operator_required
 def approve(application_id):
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    try:
-        application = opening.approve(_registry(), application_id)
-        flash(f"已开通分站“{application.slug}”（{application.notice or '未通知'}）", "ok")
-    except opening.OpeningError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("admin_sites.applications"))
+    return _post_action(ActionForm(), lambda: opening.approve(_registry(), application_id),
+                        lambda app: f"已开通分站“{app.slug}”（{app.notice or '未通知'}）",
+                        opening.OpeningError, url_for("admin_sites.applications"))
 
 
 @operator_bp.post("/applications/<int:application_id>/reject")
 @admin.operator_required
 def reject(application_id):
     form = ReasonForm()
-    if not form.validate_on_submit():
-        abort(400)
-    try:
-        application = opening.reject(_registry(), application_id, form.reason.data or "")
-        flash(f"已拒绝“{application.slug}”的申请（{application.notice or '未通知'}）", "ok")
-    except opening.OpeningError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("admin_sites.applications"))
+    return _post_action(form, lambda: opening.reject(_registry(), application_id, form.reason.data or ""),
+                        lambda app: f"已拒绝“{app.slug}”的申请（{app.notice or '未通知'}）",
+                        opening.OpeningError, url_for("admin_sites.applications"))
 
 
 @operator_bp.get("/levels")
@@ -193,28 +186,18 @@ def home():
 @admin.operator_required
 def renew():
     form = RenewForm()
-    if not form.validate_on_submit():
-        abort(400)
-    try:
-        until = opening.renew(_registry(), current_site().slug, pay_from=form.pay_from.data)
-        flash(f"续费成功，服务期至 {until:%Y-%m-%d %H:%M}（UTC）", "ok")
-    except opening.OpeningError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("owner.home"))
+    return _post_action(form, lambda: opening.renew(_registry(), current_site().slug, pay_from=form.pay_from.data),
+                        lambda until: f"续费成功，服务期至 {until:%Y-%m-%d %H:%M}（UTC）",
+                        opening.OpeningError, url_for("owner.home"))
 
 
 @owner_bp.post("/level")
 @admin.operator_required
 def change_level():
     form = LevelForm()
-    if not form.validate_on_submit():
-        abort(400)
-    try:
-        opening.change_level(_registry(), current_site().slug, form.level.data or "", self_service_only=True)
-        flash("等级已更改", "ok")
-    except opening.OpeningError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("owner.home"))
+    return _post_action(form, lambda: opening.change_level(_registry(), current_site().slug, form.level.data or "",
+                                                           self_service_only=True),
+                        lambda _: "等级已更改", opening.OpeningError, url_for("owner.home"))
 
 
 def _checkers() -> dict:
@@ -245,41 +228,25 @@ def domain_list():
 @limited("domain_verify", "10/minute")  # each proof may fetch a URL or query DNS
 def domain_verify(claim_id):
     form = VerifyForm()
-    if not form.validate_on_submit():
-        abort(400)
-    try:
-        found = domains.verify(_registry(), current_site().site_id, claim_id, form.method.data, **_checkers())
-        flash(f"验证成功，{found.domain} 已绑定到本站", "ok")
-    except domains.DomainError as exc:
-        flash(f"验证失败：{exc}", "error")
-    return redirect(url_for("owner.domain_list"))
+    return _post_action(form, lambda: domains.verify(_registry(), current_site().site_id, claim_id, form.method.data,
+                                                     **_checkers()),
+                        lambda found: f"验证成功，{found.domain} 已绑定到本站", domains.DomainError,
+                        url_for("owner.domain_list"), prefix="验证失败：")
 
 
 @owner_bp.post("/domains/<int:claim_id>/cancel")
 @admin.operator_required
 def domain_cancel(claim_id):
-    if not ActionForm().validate_on_submit():
-        abort(400)
-    try:
-        domains.cancel(current_site().site_id, claim_id)
-        flash("已取消", "ok")
-    except domains.DomainError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("owner.domain_list"))
+    return _post_action(ActionForm(), lambda: domains.cancel(current_site().site_id, claim_id), lambda _: "已取消",
+                        domains.DomainError, url_for("owner.domain_list"))
 
 
 @owner_bp.post("/domains/unbind")
 @admin.operator_required
 def domain_unbind():
     form = UnbindForm()
-    if not form.validate_on_submit():
-        abort(400)
-    try:
-        domains.unbind(_registry(), _site(), form.domain.data)
-        flash(f"已解除绑定 {form.domain.data}", "ok")
-    except domains.DomainError as exc:
-        flash(str(exc), "error")
-    return redirect(url_for("owner.domain_list"))
+    return _post_action(form, lambda: domains.unbind(_registry(), _site(), form.domain.data),
+                        lambda _: f"已解除绑定 {form.domain.data}", domains.DomainError, url_for("owner.domain_list"))
 
 
 # -- plugin -----------------------------------------------------------------------------------
