@@ -84,24 +84,24 @@ def _clean_number(text: str, *units: str) -> str:
     return value
 
 
-def parse_percent_bp(text: str) -> int:
-    """'12.5' → 1250 basis points, '-5' → -500, '' → 0; at most two decimals (0.01 % is one basis point)."""
-    value = _clean_number(text, "%")
+def _hundredths(text: str, unit: str, error: str) -> int:
+    """A signed decimal with at most two places, ×100 as an int ('' is 0); ValueError(error) otherwise."""
+    value = _clean_number(text, unit)
     if not value:
         return 0
     if not _NUMBER.match(value):
-        raise ValueError("百分比格式不对，请填写如 12.5 或 -5（最多两位小数）")
+        raise ValueError(error)
     return int(Decimal(value) * 100)
+
+
+def parse_percent_bp(text: str) -> int:
+    """'12.5' → 1250 basis points, '-5' → -500, '' → 0; at most two decimals (0.01 % is one basis point)."""
+    return _hundredths(text, "%", "百分比格式不对，请填写如 12.5 或 -5（最多两位小数）")
 
 
 def parse_fixed_fen(text: str) -> int:
     """'1.50' → 150 fen, '-1' → -100, '' → 0; at most two decimals (to the fen)."""
-    value = _clean_number(text, "元")
-    if not value:
-        return 0
-    if not _NUMBER.match(value):
-        raise ValueError("金额格式不对，请填写如 1.50 或 -2（元，最多两位小数）")
-    return int(Decimal(value) * 100)
+    return _hundredths(text, "元", "金额格式不对，请填写如 1.50 或 -2（元，最多两位小数）")
 
 
 def percent_text(bp: int) -> str:
