@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import peewee
 
 from . import accounts, ledger
-from .db import database, is_sqlite, retry_transient
+from .db import database
 from .errors import KamengsiteError
 from .models import utcnow
 from .tenancy import TenantModel, acting_for
@@ -231,43 +231,10 @@ def debit_wallet(site_id: int, member_id: int, amount_fen: int, reference: str, 
 
 
 def _adjust(wallet, delta: int, reference: str, entries, memo: str) -> ledger.LedgerTxn:
-    txn = post_locked("adjustment", reference, entries, memo, lock=[wallet])
+    txn = ledger.post("adjustment", reference, entries, memo)
     # References are unique across all adjustments: one reused for another wallet must not pass as done.
     Entry = ledger.LedgerEntry
     mine = Entry.get_or_none((Entry.txn == txn.id) & (Entry.account == wallet.id))
     if mine is None or mine.amount_fen != delta:
         raise MemberError(f"reference {reference!r} was already used for another adjustment")
     return txn
-
-
-def lock_accounts(accounts_to_lock):
-    """``SELECT … FOR UPDATE`` the ledger accounts, in id order (SQLite's IMMEDIATE transaction already
-    serialises writers). Call it first in the transaction: on MariaDB (REPEATABLE READ) a plain read
-    before the lock would pin a snapshot that misses the commit the lock waited for."""
-    if is_sqlite():
-        return
-    ids = sorted({acct.id if isinstance(acct, ledger.LedgerAccount) else acct for acct in accounts_to_lock})
-    LedgerAccount = ledger.LedgerAccount
-    list(LedgerAccount.select(LedgerAccount.id).where(LedgerAccount.id.in_(ids)).order_by(LedgerAccount.id)
-         .for_update().tuples())
-
-
-def post_locked(kind: str, reference: str, entries, memo: str = "", *, lock) -> ledger.LedgerTxn:
-    """``ledger.post`` that takes the ``lock`` accounts' row locks before reading anything, so the
-    no-negative check sees every committed debit on every backend. Idempotent by (kind, reference)."""
-    existing = ledger.find(kind, reference) if isinstance(reference, str) else None
-    if existing is not None:
-        return existing
-
-    def write():
-        with database.atomic():
-            lock_accounts(lock)
-            return ledger.post_in_transaction(kind, reference, entries, memo)
-
-    try:
-        return retry_transient(write)
-    except (peewee.IntegrityError, ledger.InsufficientFunds):
-        existing = ledger.find(kind, reference)  # posted concurrently under the same reference
-        if existing is not None:
-            return existing
-        raise

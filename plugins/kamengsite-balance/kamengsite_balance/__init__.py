@@ -99,7 +99,7 @@ def _lock_for_payment(order_id: int, wallet_id: int):
     if is_sqlite():
         return
     list(orders.Order.select(orders.Order.id).where(orders.Order.id == order_id).for_update().tuples())
-    members.lock_accounts([wallet_id])
+    ledger.lock([wallet_id])
 
 
 def _status(order_id: int) -> str:
