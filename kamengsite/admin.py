@@ -3,7 +3,8 @@
 Every site has its own console accounts (``accounts.py``): a login on one site is void on
 every other. The catalogue pages below — the main site's operators manage categories,
 products and SKUs and import card keys by pasting or uploading a .txt/.csv file — are
-``main_site_only``: on a sub-site they are a 404 (sub-sites sell the main catalogue).
+``catalogue_required``: on a sub-site they are a 404 unless its level lets it list goods of its own
+(sub-sites sell the main catalogue; those own goods come on top).
 This is the seed of the full admin (roles, 2FA, audit, i18n): accounts live in ``accounts.py``,
 every view here goes through ``operator_required``, every write is a Flask-WTF
 form (CSRF), and no page ever shows a card key's plaintext.
@@ -297,11 +298,34 @@ def is_main_site() -> bool:
 
 
 def main_site_only(view):
-    """A page of the main site's console: a 404 on sub-sites, signed in or not (nothing to learn there)."""
+    """A page of the operator's console: a 404 on sub-sites, signed in or not (nothing to learn there)."""
 
     @functools.wraps(view)
     def wrapper(*args, **kwargs):
         if not is_main_site():
+            abort(404)
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def sells_own_goods() -> bool:
+    """Whether this site keeps a catalogue of its own: the main site, or a sub-site whose level
+    lets it list its own goods (the platform keeping the level's commission on them)."""
+    if is_main_site():
+        return True
+    from .pricing import Pricer
+
+    return Pricer.for_site(_site_id()).sells_own_goods
+
+
+def catalogue_required(view):
+    """A catalogue page (products, categories, keys): a 404 on sites without a catalogue of their
+    own, signed in or not (nothing to learn there). Each site only ever sees its own products."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        if not sells_own_goods():
             abort(404)
         return view(*args, **kwargs)
 
@@ -347,7 +371,9 @@ def _console_headers(response):
 @bp.context_processor
 def _console_context():
     # console_main: the layout's menu shows the main site's pages or the sub-site owner's.
-    return {"logout_form": ActionForm(formdata=None), "console_main": is_main_site()}
+    main = is_main_site()
+    return {"logout_form": ActionForm(formdata=None), "console_main": main,
+            "console_catalogue": main or (g.get("operator") is not None and sells_own_goods())}
 
 
 @bp.errorhandler(413)
@@ -438,8 +464,9 @@ def _uses_key_rows(kind: str, loop_key: bool) -> bool:
     return kind == "card" and not loop_key
 
 
-@bp.get("/")
-@main_site_only
+@bp.get("/products")
+@bp.get("/")  # the main site's console opens here; on sub-sites "/" is the owner's overview
+@catalogue_required
 @operator_required
 def products():
     items = list(Product.select().where(Product.site == _site_id()).order_by(Product.sort, Product.id).limit(1000))
@@ -453,7 +480,7 @@ def products():
 
 
 @bp.route("/categories", methods=["GET", "POST"])
-@main_site_only
+@catalogue_required
 @operator_required
 def categories():
     existing = _categories()
@@ -487,7 +514,7 @@ def _product_fields(form: ProductForm) -> dict:
 
 
 @bp.route("/products/new", methods=["GET", "POST"])
-@main_site_only
+@catalogue_required
 @operator_required
 def product_new():
     form = ProductForm()
@@ -517,7 +544,7 @@ class _Refused(Exception):
 
 
 @bp.route("/products/<int:product_id>/edit", methods=["GET", "POST"])
-@main_site_only
+@catalogue_required
 @operator_required
 def product_edit(product_id):
     product = _product_or_404(product_id)
@@ -692,7 +719,7 @@ def _loop_key_status(skus) -> dict[int, bool]:
 
 
 @bp.route("/products/<int:product_id>/keys", methods=["GET", "POST"])
-@main_site_only
+@catalogue_required
 @operator_required
 def keys(product_id):
     product = _product_or_404(product_id)
@@ -765,7 +792,7 @@ def prepare_site_app(app, site):
 
     ``trylast``: on a sub-site, the owner's console (``admin_sites``) claims ``/admin/``,
     ``/admin/login`` and ``/admin/logout`` first — Flask serves the first rule registered —
-    so these views are its fallback there; the catalogue pages are ``main_site_only``.
+    so these views are its fallback there; the catalogue pages are ``catalogue_required``.
     """
     if app.extensions.get("kamengsite.site") is None:
         return

@@ -629,3 +629,36 @@ def test_console_round_trip_on_every_database(db_host):
     assert Sku.get_by_id(skus[1].id).stock == 2
     with all_sites():
         assert Account.select().count() == 1
+
+
+def test_a_sub_site_whose_level_allows_own_goods_keeps_its_own_catalogue(host, client_for, card_product):
+    from kamengsite.cardkeys import CardKey
+    from kamengsite.levels import seed_default_levels
+
+    seed_default_levels()  # gold lists its own goods; bronze does not
+    host.registry.create("goldshop", template="gaming")
+    host.registry.update("goldshop", level="gold")
+    gold = Site.get(Site.slug == "goldshop")
+    create_account(gold.id, "owner", PASSWORD)
+    client = client_for("goldshop.localhost")
+    assert login(client, "owner").status_code == 302
+    assert "自营商品" in text(client.get("/admin/"))
+    page = client.get("/admin/products/new")
+    created = client.post("/admin/products/new", data=product_form(token(page), name="站长自营卡", **{"skus-0-price": "25"}))
+    assert created.status_code == 302
+    own = Product.get(Product.name == "站长自营卡")
+    assert own.site_id == gold.id  # the site's own catalogue, never the main site's
+    keys = client.get(f"/admin/products/{own.id}/keys")
+    client.post(f"/admin/products/{own.id}/keys", data={"csrf_token": token(keys), "sku": str(own.skus[0].id),
+                                                         "text": "OWN-A\nOWN-B"})
+    assert CardKey.select().where(CardKey.sku == own.skus[0].id).count() == 2
+    listing = text(client.get("/admin/products"))
+    assert "站长自营卡" in listing and card_product.name not in listing  # the main site's products are not its own
+    assert client.get(f"/admin/products/{card_product.id}/edit").status_code == 404
+    storefront = text(client_for("goldshop.localhost").get("/"))
+    assert "站长自营卡" in storefront and "¥25.00" in storefront
+    # A bronze site has no catalogue of its own: the pages stay a 404 even for its signed-in owner.
+    host.registry.update("goldshop", level="bronze")
+    assert client.get("/admin/").status_code == 200  # still signed in: the overview answers
+    assert client.get("/admin/products").status_code == 404
+    assert "自营商品" not in text(client.get("/admin/"))
