@@ -36,6 +36,21 @@ def order_delivered(order, site):
     """
 
 
+@hookspec
+def order_commissions(order, margin_fen):
+    """Distribution commissions of a paid order, carved out of what its seller earns on it.
+
+    Exact signature: ``order_commissions(order, margin_fen) -> list[tuple[int, int]]``.
+    ``order`` is the paid ``kamengsite.orders.Order`` (``site_id``, ``member_id``,
+    ``amount_fen``, ``costs`` …); ``margin_fen`` is what the selling site keeps of it after
+    the channel fee (on the main site: the platform's share). Return ``[(member_id, fen), …]``:
+    members of the selling site whose wallets are credited, in the same ledger transaction
+    as the payment's split. Called inside the payment's database transaction, so it must only
+    read: an exception, or commissions adding up to more than ``margin_fen``, roll the payment
+    back (it fails closed: the gateway is answered "fail" and retries).
+    """
+
+
 # -- payments (see docs/payments.md and kamengsite/payments.py) ----------------------
 
 
@@ -62,6 +77,9 @@ def payment_channels(instance):
       when the gateway says the money arrived) or ``Rejection(reason)``.
     * ``reply(self, ok: bool) -> Reply``: the exact answer the gateway expects,
       ``Reply(body, status=200, content_type="text/plain")``.
+    * ``refund(self, profile: Profile, request: RefundRequest) -> RefundResult`` when
+      ``supports_refund`` is true: give money back through the gateway (never raises for a
+      gateway's "no"). ``needs_member = True`` hides the channel from guests (the balance channel).
 
     Optional: ``register_routes(self, app, instance)`` adds routes to every site app (the
     sandbox's gateway page uses it). Channels are instance-wide: a channel is offered to

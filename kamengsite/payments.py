@@ -433,6 +433,7 @@ def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, 
     and amount all check out. Replays of a recorded trade succeed again (idempotent).
     """
     from . import orders
+    from .settlement import SettlementError
     from .tenancy import all_sites
 
     now = time.time() if now is None else now
@@ -464,4 +465,7 @@ def verify_and_apply(channel: Channel, profile: Profile, notice: NotifyRequest, 
                                   amount_fen=parsed.amount_fen, channel_profile=profile.name, order=order)
     except orders.PaymentRejected as exc:
         return Outcome(False, str(exc), notification=parsed)
+    except SettlementError as exc:  # a commission plugin failed: nothing was written, the gateway retries
+        log.error("payment of order %s not recorded: %s", parsed.order_no, exc)
+        return Outcome(False, f"settlement failed: {exc}", notification=parsed)
     return Outcome(True, result=result, notification=parsed, order=order)

@@ -77,10 +77,19 @@ def _take_back(order, payment, absorb: bool) -> list[tuple[int, int]]:
     accounts = {a.id: a for a in ledger.LedgerAccount.select().where(
         ledger.LedgerAccount.id.in_([a for a, _ in entries]))}
     frozen_ids = [a for a, _ in entries if accounts[a].kind == "site_frozen"]
+    wallet_ids = [a for a, _ in entries if accounts[a].kind == "member_wallet"]
     available = {a: ledger.account("site_available", site=accounts[a].site_id) for a in frozen_ids}
-    ledger.lock(frozen_ids + [acct.id for acct in available.values()])
+    platform = ledger.account("platform_revenue").id
+    ledger.lock(frozen_ids + wallet_ids + [acct.id for acct in available.values()])
     back = []
     for account_id, amount in entries:
+        if account_id in wallet_ids:  # a commission: what the member has spent already, the platform carries
+            spent = max(0, amount - ledger.balance(account_id))
+            if spent and not absorb:
+                raise RefundError(f"member {accounts[account_id].member_id} has spent {spent} fen of the commission "
+                                  f"on order {order.order_no} (absorb=True lets the platform carry it)")
+            back += [(account_id, -(amount - spent)), (platform, -spent)]
+            continue
         if account_id not in available:
             back.append((account_id, -amount))
             continue
@@ -91,8 +100,7 @@ def _take_back(order, payment, absorb: bool) -> list[tuple[int, int]]:
         if short and not absorb:
             raise RefundError(f"site {accounts[account_id].site_id} has {short} fen too little to give back "
                               f"its margin of order {order.order_no} (absorb=True lets the platform carry it)")
-        back += [(account_id, -from_frozen), (available[account_id].id, -(rest - short)),
-                 (ledger.account("platform_revenue").id, -short)]
+        back += [(account_id, -from_frozen), (available[account_id].id, -(rest - short)), (platform, -short)]
     return back
 
 

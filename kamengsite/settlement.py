@@ -92,10 +92,44 @@ def payment_entries(order, prepaid: bool = False) -> list[tuple[ledger.LedgerAcc
                 platform -= fee
         if fee:
             source.append((ledger.account("fees", channel=channel), fee))
+    # Distribution commissions come out of what the seller keeps: its margin, or on the main site the platform's.
+    seller_margin = margins[0][1] if margins and not prepaid else (platform if not margins else 0)
+    commissions = _commissions(order, seller_margin) if seller_margin > 0 else []
+    paid_out = sum(fen for _, fen in commissions)
+    if margins and not prepaid:
+        margins[0] = (margins[0][0], margins[0][1] - paid_out)
+    elif not margins:
+        platform -= paid_out
     credits = [(ledger.account("site_frozen", site=site_id), fen) for site_id, fen in margins if fen]
+    credits += [(ledger.account("member_wallet", site=order.site_id, member=member), fen) for member, fen in commissions]
     if platform:
         credits.append((ledger.account("platform_revenue"), platform))
     return [entry for entry in source + credits if entry[1]]
+
+
+def _commissions(order, margin_fen: int) -> list[tuple[int, int]]:
+    """The ``order_commissions`` hook's answers, checked; raises (failing the payment closed) when wrong."""
+    hook = _commission_hook()
+    if hook is None:
+        return []
+    merged: dict[int, int] = {}
+    for answer in hook.order_commissions(order=order, margin_fen=margin_fen):
+        for member_id, fen in answer or ():
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (member_id, fen)) or fen < 0 \
+                    or member_id <= 0:
+                raise SettlementError(f"order_commissions returned {(member_id, fen)!r}: want (member id, fen ≥ 0)")
+            merged[member_id] = merged.get(member_id, 0) + fen
+    if sum(merged.values()) > margin_fen:
+        raise SettlementError(f"commissions of {sum(merged.values())} fen exceed the seller's {margin_fen} fen "
+                              f"on order {order.order_no}")
+    return [(member, fen) for member, fen in merged.items() if fen]
+
+
+def _commission_hook():
+    """The plugin hook of the app serving this request (payments are recorded inside one)."""
+    from flask import current_app, has_app_context
+
+    return current_app.extensions.get("kamengsite.hook") if has_app_context() else None
 
 
 def warm_accounts(order) -> None:

@@ -22,6 +22,7 @@ from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
 from .pricing import Pricer
+from .settlement import SettlementError
 from .member_routes import current_member_id
 from .ratelimit import limited
 from .tenancy import all_sites
@@ -211,8 +212,13 @@ def demo_pay(order_no):
     found = orders.find_order(order_no, site_id=current_site().site_id)
     if found is None or not _demo_payable(found):
         abort(404)
-    result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen,
-                              order=found)
+    try:
+        result = orders.mark_paid(order_no, channel="demo", trade_no=f"DEMO-{order_no}", amount_fen=found.amount_fen,
+                                  order=found)
+    except SettlementError:  # a commission plugin failed: nothing was written
+        current_app.logger.exception("demo payment of %s not recorded", order_no)
+        flash("支付未能入账，请稍后重试", "error")
+        return redirect(url_for("storefront.order", order_no=order_no))
     after_payment(result, found)
     return redirect(url_for("storefront.order", order_no=order_no))
 

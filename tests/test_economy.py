@@ -13,6 +13,7 @@ from kamengsite.cardkeys import import_keys
 from kamengsite.catalog import create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.db import database, init_database, release_connections
+from kamengsite.hookspecs import hookimpl
 from kamengsite.models import Site, utcnow
 from kamengsite.payments import Channel, PaymentRegistry, RefundResult
 from kamengsite.tenancy import all_sites
@@ -406,3 +407,71 @@ def test_refund_through_the_gateway_failed_then_retried(tree):
         refunds.retry(refund.refund_no, registry)  # only failed refunds are retried
     assert refunds.refund_order(order.order_no, registry=registry).id == refund.id and len(channel.calls) == 2
     assert ledger.check() == []
+
+
+# -- distribution commissions (the order_commissions hook) -------------------------------------------
+
+
+class TenPercentToReferrer:
+    """A stand-in distribution plugin: 10 % of the seller's margin to member 42 of the selling site."""
+
+    def __init__(self):
+        self.seen = []
+
+    @hookimpl
+    def order_commissions(self, order, margin_fen):
+        self.seen.append((order.order_no, margin_fen))
+        return [(42, margin_fen // 10)] if margin_fen >= 0 else []
+
+
+class Greedy:
+    @hookimpl
+    def order_commissions(self, order, margin_fen):
+        return [(42, margin_fen + 1)]
+
+
+def _demo_shop(host):
+    levels.seed_default_levels()
+    host.registry.create("shopx", template="gaming")
+    host.registry.update("shopx", level="silver")  # silver: 10 % off the base
+    pricing.set_rule(Site.get(Site.slug == "shopx").id, "all", markup_percent_bp=2000)
+    product = create_product(Site.get(Site.slug == "main"), "佣金测试卡", 10000)
+    import_keys(product.skus[0], ["C-1", "C-2"], CardKeyCipher.from_instance(host.instance))
+    return product
+
+
+def test_commissions_come_out_of_the_sellers_margin_and_back_on_refund(host, client_for):
+    from kamengsite.testing import buy, csrf_token
+
+    product = _demo_shop(host)
+    plugin = TenPercentToReferrer()
+    host.plugins.register(plugin, name="referrals")
+    host.plugins.core.add("referrals")
+    client = client_for("shopx.localhost")
+    order_no = buy(client, product, None).headers["Location"].rsplit("/", 1)[1]
+    client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf_token(client.get(f"/order/{order_no}"))})
+    shop = Site.get(Site.slug == "shopx").id
+    # cost 9000, price 10800: margin 1800, of which 180 goes to member 42
+    assert plugin.seen == [(order_no, 1800)]
+    assert bal("site_frozen", shop) == 1620 and bal("platform_revenue") == 9000
+    assert ledger.balance(ledger.account("member_wallet", site=shop, member=42)) == 180
+    assert ledger.check() == []
+    refunds.refund_order(order_no, to="manual")
+    assert ledger.balance(ledger.account("member_wallet", site=shop, member=42)) == 0
+    assert bal("site_frozen", shop) == 0 and ledger.check() == []
+
+
+def test_commissions_beyond_the_margin_fail_the_payment_closed(host, client_for):
+    from kamengsite.testing import buy, csrf_token
+
+    product = _demo_shop(host)
+    host.plugins.register(Greedy(), name="greedy")
+    host.plugins.core.add("greedy")
+    client = client_for("shopx.localhost")
+    order_no = buy(client, product, None).headers["Location"].rsplit("/", 1)[1]
+    paying = client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf_token(client.get(f"/order/{order_no}"))})
+    assert paying.status_code == 302 and "支付未能入账" in client.get(f"/order/{order_no}").get_data(as_text=True)
+    with all_sites():
+        assert orders.Order.get(orders.Order.order_no == order_no).status == "created"  # nothing was written
+        assert orders.Payment.select().count() == 0
+    assert ledger.LedgerTxn.select().count() == 0
