@@ -328,6 +328,7 @@ def _register_more_commands():
         ("kamengsite.keys_cli", ("keys", "worker")),
         ("kamengsite.accounts_cli", ("account",)),
         ("kamengsite.ledger_cli", ("ledger",)),
+        ("kamengsite.members_cli", ("member",)),
         ("kamengsite.sites_cli", ("level",)),  # its `site …` commands join the `site` group on import
     ):
         try:

@@ -423,3 +423,29 @@ def test_members_on_every_database(db_host):
     members.end_sessions(site, dora.id)
     assert not signed_in(client)
     assert ledger.check() == []
+
+
+# -- the operator's CLI: kamengsite member … ----------------------------------------------------
+
+
+def test_member_cli_credits_debits_and_lists_wallets(cli):
+    from kamengsite.db import init_database
+    from kamengsite.instance import Instance
+
+    assert cli("init").exit_code == 0
+    instance = Instance.load(cli.instance_path)
+    init_database(instance.database_url)
+    members.register(Site.get(Site.slug == "main").id, "buyer@example.com", "a long enough password")
+    credit = cli("member", "credit", "--site", "main", "buyer@example.com", "12.50", "--reference", "gift-1")
+    assert credit.exit_code == 0 and "wallet now 12.50" in credit.output
+    again = cli("member", "credit", "--site", "main", "buyer@example.com", "12.50", "--reference", "gift-1")
+    assert again.exit_code == 0 and "wallet now 12.50" in again.output  # same reference: nothing more
+    short = cli("member", "debit", "--site", "main", "buyer@example.com", "20", "--reference", "take-1")
+    assert short.exit_code == 1 and "holds less than 20" in short.output
+    assert cli("member", "debit", "--site", "main", "buyer@example.com", "2.5", "--reference", "take-2").exit_code == 0
+    listing = cli("member", "list", "--site", "main")
+    assert "buyer@example.com" in listing.output and "10.00" in listing.output
+    bad = cli("member", "credit", "--site", "main", "buyer@example.com", "1.234", "--reference", "x")
+    assert bad.exit_code == 1 and "amount" in bad.output
+    nobody = cli("member", "credit", "--site", "main", "who@example.com", "1", "--reference", "y")
+    assert nobody.exit_code == 1 and "no member 'who@example.com'" in nobody.output
