@@ -62,44 +62,46 @@ def member_list(ctx, slug):
         click.echo(f"{member_id:>6}  {email:<40} {status:<9} {format_fen(balance):>12}")
 
 
+def _adjustment_options(fn):
+    for option in reversed((
+            click.option("--site", "slug", required=True, metavar="SLUG"),
+            click.argument("email"),
+            click.argument("yuan"),
+            click.option("--reference", required=True, help="Unique per adjustment: running it again changes nothing."),
+            click.option("--memo", default="", help="Shown on the member's statement."))):
+        fn = option(fn)
+    return fn
+
+
+def _adjust(instance, slug, email, yuan, reference, memo, *, credit: bool) -> str:
+    """Credit or debit a member's wallet by hand; the line to print."""
+    from . import ledger, members
+
+    amount = _amount(yuan)
+    with bound_database(instance):
+        site, found = _site_and_member(instance, slug, email)
+        try:
+            (members.credit_wallet if credit else members.debit_wallet)(site.id, found.id, amount, reference, memo)
+        except ledger.InsufficientFunds:
+            raise KamengsiteError(f"the wallet of {email} holds less than {yuan}") from None
+        balance = members.wallet_balance(site.id, found.id)
+    done = f"credited {yuan} to" if credit else f"debited {yuan} from"
+    return f"{done} {email} on {slug}; wallet now {balance / 100:.2f}"
+
+
 @member.command("credit")
-@click.option("--site", "slug", required=True, metavar="SLUG")
-@click.argument("email")
-@click.argument("yuan")
-@click.option("--reference", required=True, help="Unique per adjustment: running it again changes nothing.")
-@click.option("--memo", default="", help="Shown on the member's statement.")
+@_adjustment_options
 @pass_ctx
 @_fail_cleanly
 def member_credit(ctx, slug, email, yuan, reference, memo):
     """Put YUAN into EMAIL's wallet on SLUG (out of platform revenue)."""
-    from . import members
-
-    amount = _amount(yuan)
-    with bound_database(ctx.instance()):
-        site, found = _site_and_member(ctx.instance(), slug, email)
-        members.credit_wallet(site.id, found.id, amount, reference, memo)
-        balance = members.wallet_balance(site.id, found.id)
-    click.echo(f"credited {yuan} to {email} on {slug}; wallet now {balance / 100:.2f}")
+    click.echo(_adjust(ctx.instance(), slug, email, yuan, reference, memo, credit=True))
 
 
 @member.command("debit")
-@click.option("--site", "slug", required=True, metavar="SLUG")
-@click.argument("email")
-@click.argument("yuan")
-@click.option("--reference", required=True, help="Unique per adjustment: running it again changes nothing.")
-@click.option("--memo", default="", help="Shown on the member's statement.")
+@_adjustment_options
 @pass_ctx
 @_fail_cleanly
 def member_debit(ctx, slug, email, yuan, reference, memo):
     """Take YUAN out of EMAIL's wallet on SLUG (refused when the wallet is short)."""
-    from . import ledger, members
-
-    amount = _amount(yuan)
-    with bound_database(ctx.instance()):
-        site, found = _site_and_member(ctx.instance(), slug, email)
-        try:
-            members.debit_wallet(site.id, found.id, amount, reference, memo)
-        except ledger.InsufficientFunds:
-            raise KamengsiteError(f"the wallet of {email} holds less than {yuan}") from None
-        balance = members.wallet_balance(site.id, found.id)
-    click.echo(f"debited {yuan} from {email} on {slug}; wallet now {balance / 100:.2f}")
+    click.echo(_adjust(ctx.instance(), slug, email, yuan, reference, memo, credit=False))
