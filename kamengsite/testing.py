@@ -93,6 +93,16 @@ def new_order(shop: ChannelShop, pay: str, client=None) -> str:
     return created.headers["Location"].rsplit("/", 1)[1]
 
 
+def notify_form(client, channel: str, profile: str, fields: dict, method: str = "POST"):
+    """Send a gateway notification of form fields (query string for GET, form body for POST)."""
+    import urllib.parse
+
+    path = f"/pay/notify/{channel}/{profile}"
+    if method == "GET":
+        return client.get(path + "?" + urllib.parse.urlencode(fields))
+    return client.post(path, data=fields)  # application/x-www-form-urlencoded, as the gateways send
+
+
 def snapshot():
     """(payment count, sorted (order no, status), sold key count): equal before and after means nothing was written."""
     with all_sites():

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 import kamengsite_alipay
 import kamengsite_test_fixtures as base
-from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
+from kamengsite.testing import (buy as shared_buy, csrf_token, new_order as shared_new_order, notify_form,
+                                open_channel_shop, snapshot)
 from kamengsite.errors import ConfigError
 from kamengsite.orders import Order, Payment, create_order
 from kamengsite.payments import (NotifyRequest, PaymentError, PayRequest, RefundRequest, Rejection, Reply,
@@ -206,10 +207,7 @@ def new_order(shop, pay="alipay/main", client=None):
 
 
 def notify(client, fields, profile="main", method="POST", channel="alipay"):
-    path = f"/pay/notify/{channel}/{profile}"
-    if method == "GET":
-        return client.get(path + "?" + urllib.parse.urlencode(fields))
-    return client.post(path, data=fields)  # application/x-www-form-urlencoded, as Alipay sends
+    return notify_form(client, channel, profile, fields, method)
 
 
 # -- the buyer's path: a signed page-pay redirect ------------------------------------------------

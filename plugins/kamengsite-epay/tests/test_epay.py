@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 import kamengsite_epay
 import kamengsite_test_fixtures as base
-from kamengsite.testing import buy as shared_buy, csrf_token, new_order as shared_new_order, open_channel_shop, snapshot
+from kamengsite.testing import (buy as shared_buy, csrf_token, new_order as shared_new_order, notify_form,
+                                open_channel_shop, snapshot)
 from kamengsite.errors import ConfigError
 from kamengsite.notice_log import PaymentNotice
 from kamengsite.orders import Order, Payment, create_order
@@ -224,10 +225,7 @@ def new_order(shop, pay="epay/v1", client=None):
 
 
 def notify(client, fields, profile="v1", method="GET", channel="epay"):
-    path = f"/pay/notify/{channel}/{profile}"
-    if method == "GET":
-        return client.get(path + "?" + urllib.parse.urlencode(fields))
-    return client.post(path, data=fields)
+    return notify_form(client, channel, profile, fields, method)
 
 
 # -- the reference test vector --------------------------------------------------------------
