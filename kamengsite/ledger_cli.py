@@ -59,11 +59,13 @@ def balances(ctx):
     if not rows:
         click.echo("no ledger accounts")
         return
-    click.echo(f"{'id':>6}  {'kind':<18} {'site':<16} {'member':>8}  {'balance_fen':>16}  {'CNY':>16}")
+    click.echo(f"{'id':>6}  {'kind':<18} {'site':<16} {'member':>8}  {'channel':<10} {'balance_fen':>16}  {'CNY':>16}")
     for acct, amount in rows:
         site = slugs.get(acct.site_id, str(acct.site_id)) if acct.site_id is not None else "-"
         member = str(acct.member_id) if acct.member_id is not None else "-"
-        click.echo(f"{acct.id:>6}  {acct.kind:<18} {site:<16} {member:>8}  {amount:>16}  {format_fen(amount):>16}")
+        channel = acct.channel or "-"
+        click.echo(f"{acct.id:>6}  {acct.kind:<18} {site:<16} {member:>8}  {channel:<10} {amount:>16}  "
+                   f"{format_fen(amount):>16}")
 
 
 @ledger.command("report")

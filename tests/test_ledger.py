@@ -391,7 +391,7 @@ def test_cli_check_and_balances(instance):
     lines = result.stdout.splitlines()
     assert any("platform_revenue" in line and "701" in line and "7.01" in line for line in lines)
     assert any("site_available" in line and "shop1" in line and "200" in line for line in lines)
-    assert any("channel_clearing" in line and "-1001" in line and "-10.01" in line for line in lines)
+    assert any("channel_clearing" in line and "epay" in line and "-1001" in line and "-10.01" in line for line in lines)
 
     # Corrupt one entry behind the ledger's back: the check names the transaction and fails.
     init_database(instance.database_url)
