@@ -13,6 +13,7 @@ import click
 
 from .cli import _fail_cleanly, bound_database, pass_ctx
 from .cli import site as site_group
+from .errors import KamengsiteError
 from .themes import format_fen
 
 
@@ -199,3 +200,98 @@ def level_seed(ctx):
     with _registry(ctx.instance()):
         created = seed_default_levels()
     click.echo(f"created {created} level(s)" if created else "the default levels already exist")
+
+
+_PERCENT_OPTIONS = {"cost_percent": "cost_percent_bp", "max_child_markup": "max_child_markup_bp",
+                    "own_goods_commission": "own_goods_commission_bp", "withdraw_fee": "withdraw_fee_bp"}
+_YUAN_OPTIONS = {"cost_fixed": "cost_fixed_fen", "opening_fee": "opening_fee_fen", "renewal_fee": "renewal_fee_fen",
+                 "withdraw_min": "withdraw_min_fen"}
+_FLAG_OPTIONS = {"domain": "may_bind_domain", "children": "may_open_children", "own_goods": "may_list_own_goods",
+                 "self_service": "self_service"}
+
+
+def _level_values(options: dict) -> dict:
+    """The level fields given on the command line, converted (percent → basis points, yuan → fen)."""
+    from .admin import PriceError, parse_yuan
+    from .admin_money import parse_percent_bp
+
+    values = {}
+    for option, field in _PERCENT_OPTIONS.items():
+        if options.get(option) is not None:
+            try:
+                values[field] = parse_percent_bp(options[option])
+            except ValueError:
+                raise KamengsiteError(f"--{option.replace('_', '-')}: a percentage like 12.5 or -15") from None
+    for option, field in _YUAN_OPTIONS.items():
+        if options.get(option) is not None:
+            try:
+                values[field] = parse_yuan(options[option])
+            except PriceError as exc:
+                raise KamengsiteError(f"--{option.replace('_', '-')}: {exc}") from None
+    for option, field in _FLAG_OPTIONS.items():
+        if options.get(option) is not None:
+            values[field] = options[option]
+    for field in ("name", "term_days", "freeze_days", "sort"):
+        if options.get(field) is not None:
+            values[field] = options[field]
+    return values
+
+
+@level.command("set")
+@click.argument("code")
+@click.option("--name", help="What owners see, e.g. 白银 (required for a new level).")
+@click.option("--cost-percent", help="Cost of its sites over the main price, percent (-15 = 85 %).")
+@click.option("--cost-fixed", help="Then added to that cost, yuan.")
+@click.option("--max-child-markup", help="The most its sites may add for their child sites, percent.")
+@click.option("--own-goods-commission", help="The platform's cut of its sites' own goods, percent.")
+@click.option("--opening-fee", help="Yuan.")
+@click.option("--renewal-fee", help="Yuan.")
+@click.option("--term-days", type=int, help="0: no expiry.")
+@click.option("--freeze-days", type=int, help="How long profit stays frozen.")
+@click.option("--withdraw-min", help="Yuan.")
+@click.option("--withdraw-fee", help="Percent of each withdrawal.")
+@click.option("--sort", type=int)
+@click.option("--domain/--no-domain", default=None, help="May bind its own domain.")
+@click.option("--children/--no-children", default=None, help="May open child sites.")
+@click.option("--own-goods/--no-own-goods", default=None, help="May list goods of its own.")
+@click.option("--self-service/--no-self-service", default=None, help="May be opened (and switched to) without approval.")
+@pass_ctx
+@_fail_cleanly
+def level_set(ctx, code, **options):
+    """Create level CODE or change the given fields of it."""
+    from .levels import LevelError, get_level, save_level
+
+    with _registry(ctx.instance()):
+        existing = get_level(code)
+        values = _level_values(options)
+        if existing is None and "name" not in values:
+            raise KamengsiteError(f"level {code!r} is new: give it a --name")
+        current = {f.name: getattr(existing, f.name) for f in existing._meta.sorted_fields
+                   if f.name not in ("id", "created_at")} if existing else {}
+        try:
+            saved = save_level(**{**current, **values, "code": code})
+        except LevelError as exc:
+            raise KamengsiteError(f"level {code!r}: {exc}") from None
+    click.echo(f"level {saved.code!r} ({saved.name}) {'changed' if existing else 'created'}")
+
+
+@level.command("price")
+@click.argument("code")
+@click.argument("sku_id", type=int)
+@click.argument("yuan")
+@pass_ctx
+@_fail_cleanly
+def level_price(ctx, code, sku_id, yuan):
+    """Set the explicit cost of SKU_ID for sites of level CODE (a price template row); YUAN "none" removes it."""
+    from .catalog import Sku
+    from .levels import get_level, set_tier_price
+
+    fen = None if yuan.lower() == "none" else _level_values({"cost_fixed": yuan})["cost_fixed_fen"]
+    with _registry(ctx.instance()):
+        found = get_level(code)
+        if found is None:
+            raise KamengsiteError(f"no level {code!r}: see `kamengsite level list`")
+        if Sku.get_or_none(Sku.id == sku_id) is None:
+            raise KamengsiteError(f"no SKU {sku_id}")
+        set_tier_price(found, sku_id, fen)
+    click.echo(f"level {code!r}: SKU {sku_id} " + ("uses the percent rule again" if fen is None else f"costs {yuan}"))

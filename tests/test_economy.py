@@ -475,3 +475,30 @@ def test_commissions_beyond_the_margin_fail_the_payment_closed(host, client_for)
         assert orders.Order.get(orders.Order.order_no == order_no).status == "created"  # nothing was written
         assert orders.Payment.select().count() == 0
     assert ledger.LedgerTxn.select().count() == 0
+
+
+def test_level_cli_sets_fields_and_tier_prices(cli):
+    assert cli("init").exit_code == 0
+    made = cli("level", "set", "vip", "--name", "钻石", "--cost-percent", "-20", "--max-child-markup", "12.5",
+               "--opening-fee", "1999", "--term-days", "30", "--children", "--own-goods", "--withdraw-fee", "0.5")
+    assert made.exit_code == 0 and "created" in made.output
+    from kamengsite.instance import Instance
+
+    init_database(Instance.load(cli.instance_path).database_url)
+    vip = levels.get_level("vip")
+    assert (vip.name, vip.cost_percent_bp, vip.max_child_markup_bp, vip.opening_fee_fen, vip.term_days) == \
+        ("钻石", -2000, 1250, 199900, 30)
+    assert (vip.may_open_children, vip.may_list_own_goods, vip.may_bind_domain, vip.withdraw_fee_bp) == (True, True, False, 50)
+    changed = cli("level", "set", "vip", "--no-own-goods", "--freeze-days", "2")
+    assert changed.exit_code == 0 and "changed" in changed.output
+    vip = levels.get_level("vip")
+    assert (vip.may_list_own_goods, vip.freeze_days, vip.cost_percent_bp) == (False, 2, -2000)  # the rest kept
+    assert "give it a --name" in cli("level", "set", "new").output
+    assert "--cost-percent" in cli("level", "set", "vip", "--cost-percent", "abc").output
+    assert "cost_percent_bp" in cli("level", "set", "vip", "--cost-percent", "-95").output  # beyond -90 %
+    product = create_product(Site.get(Site.slug == "main"), "模板价商品", 10000)
+    assert cli("level", "price", "vip", str(product.skus[0].id), "77.70").exit_code == 0
+    assert levels.LevelPrice.get(levels.LevelPrice.sku == product.skus[0].id).price_fen == 7770
+    assert cli("level", "price", "vip", str(product.skus[0].id), "none").exit_code == 0
+    assert not levels.LevelPrice.select().exists()
+    assert "no SKU" in cli("level", "price", "vip", "999999", "1").output
