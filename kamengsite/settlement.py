@@ -92,13 +92,17 @@ def payment_entries(order, prepaid: bool = False) -> list[tuple[ledger.LedgerAcc
                 platform -= fee
         if fee:
             source.append((ledger.account("fees", channel=channel), fee))
-    # Distribution commissions come out of what the seller keeps: its margin, or on the main site the platform's.
-    seller_margin = margins[0][1] if margins and not prepaid else (platform if not margins else 0)
+    # Distribution commissions come out of what the seller keeps: its margin, or on the main site the
+    # platform's share. A direct-settlement site's margin never passed through us: nothing to carve.
+    if prepaid:
+        seller_margin = 0
+    else:
+        seller_margin = margins[0][1] if margins else platform
     commissions = _commissions(order, seller_margin) if seller_margin > 0 else []
     paid_out = sum(fen for _, fen in commissions)
     if margins and not prepaid:
         margins[0] = (margins[0][0], margins[0][1] - paid_out)
-    elif not margins:
+    elif not prepaid:
         platform -= paid_out
     credits = [(ledger.account("site_frozen", site=site_id), fen) for site_id, fen in margins if fen]
     credits += [(ledger.account("member_wallet", site=order.site_id, member=member), fen) for member, fen in commissions]

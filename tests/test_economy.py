@@ -502,3 +502,20 @@ def test_level_cli_sets_fields_and_tier_prices(cli):
     assert cli("level", "price", "vip", str(product.skus[0].id), "none").exit_code == 0
     assert not levels.LevelPrice.select().exists()
     assert "no SKU" in cli("level", "price", "vip", "999999", "1").output
+
+
+def test_commissions_on_a_main_site_sale_come_out_of_the_platforms_share(host, client_for):
+    from kamengsite.testing import buy, csrf_token
+
+    product = _demo_shop(host)
+    plugin = TenPercentToReferrer()
+    host.plugins.register(plugin, name="referrals")
+    host.plugins.core.add("referrals")
+    client = client_for("main.localhost")
+    order_no = buy(client, product, None).headers["Location"].rsplit("/", 1)[1]
+    client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf_token(client.get(f"/order/{order_no}"))})
+    main = Site.get(Site.slug == "main").id
+    assert plugin.seen == [(order_no, 10000)]
+    assert bal("platform_revenue") == 9000
+    assert ledger.balance(ledger.account("member_wallet", site=main, member=42)) == 1000
+    assert ledger.check() == []
