@@ -54,7 +54,7 @@ class Refund(BaseModel):
 
 
 def _pick_destination(order, wanted: str, gateway) -> str:
-    prepaid = settlement.prepay_exists(order.order_no)
+    prepaid = order.fee_bearer == orders.DIRECT  # the buyer paid the site's own account: the site pays back
     can = {"channel": gateway is not None and gateway[0].supports_refund and not prepaid,
            "balance": order.member_id is not None and not prepaid,
            "manual": True}
@@ -131,7 +131,7 @@ def refund_order(order_no: str, *, reason: str = "", to: str = "auto", absorb: b
     payment = _applied_payment(order)
     gateway = registry.find(order.channel, order.channel_profile) if registry and order.channel else None
     destination = _pick_destination(order, to, gateway)
-    prepaid = settlement.prepay_exists(order_no)
+    prepaid = order.fee_bearer == orders.DIRECT
     out = _destination_account(order, payment, destination)
 
     def write() -> Refund:

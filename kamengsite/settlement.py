@@ -211,10 +211,6 @@ def release_prepay(order_no: str) -> None:
     ledger.post_in_transaction("refund", f"prepay:{order_no}", entries, memo=f"order {order_no} expired")
 
 
-def prepay_exists(order_no: str) -> bool:
-    return ledger.find("prepay", order_no) is not None
-
-
 def prepay_released(order_no: str) -> bool:
     return ledger.find("refund", f"prepay:{order_no}") is not None
 
