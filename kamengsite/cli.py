@@ -329,6 +329,7 @@ def _register_more_commands():
         ("kamengsite.accounts_cli", ("account",)),
         ("kamengsite.ledger_cli", ("ledger",)),
         ("kamengsite.members_cli", ("member",)),
+        ("kamengsite.plugins_cli", ("plugins",)),
         ("kamengsite.sites_cli", ("level",)),  # its `site …` commands join the `site` group on import
     ):
         try:
