@@ -113,7 +113,7 @@ def payment_entries(order, prepaid: bool = False) -> list[tuple[ledger.LedgerAcc
 
 def _commissions(order, margin_fen: int) -> list[tuple[int, int]]:
     """The ``order_commissions`` hook's answers, checked; raises (failing the payment closed) when wrong."""
-    hook = _commission_hook()
+    hook = _commission_hook(order)
     if hook is None:
         return []
     merged: dict[int, int] = {}
@@ -129,11 +129,23 @@ def _commissions(order, margin_fen: int) -> list[tuple[int, int]]:
     return [(member, fen) for member, fen in merged.items() if fen]
 
 
-def _commission_hook():
-    """The plugin hook of the app serving this request (payments are recorded inside one)."""
+def _commission_hook(order):
+    """The hook relay of the plugins the *selling* site enables (payments are recorded inside a
+    request, but a gateway's notification may arrive on another site's domain)."""
     from flask import current_app, has_app_context
 
-    return current_app.extensions.get("kamengsite.hook") if has_app_context() else None
+    if not has_app_context():
+        return None
+    from .app import current_site
+
+    if order.site_id == current_site().site_id:
+        return current_app.extensions.get("kamengsite.hook")
+    plugins = current_app.extensions.get("kamengsite.plugins")
+    if plugins is None:
+        return None
+    from .storefront import selling_site_config
+
+    return plugins.hook_for(tuple(selling_site_config(order).plugins))
 
 
 def warm_accounts(order) -> None:

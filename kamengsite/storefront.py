@@ -244,13 +244,13 @@ def after_payment(result, order=None):
     if result.status == "delivered":
         hook = current_app.extensions["kamengsite.hook"]
         try:
-            hook.order_delivered(order=order, site=_site_config_of(order))
+            hook.order_delivered(order=order, site=selling_site_config(order))
         except Exception:  # notifications never undo a delivery
             current_app.logger.exception("order_delivered hook failed for %s", order.order_no)
     _watch_stock(product, order.sku_id)
 
 
-def _site_config_of(order):
+def selling_site_config(order):
     """The selling site's config: a notification may arrive on another domain of the instance."""
     here = current_site()
     if order.site_id == here.site_id:

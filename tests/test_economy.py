@@ -519,3 +519,28 @@ def test_commissions_on_a_main_site_sale_come_out_of_the_platforms_share(host, c
     assert bal("platform_revenue") == 9000
     assert ledger.balance(ledger.account("member_wallet", site=main, member=42)) == 1000
     assert ledger.check() == []
+
+
+def test_commissions_follow_the_selling_sites_plugins_whatever_domain_records_the_payment(host, client_for):
+    from kamengsite.testing import buy
+
+    product = _demo_shop(host)
+    plugin = TenPercentToReferrer()
+    host.plugins.register(plugin, name="referrals")  # not core: on the sites that list it only
+    host.registry.update("shopx", plugins=["referrals"])
+    host.registry.create("plain", template="gaming")
+    host.registry.update("plain", level="silver")
+    orders_by_site = {}
+    for slug in ("shopx", "plain"):
+        created = buy(client_for(f"{slug}.localhost"), product, None)
+        orders_by_site[slug] = created.headers["Location"].rsplit("/", 1)[1]
+    # Gateways notify on whatever domain the notify URL named: record both payments inside the main site's app.
+    with host.app_for("main").test_request_context("/"):
+        for order_no in orders_by_site.values():
+            with all_sites():
+                order = orders.find_order(order_no)
+            orders.mark_paid(order_no, channel=order.channel, trade_no=f"T-{order_no}", amount_fen=order.amount_fen)
+    assert [seen[0] for seen in plugin.seen] == [orders_by_site["shopx"]]  # never called for "plain"'s order
+    shopx = Site.get(Site.slug == "shopx").id
+    assert ledger.balance(ledger.account("member_wallet", site=shopx, member=42)) == 180  # 10 % of its 1800 margin
+    assert ledger.check() == []
