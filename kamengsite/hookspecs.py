@@ -45,7 +45,8 @@ def order_commissions(order, margin_fen):
     ``amount_fen``, ``costs`` …); ``margin_fen`` is what the selling site keeps of it after
     the channel fee (on the main site: the platform's share). Return ``[(member_id, fen), …]``:
     members of the selling site whose wallets are credited, in the same ledger transaction
-    as the payment's split. Called inside the payment's database transaction, so it must only
+    as the payment's split. Called for the plugins the selling site enables (whichever domain
+    the payment arrives on), inside the payment's database transaction, so it must only
     read: an exception, or commissions adding up to more than ``margin_fen``, roll the payment
     back (it fails closed: the gateway is answered "fail" and retries).
     """
