@@ -440,16 +440,25 @@ def _demo_shop(host):
     return product
 
 
-def test_commissions_come_out_of_the_sellers_margin_and_back_on_refund(host, client_for):
+def _with_core_plugin(host, plugin, name):
+    host.plugins.register(plugin, name=name)
+    host.plugins.core.add(name)  # on every site
+    return plugin
+
+
+def _buy_and_demo_pay(client, product) -> str:
+    """Order one unit through the storefront and pay it on the demo path; the order number."""
     from kamengsite.testing import buy, csrf_token
 
-    product = _demo_shop(host)
-    plugin = TenPercentToReferrer()
-    host.plugins.register(plugin, name="referrals")
-    host.plugins.core.add("referrals")
-    client = client_for("shopx.localhost")
     order_no = buy(client, product, None).headers["Location"].rsplit("/", 1)[1]
     client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf_token(client.get(f"/order/{order_no}"))})
+    return order_no
+
+
+def test_commissions_come_out_of_the_sellers_margin_and_back_on_refund(host, client_for):
+    product = _demo_shop(host)
+    plugin = _with_core_plugin(host, TenPercentToReferrer(), "referrals")
+    order_no = _buy_and_demo_pay(client_for("shopx.localhost"), product)
     shop = Site.get(Site.slug == "shopx").id
     # cost 9000, price 10800: margin 1800, of which 180 goes to member 42
     assert plugin.seen == [(order_no, 1800)]
@@ -462,15 +471,11 @@ def test_commissions_come_out_of_the_sellers_margin_and_back_on_refund(host, cli
 
 
 def test_commissions_beyond_the_margin_fail_the_payment_closed(host, client_for):
-    from kamengsite.testing import buy, csrf_token
-
     product = _demo_shop(host)
-    host.plugins.register(Greedy(), name="greedy")
-    host.plugins.core.add("greedy")
+    _with_core_plugin(host, Greedy(), "greedy")
     client = client_for("shopx.localhost")
-    order_no = buy(client, product, None).headers["Location"].rsplit("/", 1)[1]
-    paying = client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf_token(client.get(f"/order/{order_no}"))})
-    assert paying.status_code == 302 and "支付未能入账" in client.get(f"/order/{order_no}").get_data(as_text=True)
+    order_no = _buy_and_demo_pay(client, product)
+    assert "支付未能入账" in client.get(f"/order/{order_no}").get_data(as_text=True)
     with all_sites():
         assert orders.Order.get(orders.Order.order_no == order_no).status == "created"  # nothing was written
         assert orders.Payment.select().count() == 0
@@ -505,15 +510,9 @@ def test_level_cli_sets_fields_and_tier_prices(cli):
 
 
 def test_commissions_on_a_main_site_sale_come_out_of_the_platforms_share(host, client_for):
-    from kamengsite.testing import buy, csrf_token
-
     product = _demo_shop(host)
-    plugin = TenPercentToReferrer()
-    host.plugins.register(plugin, name="referrals")
-    host.plugins.core.add("referrals")
-    client = client_for("main.localhost")
-    order_no = buy(client, product, None).headers["Location"].rsplit("/", 1)[1]
-    client.post(f"/order/{order_no}/demo-pay", data={"csrf_token": csrf_token(client.get(f"/order/{order_no}"))})
+    plugin = _with_core_plugin(host, TenPercentToReferrer(), "referrals")
+    order_no = _buy_and_demo_pay(client_for("main.localhost"), product)
     main = Site.get(Site.slug == "main").id
     assert plugin.seen == [(order_no, 10000)]
     assert bal("platform_revenue") == 9000
