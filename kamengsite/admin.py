@@ -373,7 +373,19 @@ def _console_context():
     # console_main: the layout's menu shows the main site's pages or the sub-site owner's.
     main = is_main_site()
     return {"logout_form": ActionForm(formdata=None), "console_main": main,
-            "console_catalogue": main or (g.get("operator") is not None and sells_own_goods())}
+            "console_catalogue": main or (g.get("operator") is not None and sells_own_goods()),
+            "plugin_menu": _plugin_menu() if g.get("operator") is not None else []}
+
+
+def _plugin_menu() -> list[tuple[str, str]]:
+    """Console links the site's plugins add (``admin_menu``): only endpoints this app really has."""
+    from . import hooks
+
+    site = current_site()
+    answers = hooks.call_isolated(current_app.extensions["kamengsite.hook"].admin_menu, "admin_menu",
+                                  site_id=site.site_id, site=site.config)
+    return [(str(label), endpoint) for answer in answers for label, endpoint in answer or ()
+            if endpoint in current_app.view_functions]
 
 
 @bp.errorhandler(413)

@@ -343,4 +343,13 @@ def _register_more_commands():
                 main.add_command(getattr(module, name))
 
 
+
+def _register_plugin_commands():
+    """Commands of installed plugins (``register_commands``); a plugin that raises is reported and skipped."""
+    from .hooks import call_isolated, instance_plugins
+
+    call_isolated(instance_plugins().pm.hook.register_commands, "register_commands", cli=main)
+
+
 _register_more_commands()
+_register_plugin_commands()

@@ -86,3 +86,161 @@ def payment_channels(instance):
     sandbox's gateway page uses it). Channels are instance-wide: a channel is offered to
     buyers once the instance's ``payments`` setting configures a profile for it.
     """
+
+
+# -- checkout: the price pipeline, validation and risk (see kamengsite/checkout.py) ----------
+
+
+@hookspec
+def checkout_inputs(site):
+    """Extra inputs of the buy form: return a list of ``kamengsite.checkout.CheckoutInput``.
+
+    Exact signature: ``checkout_inputs(site) -> list[CheckoutInput]``. What the buyer types
+    reaches ``checkout.inputs[name]`` (stripped, cut to ``max_length``). The coupons plugin
+    asks for a code this way.
+    """
+
+
+@hookspec
+def adjust_price(checkout, stage):
+    """Change a checkout's price at one stage of the pipeline; must only read the database.
+
+    Exact signature: ``adjust_price(checkout, stage) -> None``. Called once per stage of
+    ``kamengsite.checkout.PRICE_STAGES`` — ``"quantity"``, ``"member"``, ``"promotion"``,
+    ``"coupon"`` — in that order; act on your stage only. Change the price through
+    ``checkout.offer_unit_price(fen, source=, label=)`` (the lowest offer wins) or
+    ``checkout.take_off(fen, source=, label=)`` (money off the total); neither goes below
+    ``checkout.floor_unit_fen``, the selling site's unit cost. Keep what ``order_reserving``
+    needs with ``checkout.note(plugin, **values)``. Also called with ``checkout.preview``
+    true to show prices on the product page. A plugin that raises is reported and skipped:
+    the buyer pays the price without its change.
+    """
+
+
+@hookspec
+def validate_checkout(checkout):
+    """Refuse a checkout by raising ``kamengsite.checkout.CheckoutRefused(message)``; must only read.
+
+    Exact signature: ``validate_checkout(checkout) -> None``. Runs after the price pipeline,
+    before the order is created; the message is shown to the buyer. Any other exception is
+    reported and the plugin skipped.
+    """
+
+
+@hookspec
+def assess_risk(checkout):
+    """Return a reason (str) to refuse a checkout as too risky, or None; must only read.
+
+    Exact signature: ``assess_risk(checkout) -> str | None``. Runs after
+    ``validate_checkout``; the buyer sees a generic refusal, the reason is logged. A plugin
+    that raises is reported and skipped.
+    """
+
+
+# -- order lifecycle ----------------------------------------------------------------------
+
+
+@hookspec
+def order_reserving(order, checkout):
+    """Take what the order needs from the plugin's own rows, inside the order's creating transaction.
+
+    Exact signature: ``order_reserving(order, checkout) -> None``. ``order`` has its id and
+    number; its stock is already reserved. Conditional updates here (a flash sale's sold count,
+    a coupon's uses) commit with the order or not at all. Raise
+    ``CheckoutRefused(message)`` to refuse the order (the buyer sees the message). It fails
+    closed: any exception rolls the order back.
+    """
+
+
+@hookspec
+def order_created(order, site):
+    """Called after the transaction that created ``order`` committed (``site``: the selling site's ``SiteConfig``).
+
+    Exact signature: ``order_created(order, site) -> None``. A plugin that raises is
+    reported and skipped; the order stands.
+    """
+
+
+@hookspec
+def order_paid(order, site):
+    """Called after a payment of ``order`` committed and the order is paid (delivered or not).
+
+    Exact signature: ``order_paid(order, site) -> None``. Called once per recorded payment
+    that paid the order (never for a replayed notification). A plugin that raises is
+    reported and skipped; the payment stands.
+    """
+
+
+@hookspec
+def order_expiring(order):
+    """Give back what ``order_reserving`` took, inside the transaction that expires ``order``.
+
+    Exact signature: ``order_expiring(order) -> None``. Called for the plugins of the order's
+    site when an unpaid order expires. It fails closed: an exception rolls this order's expiry
+    back (the sweep tries again next minute) and is reported.
+    """
+
+
+@hookspec
+def order_refunded(order, refund, site):
+    """Called after the transaction that recorded ``refund`` (a ``kamengsite.refunds.Refund``) of ``order`` committed.
+
+    Exact signature: ``order_refunded(order, refund, site) -> None``. A plugin that raises is
+    reported and skipped; the refund stands.
+    """
+
+
+# -- what a plugin adds to sites, consoles, the worker and the CLI ---------------------------
+
+
+@hookspec
+def plugin_settings_schema():
+    """The JSON schema of this plugin's per-site settings (``[settings.<plugin>]`` in ``site.toml``).
+
+    Exact signature: ``plugin_settings_schema() -> dict``. An ``"object"`` schema whose
+    properties have a ``"title"`` (the form label) and a ``"default"``; strings marked
+    ``"writeOnly": true`` are secrets: never shown back, and may be given as ``"env:NAME"``.
+    The owner's console renders it as a validated form ("插件" page); the host validates the
+    settings when it builds the site and hands plugins the result through
+    ``kamengsite.plugin_settings.settings_for(site, plugin)``.
+    """
+
+
+@hookspec
+def admin_menu(site):
+    """Links this plugin adds to a site's console menu: return ``[(label, endpoint), …]``.
+
+    Exact signature: ``admin_menu(site) -> list[tuple[str, str]]``. ``endpoint`` is a Flask
+    endpoint the plugin registered (in ``prepare_site_app``) on that site's app; the page should
+    use ``kamengsite.admin.operator_required``.
+    """
+
+
+@hookspec
+def theme_sections(site):
+    """Sections this plugin offers to a site's pages: return a list of ``kamengsite.sections.Section``.
+
+    Exact signature: ``theme_sections(site) -> list[Section]``. A ``Section(name, label,
+    render)`` renders HTML (``render(context) -> markupsafe.Markup``; ``context`` has
+    ``page``, ``product`` on a product page, ``member_id``). Themes place sections by name;
+    pages without a layout show them at their foot. A section that raises is left out.
+    """
+
+
+@hookspec
+def register_jobs(huey, instance):
+    """Add background tasks (periodic or queued) to the instance's huey.
+
+    Exact signature: ``register_jobs(huey, instance) -> None``. Called once per process when
+    the job queue is built; use ``@huey.periodic_task(crontab(...))``. Tasks must be safe to
+    run twice or concurrently. A plugin that raises here is reported and skipped.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Add commands to the ``kamengsite`` command line: ``cli`` is the top ``click.Group``.
+
+    Exact signature: ``register_commands(cli) -> None``. Use ``kamengsite.cli.bound_database(instance)``
+    inside a command to reach the database. A plugin that raises here is reported and skipped.
+    """

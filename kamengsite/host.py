@@ -19,6 +19,7 @@ from werkzeug.wrappers import Response
 from .app import create_site_app
 from .db import database, init_database
 from .errors import ConfigError
+from . import hooks
 from .plugins import PluginHost
 from .sites import SiteRegistry, normalize_host
 from .themes import HOST_TEMPLATES, ThemeRegistry
@@ -43,6 +44,7 @@ class Host:
             log.error("theme %s is broken and not offered: %s", name, error)
         self.registry = SiteRegistry(instance, themes=self.themes)
         self.plugins = plugins or PluginHost()
+        hooks.bind(self.plugins, self.registry)  # for hooks called outside a site request (jobs, CLI)
         self.cache_size = instance.app_cache_size
         self._apps: OrderedDict[str, tuple[object, object]] = OrderedDict()
         self._lock = threading.Lock()

@@ -85,11 +85,13 @@ def make_jobs(instance, *, immediate: bool | None = None, name: str = QUEUE_NAME
     @huey.periodic_task(crontab(minute="*"))
     def expire_orders():
         """Expire unpaid orders past their deadline (every minute)."""
+        from .hooks import expiring_callback
         from .orders import expire_due
 
         total = 0
+        expiring = expiring_callback()
         for _ in range(EXPIRE_ROUNDS):
-            done = expire_due(limit=EXPIRE_BATCH)
+            done = expire_due(limit=EXPIRE_BATCH, expiring=expiring)
             total += done
             if done < EXPIRE_BATCH:
                 break
@@ -125,9 +127,19 @@ def make_jobs(instance, *, immediate: bool | None = None, name: str = QUEUE_NAME
 
         return opening.expire_sites(opening.registry_for(instance))
 
+    _plugin_jobs(huey, instance)
     return Jobs(instance=instance, huey=huey, expire_orders=expire_orders,
                 send_order_mail=send_order_mail, send_operator_mail=send_operator_mail,
                 release_margins=release_margins, expire_sites=expire_sites)
+
+
+def _plugin_jobs(huey, instance):
+    """Let every installed plugin add its tasks (``register_jobs``); one that raises is reported and skipped."""
+    from .hooks import call_isolated, instance_plugins
+
+    plugins = instance_plugins()
+    if plugins is not None:
+        call_isolated(plugins.pm.hook.register_jobs, "register_jobs", huey=huey, instance=instance)
 
 
 _cache: dict[tuple, Jobs] = {}

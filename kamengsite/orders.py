@@ -20,6 +20,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import os
 import random
 import secrets
@@ -35,6 +36,7 @@ from .errors import KamengsiteError
 from .models import BaseModel, utcnow
 from .tenancy import TenantModel, acting_for, all_sites
 
+log = logging.getLogger(__name__)
 DEFAULT_TTL = datetime.timedelta(minutes=10)
 STATUSES = ("created", "paid", "delivered", "expired", "refund_pending", "refunded", "cancelled")
 #: Orders that hold or consumed stock: what a per-buyer limit counts.
@@ -82,9 +84,11 @@ class Order(TenantModel):
     # The money, frozen at creation: goods_fen + (fee_fen if the buyer bears it) = amount_fen;
     # cost_chain is the pricing.Quote's [[site_id, unit_cost_fen], …] (selling site first).
     goods_fen = peewee.BigIntegerField(default=0)
+    discount_fen = peewee.BigIntegerField(default=0)  # what plugins took off unit price × quantity
     fee_fen = peewee.BigIntegerField(default=0)
     fee_bearer = peewee.CharField(max_length=8, default="")
     cost_chain = peewee.TextField(default="")
+    hold = peewee.CharField(max_length=32, default="")  # the plugin that delivers this order later, if any
     expires_at = peewee.DateTimeField()
     paid_at = peewee.DateTimeField(null=True)
     delivered_at = peewee.DateTimeField(null=True)
@@ -150,11 +154,11 @@ PRODUCT_FIELDS = (Product.id, Product.name, Product.status, Product.kind, Produc
 ORDER_FIELDS = (Order.id, Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                 Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
                 Order.channel_profile, Order.fields, Order.note, Order.goods_fen, Order.fee_fen, Order.fee_bearer,
-                Order.cost_chain)
+                Order.cost_chain, Order.discount_fen, Order.hold)
 ORDER_INSERT_FIELDS = (Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                        Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
                        Order.channel_profile, Order.buyer_ip, Order.fields, Order.note, Order.goods_fen,
-                       Order.fee_fen, Order.fee_bearer, Order.cost_chain, Order.expires_at, Order.created_at,
+                       Order.fee_fen, Order.fee_bearer, Order.cost_chain, Order.discount_fen, Order.hold, Order.expires_at, Order.created_at,
                        Order.updated_at)
 
 SKU_WITH_PRODUCT = Statement(lambda: Sku.select(*SKU_FIELDS, *PRODUCT_FIELDS).join(Product)
@@ -237,13 +241,18 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
                  unit_price_fen: int | None = None, buyer_ip: str = "", member_id: int | None = None,
                  channel: str = "", channel_profile: str = "", fields: dict | None = None,
                  ttl: datetime.timedelta = DEFAULT_TTL, query_secret: bytes = b"",
-                 costs=(), fee: tuple[int, str] = (0, ""), prepaid: bool = False) -> Order:
+                 costs=(), fee: tuple[int, str] = (0, ""), prepaid: bool = False, discount_fen: int = 0,
+                 hold: str = "", reserving=None) -> Order:
     """Create an order and reserve its stock atomically, or raise OutOfStock / InvalidOrder.
 
     ``costs`` is the pricing chain (``pricing.Quote.costs``) that the payment will be split
     by; ``fee`` the channel's fee and who bears it (``"buyer"`` adds it to the amount);
     ``prepaid``: the site settles directly, so the chain's costs are taken from its prepaid
     balance now (``settlement.post_prepay``), refused with InvalidOrder when it is short.
+    ``discount_fen`` comes off unit price × quantity (never below the selling site's cost);
+    ``hold`` names a plugin that delivers the order itself later (payment leaves it ``paid``,
+    see ``deliver_held``); ``reserving(order)`` runs inside the creating transaction (the
+    ``order_reserving`` hook): whatever it raises rolls the order back.
     """
     if not isinstance(sku_id, int) or isinstance(sku_id, bool):
         raise InvalidOrder("this item is not on sale")
@@ -269,6 +278,12 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
     query_hash = hash_password(query_password, query_secret) if query_password else ""
     goods = unit * quantity
     costs = _check_costs(costs, unit)
+    if not isinstance(discount_fen, int) or isinstance(discount_fen, bool) or discount_fen < 0 \
+            or goods - discount_fen < (costs[0][1] * quantity if costs else 0) or (goods and discount_fen >= goods):
+        raise InvalidOrder("discount must leave the price above this site's cost")
+    goods -= discount_fen
+    if not isinstance(hold, str) or len(hold) > 32:
+        raise InvalidOrder("hold must name a plugin")
     fee_fen, fee_bearer = fee
     if not isinstance(fee_fen, int) or isinstance(fee_fen, bool) or fee_fen < 0 or fee_bearer not in ("", "buyer", "seller"):
         raise InvalidOrder("fee must be whole fen borne by the buyer or the seller")
@@ -293,7 +308,7 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
                 query_hash=query_hash, member_id=member_id, channel=channel, channel_profile=channel_profile,
                 buyer_ip=buyer_ip, fields=json.dumps(fields, ensure_ascii=False) if fields else "", note="",
                 goods_fen=goods, fee_fen=fee_fen, fee_bearer=fee_bearer,
-                cost_chain=json.dumps([list(c) for c in costs]) if costs else "",
+                cost_chain=json.dumps([list(c) for c in costs]) if costs else "", discount_fen=discount_fen, hold=hold,
                 expires_at=now + ttl, created_at=now, updated_at=now,
             )
             order = Order(id=INSERT_ORDER.insert(**values), **values)
@@ -301,6 +316,9 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
                 _claim_keys(order, product, sku.id, quantity)
             if prepay is not None:
                 prepay.post(order)
+            if reserving is not None:
+                order.product = product
+                reserving(order)
         return order
 
     for attempt in range(ORDER_NO_ATTEMPTS):
@@ -484,6 +502,8 @@ def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
 
 
 def _deliver(order: Order, payment: Payment) -> PaymentResult:
+    if order.hold:  # a plugin delivers it later (deliver_held): its keys stay reserved for it
+        return PaymentResult(order.order_no, "paid")
     now = utcnow()
     product = order.product
     if _uses_key_rows(product):
@@ -502,6 +522,46 @@ def _deliver(order: Order, payment: Payment) -> PaymentResult:
         status = "paid"  # 代充 / manual: fulfilled by the shop or an upstream
     ADD_SOLD.rowcount(sku=order.sku_id, qty=order.quantity)
     return PaymentResult(order.order_no, status)
+
+
+HELD_PAYMENT = Statement(lambda: Payment.select(Payment.id).where(
+    (Payment.order == arg("order")) & (Payment.state == "applied")).order_by(Payment.id).limit(1))
+RELEASE_HOLD = _unscoped(lambda: Order.update(hold="", updated_at=arg("now")).where(
+    (Order.id == arg("order")) & (Order.hold == arg("hold")) & (Order.status == "paid")))
+
+
+def deliver_held(order_no: str, hold: str) -> PaymentResult | None:
+    """Deliver a paid order that plugin ``hold`` held back (a group-buy whose group filled).
+
+    Exactly once however often and however concurrently it is called: the first call clears
+    the hold with a conditional update and delivers in the same transaction; later calls,
+    and calls for an order that is not paid and held by ``hold``, return None.
+    """
+    with all_sites():
+        order = find_order(order_no)
+        if order is None:
+            return None
+
+        def run():
+            with database.atomic():
+                if RELEASE_HOLD.rowcount(order=order.id, hold=hold, now=utcnow()) != 1:
+                    return None
+                row = HELD_PAYMENT.first(order=order.id)
+                payment = Payment(id=row[0], order=order.id) if row else None
+                order.hold = ""
+                if payment is None:  # paid orders always have one; refuse to deliver goods unpaid
+                    raise OrderError(f"order {order_no} is paid but has no applied payment")
+                return _deliver(order, payment)
+
+        return retry_transient(run)
+
+
+def release_held(order: Order) -> bool:
+    """Give a held, paid, undelivered order's reservation back (its refund is being written); once."""
+    if not order.hold or RELEASE_HOLD.rowcount(order=order.id, hold=order.hold, now=utcnow()) != 1:
+        return False
+    _release(order.id, order.sku_id, order.quantity)
+    return True
 
 
 def _owe_refund(order: Order, payment: Payment, why: str) -> PaymentResult:
@@ -525,24 +585,38 @@ def _transition(order_id: int, from_status: str, to_status: str, **changes) -> b
 # -- expiry ------------------------------------------------------------------------
 
 
-def expire_due(now: datetime.datetime | None = None, limit: int = 500) -> int:
-    """Expire unpaid orders past their deadline and release their stock; safe to run concurrently."""
+def expire_due(now: datetime.datetime | None = None, limit: int = 500, expiring=None) -> int:
+    """Expire unpaid orders past their deadline and release their stock; safe to run concurrently.
+
+    ``expiring(order)`` runs inside each order's expiring transaction (the ``order_expiring``
+    hook); if it raises, that order stays unexpired for the next sweep and the rest go on.
+    """
     now = now or utcnow()
     expired = 0
     with all_sites():
-        due = list(Order.select(Order.id, Order.order_no, Order.sku, Order.quantity, Order.product)
+        due = list(Order.select(Order.id, Order.site, Order.order_no, Order.sku, Order.quantity, Order.product,
+                                Order.member_id, Order.hold, Order.discount_fen, Order.goods_fen)
                    .where((Order.status == "created") & (Order.expires_at < now)).limit(limit))
         for order in due:
-            expired += retry_transient(lambda: _expire_one(order))
+            try:
+                expired += retry_transient(lambda: _expire_one(order, expiring))
+            except Exception as exc:  # noqa: BLE001 - one order's plugin failing must not stop the sweep
+                from .hooks import record_closed_failure
+
+                if expiring is None or not record_closed_failure(exc, order.site_id):
+                    raise
+                log.error("order %s not expired: a plugin's order_expiring failed (%s)", order.order_no, exc)
     return expired
 
 
-def _expire_one(order: Order) -> int:
+def _expire_one(order: Order, expiring=None) -> int:
     with database.atomic():
         if not _transition(order.id, "created", "expired"):
             return 0  # paid or expired meanwhile
         _release(order.id, order.sku_id, order.quantity)
         settlement.release_prepay(order.order_no)
+        if expiring is not None:
+            expiring(order)
         return 1
 
 

@@ -11,9 +11,11 @@ import importlib
 import logging
 from importlib.metadata import entry_points
 
+import peewee
 import pluggy
 
 from . import hookspecs
+from .models import BaseModel, utcnow
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "kamengsite"
@@ -21,7 +23,7 @@ ENTRY_POINT_GROUP = "kamengsite"
 #: Modules that are plugins of the host itself; always enabled on every site.
 CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", "kamengsite.payment_routes",
                 "kamengsite.admin_payments", "kamengsite.member_routes", "kamengsite.opening_routes",
-                "kamengsite.admin_sites", "kamengsite.admin_money")
+                "kamengsite.admin_sites", "kamengsite.admin_money", "kamengsite.admin_plugins")
 
 
 class PluginHost:
@@ -51,6 +53,19 @@ class PluginHost:
     def register(self, plugin, name: str):
         self.pm.register(plugin, name=name)
 
+    def settings_schemas(self) -> dict[str, dict]:
+        """``{plugin name: JSON schema}`` of every plugin that declares settings (``plugin_settings_schema``)."""
+        schemas = {}
+        for impl in self.pm.hook.plugin_settings_schema.get_hookimpls():
+            try:
+                schema = impl.function()
+            except Exception as exc:  # noqa: BLE001 - a broken schema hides that plugin's form only
+                record_failure(impl.plugin_name, "plugin_settings_schema", exc)
+                continue
+            if isinstance(schema, dict):
+                schemas[impl.plugin_name] = schema
+        return schemas
+
     def names(self) -> list[str]:
         return sorted(name for name, _ in self.pm.list_name_plugin() if name not in self.core)
 
@@ -74,3 +89,38 @@ class _SubsetRelay:
         caller = self._pm.subset_hook_caller(name, remove_plugins=self._excluded)
         setattr(self, name, caller)
         return caller
+
+
+class PluginError(BaseModel):
+    """The last failure of a plugin in one hook (a row per plugin and hook, counted)."""
+
+    plugin = peewee.CharField(max_length=64)
+    hook = peewee.CharField(max_length=64)
+    site_id = peewee.IntegerField(null=True)
+    message = peewee.TextField(default="")
+    count = peewee.IntegerField(default=1)
+    first_at = peewee.DateTimeField(default=utcnow)
+    last_at = peewee.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "plugin_error"
+        indexes = ((("plugin", "hook"), True),)
+
+
+def record_failure(plugin: str, hook: str, exc: BaseException, site_id: int | None = None):
+    """Remember that ``plugin`` raised in ``hook`` (for ``plugins list`` and the console); never raises."""
+    message = f"{type(exc).__name__}: {exc}"[:2000]
+    now = utcnow()
+    try:
+        updated = PluginError.update(message=message, site_id=site_id, count=PluginError.count + 1, last_at=now).where(
+            (PluginError.plugin == plugin[:64]) & (PluginError.hook == hook[:64])).execute()
+        if not updated:
+            PluginError.create(plugin=plugin[:64], hook=hook[:64], site_id=site_id, message=message,
+                               first_at=now, last_at=now)
+    except Exception:  # noqa: BLE001 - the database may be the very thing failing; the log has it
+        log.warning("could not record the failure of plugin %s in %s", plugin, hook, exc_info=True)
+
+
+def recent_failures(limit: int = 100) -> list[PluginError]:
+    """The plugins' recorded hook failures, newest first."""
+    return list(PluginError.select().order_by(PluginError.last_at.desc()).limit(limit))

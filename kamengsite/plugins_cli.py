@@ -109,8 +109,28 @@ def plugins_list(ctx):
         click.echo(f"note: {exc}", err=True)
     for line in _listing(host, _entry_points(), listed):
         click.echo(line)
+    if listed is not None:
+        for line in _failure_lines(ctx.instance()):
+            click.echo(line)
     for line in _warnings(host, listed or {}, unreadable):
         click.echo(line, err=True)
+
+
+def _failure_lines(instance) -> list[str]:
+    """Hooks that raised at run time (recorded in ``plugin_error``): the plugin was skipped or failed closed."""
+    from .cli import bound_database
+
+    try:
+        with bound_database(instance):
+            failures = plugin_host.recent_failures()
+    except Exception as exc:  # noqa: BLE001 - a listing must not fail because the database is away
+        return [f"hook failures: unknown ({type(exc).__name__}: {exc})"]
+    if not failures:
+        return []
+    lines = ["hook failures (the plugin was skipped, or the money change rolled back):"]
+    lines += [f"  {f.plugin:<16} {f.hook:<22} {f.count}× last {f.last_at:%Y-%m-%d %H:%M} UTC: {f.message}"
+              for f in failures]
+    return lines
 
 
 # -- new --------------------------------------------------------------------------

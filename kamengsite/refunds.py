@@ -150,6 +150,7 @@ def refund_order(order_no: str, *, reason: str = "", to: str = "auto", absorb: b
                 ledger.post_in_transaction("refund", order_no, entries, memo=f"refund {refund.refund_no}")
             if prepaid:
                 settlement.release_prepay(order_no)  # the site pays its buyer back; its cost comes back
+            orders.release_held(order)  # a held order (group-buy) never delivered: its stock goes back
             orders.Order.update(status="refunded", updated_at=utcnow()).where(
                 (orders.Order.id == order.id) & orders.Order.status.in_(REFUNDABLE)).execute()
             orders.Payment.update(state="refunded").where(orders.Payment.id == payment.id).execute()
@@ -165,6 +166,10 @@ def refund_order(order_no: str, *, reason: str = "", to: str = "auto", absorb: b
         return found
     if destination == "channel":
         refund = _ask_gateway(refund, order, payment, gateway)
+    from . import hooks
+
+    order.status = "refunded"
+    hooks.notify("order_refunded", order, refund=refund)  # each plugin alone: the refund stands
     return refund
 
 

@@ -11,11 +11,12 @@ import datetime
 
 from flask import Blueprint, abort, current_app, flash, g, jsonify, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
+from markupsafe import Markup
 from flask_wtf.csrf import CSRFProtect
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
-from . import alerts, orders, payment_routes, topup
+from . import alerts, checkout as checkouts, hooks, orders, payment_routes, topup
 from .app import current_site, site_secret
 from .catalog import product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
@@ -25,6 +26,7 @@ from .pricing import Pricer
 from .settlement import SettlementError
 from .member_routes import current_member_id
 from .ratelimit import limited
+from .sections import Section, render_sections
 from .tenancy import all_sites
 
 bp = Blueprint("storefront", __name__)
@@ -114,6 +116,40 @@ def home():
     return render_template("home.html", products=_pricer().listing(storefront_products(_catalog_owners())))
 
 
+def _hook():
+    return current_app.extensions["kamengsite.hook"]
+
+
+def _checkout_inputs() -> list:
+    """The extra buy-form inputs the site's plugins declare (``checkout_inputs``), cached per app."""
+    cache = current_app.extensions.setdefault("kamengsite.checkout_inputs", {})
+    if "inputs" not in cache:
+        declared = [i for answer in hooks.call_isolated(_hook().checkout_inputs, "checkout_inputs",
+                                                        site_id=current_site().site_id, site=current_site().config)
+                    for i in answer or () if isinstance(i, checkouts.CheckoutInput)]
+        cache["inputs"] = declared
+    return cache["inputs"]
+
+
+def _uses_pipeline() -> bool:
+    cache = current_app.extensions.setdefault("kamengsite.checkout_inputs", {})
+    if "pipeline" not in cache:
+        cache["pipeline"] = checkouts.has_pipeline(_hook())
+    return cache["pipeline"]
+
+
+def _checkout(item, sku_id: int, quote, quantity: int, inputs: dict, *, preview: bool, contact: str = "") -> checkouts.Checkout:
+    """A ``Checkout`` of ``quantity`` × SKU at this site's quote, priced by the site's plugins."""
+    checkout = checkouts.Checkout(
+        site_id=current_site().site_id, site=current_site().config, product=item, sku_id=sku_id,
+        quantity=quantity, list_unit_fen=quote.unit_price_fen,
+        floor_unit_fen=quote.costs[0][1] if quote.costs else 0, member_id=current_member_id(),
+        contact=contact, buyer_ip=request.remote_addr or "", inputs=inputs, preview=preview)
+    if _uses_pipeline():
+        checkouts.price(_hook(), checkout)
+    return checkout
+
+
 @bp.route("/p/<int:product_id>", methods=["GET", "POST"])
 @limited("order", "60/minute")
 def product(product_id):
@@ -125,6 +161,10 @@ def product(product_id):
     topup_fields = topup.parse_fields(item.topup_fields) if item.kind == "topup" else []
     form = BuyForm()
     pay_options = _pay_options()
+    declared = _checkout_inputs()
+    inputs = checkouts.read_inputs(declared, request.form if form.is_submitted() else request.args)
+    previews = {s.id: _checkout(item, s.id, quotes[s.id], max(1, item.min_qty), inputs, preview=True)
+                for s in skus} if _uses_pipeline() else {}
     topup_values, topup_errors = {}, {}
     if not form.is_submitted():
         form.sku.data = skus[0].id if skus else None
@@ -137,31 +177,64 @@ def product(product_id):
         elif pay_options and form.pay.data not in {value for value, _ in pay_options}:
             form.pay.errors = ["请选择支付方式"]
         else:
-            channel, _, profile = (form.pay.data if pay_options else _default_channel()).partition("/")
-            quote = quotes[form.sku.data]
-            try:
-                order = orders.create_order(
-                    unit_price_fen=quote.unit_price_fen, costs=quote.costs,
-                    fee=_channel_fee(channel, profile, quote.unit_price_fen * (form.quantity.data or 0)),
-                    prepaid=current_site().config.settlement == "direct" and bool(quote.costs),
-                    site_id=current_site().site_id, sku_id=form.sku.data, quantity=form.quantity.data,
-                    contact=form.contact.data, query_password=form.query_password.data,
-                    query_secret=_query_secret(), fields=topup_values or None,
-                    ttl=datetime.timedelta(minutes=current_site().instance.order_ttl_minutes),
-                    buyer_ip=request.remote_addr or "", channel=channel, channel_profile=profile,
-                    member_id=current_member_id(),
-                )
-            except orders.OutOfStock:
-                flash("库存不足，请减少数量或稍后再来", "error")
-            except orders.InvalidOrder as exc:
-                flash(f"无法下单：{exc}", "error")
-            else:
+            order = _place_order(item, form, quotes[form.sku.data], inputs, pay_options, topup_values)
+            if order is not None:
                 _remember(order.order_no)
                 _watch_stock(item, form.sku.data)
                 return redirect(url_for("storefront.order", order_no=order.order_no))
+    prices = {sku_id: q.unit_price_fen for sku_id, q in quotes.items()}
+    prices.update({sku_id: c.goods_fen // c.quantity for sku_id, c in previews.items()})
     return render_template("storefront/product.html", product=item, skus=skus, form=form,
                            topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors,
-                           pay_options=pay_options, prices={sku_id: q.unit_price_fen for sku_id, q in quotes.items()})
+                           pay_options=pay_options, prices=prices,
+                           list_prices={sku_id: q.unit_price_fen for sku_id, q in quotes.items()},
+                           price_lines={sku_id: c.lines for sku_id, c in previews.items()},
+                           checkout_inputs=declared, input_values=inputs)
+
+
+def _place_order(item, form, quote, inputs: dict, pay_options, topup_values):
+    """Price, vet and create the order of a valid buy form; None (with a message flashed) when refused."""
+    channel, _, profile = (form.pay.data if pay_options else _default_channel()).partition("/")
+    site = current_site()
+    checkout = _checkout(item, form.sku.data, quote, form.quantity.data, inputs, preview=False,
+                         contact=form.contact.data)
+    relay = _hook()
+    try:
+        if _uses_pipeline():
+            risk = checkouts.vet(relay, checkout)
+            if risk:
+                current_app.logger.warning("checkout on %s refused as risky: %s", site.slug, risk)
+                flash("无法下单：当前下单存在风险，请稍后再试或联系客服", "error")
+                return None
+        order = orders.create_order(
+            unit_price_fen=checkout.unit_price_fen, discount_fen=checkout.discount_fen,
+            hold=checkout.hold_delivery, reserving=checkouts.reserver(relay, checkout) if _uses_pipeline() else None,
+            costs=quote.costs, fee=_channel_fee(channel, profile, checkout.goods_fen),
+            prepaid=site.config.settlement == "direct" and bool(quote.costs),
+            site_id=site.site_id, sku_id=form.sku.data, quantity=form.quantity.data,
+            contact=form.contact.data, query_password=form.query_password.data,
+            query_secret=_query_secret(), fields=topup_values or None,
+            ttl=datetime.timedelta(minutes=site.instance.order_ttl_minutes),
+            buyer_ip=request.remote_addr or "", channel=channel, channel_profile=profile,
+            member_id=checkout.member_id,
+        )
+    except checkouts.CheckoutRefused as exc:
+        flash(f"无法下单：{exc}", "error")
+        return None
+    except orders.OutOfStock:
+        flash("库存不足，请减少数量或稍后再来", "error")
+        return None
+    except orders.InvalidOrder as exc:
+        flash(f"无法下单：{exc}", "error")
+        return None
+    except Exception as exc:
+        if not hooks.record_closed_failure(exc, site.site_id):
+            raise
+        flash("下单失败：本站的一个插件出错，请稍后再试", "error")  # the plugin's failure is on record
+        return None
+    order.product = item
+    hooks.notify("order_created", order)
+    return order
 
 
 def _channel_fee(channel: str, profile: str, goods_fen: int) -> tuple[int, str]:
@@ -241,12 +314,10 @@ def after_payment(result, order=None):
             return
     order.status = result.status
     product = order.product
+    site = selling_site_config(order)
+    hooks.notify("order_paid", order, site=site)  # each plugin alone: a failure never undoes the payment
     if result.status == "delivered":
-        hook = current_app.extensions["kamengsite.hook"]
-        try:
-            hook.order_delivered(order=order, site=selling_site_config(order))
-        except Exception:  # notifications never undo a delivery
-            current_app.logger.exception("order_delivered hook failed for %s", order.order_no)
+        hooks.notify("order_delivered", order, site=site)
     _watch_stock(product, order.sku_id)
 
 
@@ -296,8 +367,28 @@ def healthz():
     return jsonify(site=current_site().slug, ok=True)
 
 
+def _site_sections() -> list:
+    """The theme sections the site's plugins offer (``theme_sections``), gathered once per app."""
+    cache = current_app.extensions.setdefault("kamengsite.sections", {})
+    if "all" not in cache:
+        site = current_site()
+        answers = hooks.call_isolated(_hook().theme_sections, "theme_sections", site_id=site.site_id, site=site.config)
+        cache["all"] = [s for answer in answers for s in answer or () if isinstance(s, Section)]
+    return cache["all"]
+
+
+def plugin_sections(page: str, product=None, only=None):
+    """The HTML of the plugins' sections for ``page`` (template global ``plugin_sections``)."""
+    sections = _site_sections()
+    if not sections:
+        return Markup("")
+    context = {"page": page, "site": current_site().config, "product": product, "member_id": current_member_id()}
+    return render_sections(sections, context, only=only)
+
+
 @hookimpl
 def prepare_site_app(app, site):
     app.config.setdefault("WTF_CSRF_TIME_LIMIT", None)  # token lives as long as the session
     csrf.init_app(app)
     app.register_blueprint(bp)
+    app.context_processor(lambda: {"plugin_sections": plugin_sections})

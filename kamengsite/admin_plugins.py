@@ -1,0 +1,219 @@
+"""The console's 插件 page (a core plugin, on every site): turn plugins on and off, edit their settings.
+
+An owner (or the operator, on the main site) sees the installed site plugins — payment
+channels are instance-wide and configured by the operator, so they are not listed — with
+whether each is on for this site, a switch, and a form built from the plugin's
+``plugin_settings_schema``. Both write the site's own ``site.toml`` (``plugins = [...]``,
+``[settings.<plugin>]``) through the site registry: validated first, written atomically,
+and every app process rebuilds the site on its next request. Secrets (``writeOnly``) are
+never shown back; left empty they keep their value; ``env:NAME`` names an environment
+variable. On the main site the page also lists plugins that failed to load or raised in a hook.
+"""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from wtforms.validators import NumberRange, Optional
+
+from . import admin, opening
+from .app import current_site
+from .errors import ConfigError, KamengsiteError
+from .hookspecs import hookimpl
+from .plugin_settings import ENV_PREFIX, check_settings, secret_keys, with_defaults
+from .plugins import recent_failures
+
+bp = Blueprint("admin_plugins", __name__, url_prefix="/admin/plugins")
+bp.after_request(admin._console_headers)
+bp.context_processor(admin._console_context)
+
+
+def _host():
+    return current_app.extensions["kamengsite.plugins"]
+
+
+def site_plugins() -> list[str]:
+    """Installed plugins a site may switch on: all but the payment channels (instance-wide)."""
+    host = _host()
+    channel_plugins = {impl.plugin_name for impl in host.pm.hook.payment_channels.get_hookimpls()}
+    return [name for name in host.names() if name not in channel_plugins]
+
+
+def _registry():
+    return opening.registry_for(current_site().instance)
+
+
+def _raw_settings(name: str) -> dict:
+    return dict((current_site().config.settings or {}).get(name) or {})
+
+
+# -- the settings form, built from a JSON schema ----------------------------------------------
+
+
+def settings_form(schema: dict, stored: dict, formdata=None):
+    """A WTForms form with one field per schema property, filled from ``stored`` (secrets left empty)."""
+    secrets_ = secret_keys(schema)
+    values = with_defaults(schema, stored)
+
+    class SettingsForm(FlaskForm):
+        pass
+
+    for key, prop in schema.get("properties", {}).items():
+        setattr(SettingsForm, key, _field_for(key, prop, key in secrets_))
+    form = SettingsForm(formdata=formdata)
+    if formdata is None:
+        for key, field in form._fields.items():
+            if key == "csrf_token" or key in secrets_:
+                continue
+            value = values.get(key)
+            field.data = json.dumps(value, ensure_ascii=False, indent=1) if _is_json(schema["properties"][key]) \
+                and value is not None else value
+    return form
+
+
+def _is_json(prop: dict) -> bool:
+    return prop.get("type") in ("array", "object")
+
+
+def _field_for(key: str, prop: dict, secret: bool):
+    label = prop.get("title") or key
+    description = prop.get("description", "")
+    kind = prop.get("type")
+    if secret:
+        return PasswordField(label, description=description or "留空则保持不变；可填 env:变量名 引用环境变量")
+    if "enum" in prop:
+        return SelectField(label, description=description, choices=[(v, str(v)) for v in prop["enum"]],
+                           coerce=type(prop["enum"][0]) if prop["enum"] else str)
+    if kind == "boolean":
+        return BooleanField(label, description=description)
+    if kind == "integer":
+        return IntegerField(label, description=description, validators=[
+            Optional(), NumberRange(min=prop.get("minimum"), max=prop.get("maximum"),
+                                    message="超出允许范围")])
+    if _is_json(prop):
+        return TextAreaField(label, description=description or "JSON 格式")
+    return StringField(label, description=description)
+
+
+def submitted_settings(schema: dict, form, stored: dict) -> dict:
+    """The settings a submitted form says, as they will be written (secrets kept when left empty).
+
+    Raises ConfigError naming the field when a JSON field does not parse.
+    """
+    secrets_ = secret_keys(schema)
+    values = {}
+    for key, prop in schema.get("properties", {}).items():
+        data = form[key].data
+        if key in secrets_:
+            if data:
+                values[key] = data
+            elif key in stored:
+                values[key] = stored[key]
+            continue
+        if _is_json(prop):
+            try:
+                data = json.loads(data) if (data or "").strip() else prop.get("default")
+            except ValueError as exc:
+                raise ConfigError("表单", key, f"JSON 格式不正确：{exc}") from None
+        if data is None or data == "":
+            if "default" in prop:
+                continue  # empty means the default
+            continue
+        values[key] = data
+    return values
+
+
+# -- pages --------------------------------------------------------------------------------------
+
+
+@bp.get("/")
+@admin.operator_required
+def index():
+    enabled = set(current_site().config.plugins)
+    schemas = _host().settings_schemas()
+    rows = [{"name": name, "enabled": name in enabled, "configurable": name in schemas,
+             "version": _version(name)} for name in site_plugins()]
+    failures = recent_failures() if admin.is_main_site() else []
+    return render_template("admin/plugins.html", rows=rows, toggle_form=admin.ActionForm(),
+                           broken=_host().broken if admin.is_main_site() else {}, failures=failures)
+
+
+def _version(name: str) -> str:
+    plugin = _host().pm.get_plugin(name)
+    from importlib.metadata import PackageNotFoundError, version
+
+    package = (getattr(plugin, "__name__", "") or "").split(".")[0].replace("_", "-")
+    try:
+        return version(package)
+    except (PackageNotFoundError, ValueError):
+        return ""
+
+
+@bp.post("/<name>/toggle")
+@admin.operator_required
+def toggle(name):
+    if name not in site_plugins():
+        abort(404)
+    form = admin.ActionForm()
+    if not form.validate_on_submit():
+        abort(400)
+    site = current_site()
+    plugins = list(site.config.plugins)
+    on = name not in plugins
+    plugins = plugins + [name] if on else [p for p in plugins if p != name]
+    try:
+        _registry().update(site.slug, plugins=plugins)
+    except KamengsiteError as exc:
+        flash(f"未能{'启用' if on else '停用'}：{exc}", "error")
+    else:
+        flash(f"已{'启用' if on else '停用'}插件 {name}", "ok")
+    return redirect(url_for(".index"))
+
+
+@bp.route("/<name>/settings", methods=["GET", "POST"])
+@admin.operator_required
+def settings(name):
+    schema = _host().settings_schemas().get(name)
+    if name not in site_plugins() or schema is None:
+        abort(404)
+    stored = _raw_settings(name)
+    form = settings_form(schema, stored, formdata=None)
+    if request.method == "POST":
+        form = settings_form(schema, stored, formdata=request.form)
+        if form.validate_on_submit() and _save(name, schema, form, stored):
+            flash("设置已保存", "ok")
+            return redirect(url_for(".settings", name=name))
+    secrets_set = {k for k in secret_keys(schema) if stored.get(k)}
+    env_refs = {k for k in secrets_set if isinstance(stored[k], str) and stored[k].startswith(ENV_PREFIX)}
+    return render_template("admin/plugin_settings.html", name=name, form=form, schema=schema,
+                           secrets_set=secrets_set, env_refs=env_refs,
+                           enabled=name in current_site().config.plugins)
+
+
+def _save(name: str, schema: dict, form, stored: dict) -> bool:
+    site = current_site()
+    try:
+        values = submitted_settings(schema, form, stored)
+        check_settings(schema, values, where="表单", plugin=name)  # env references must resolve too
+        settings_ = dict(site.config.settings or {})
+        settings_[name] = values
+        _registry().update(site.slug, settings=settings_)
+    except ConfigError as exc:
+        field = exc.key.removeprefix(f"settings.{name}.").split(".")[0]
+        if field in form._fields and field != "csrf_token":
+            form[field].errors = list(form[field].errors) + [exc.reason]
+        else:
+            flash(f"未保存：{exc.reason}", "error")
+        return False
+    except KamengsiteError as exc:
+        flash(f"未保存：{exc}", "error")
+        return False
+    return True
+
+
+@hookimpl
+def prepare_site_app(app, site):
+    app.register_blueprint(bp)
