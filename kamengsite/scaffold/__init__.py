@@ -84,9 +84,9 @@ from __future__ import annotations
 
 import logging
 
-import jsonschema
-
+from kamengsite.errors import ConfigError
 from kamengsite.hookspecs import hookimpl
+from kamengsite.plugin_settings import settings_for as checked_settings
 
 log = logging.getLogger(__name__)
 
@@ -106,26 +106,32 @@ SETTINGS_SCHEMA = {
             "maxLength": 100,
             "title": "问候语 · Greeting",
             "description": "Shown to visitors; {site} becomes the shop's name.",
+            "default": DEFAULT_GREETING,
         },
     },
 }
-_validator = jsonschema.Draft202012Validator(SETTINGS_SCHEMA)
+
+
+@hookimpl
+def plugin_settings_schema():
+    """The schema the console's 插件 page renders as this plugin's settings form."""
+    return SETTINGS_SCHEMA
 
 
 def settings_for(site) -> dict:
-    """This plugin's settings on ``site`` (a ``SiteConfig``); invalid ones are logged and ignored."""
-    raw = (site.settings or {}).get(NAME, {})
-    if not _validator.is_valid(raw):
+    """This plugin's settings on ``site`` (a ``SiteConfig``), defaults filled in; invalid ones are logged."""
+    try:
+        return checked_settings(site, NAME, SETTINGS_SCHEMA)
+    except ConfigError as exc:
         # A hook must not take the site's pages down over a typo in site.toml: fall back to defaults.
-        log.warning("site %s: invalid [settings.%s], using defaults", site.slug, NAME)
-        return {}
-    return raw
+        log.warning("site %s: %s; using defaults", site.slug, exc)
+        return {"greeting": DEFAULT_GREETING}
 
 
 @hookimpl
 def site_template_context(site):
     """Every template rendered on ``site`` gets ``${ep}_greeting``."""
-    greeting = settings_for(site).get("greeting", DEFAULT_GREETING)
+    greeting = settings_for(site)["greeting"]
     return {"${ep}_greeting": greeting.replace("{site}", site.name)}
 '''
 
@@ -206,9 +212,11 @@ def test_invalid_settings_fall_back_to_the_default(host, site_files):
     assert {"${ep}_greeting": "欢迎光临 一号店"} in results
 
 
-def test_the_settings_schema_is_a_valid_json_schema():
+def test_the_settings_schema_is_a_valid_json_schema_the_console_can_render(host):
     jsonschema.Draft202012Validator.check_schema(plugin.SETTINGS_SCHEMA)
     assert jsonschema.Draft202012Validator(plugin.SETTINGS_SCHEMA).is_valid({"greeting": "hi {site}"})
+    enable(host)
+    assert host.plugins.settings_schemas()[plugin.NAME] is plugin.SETTINGS_SCHEMA
 '''
 
 

@@ -32,14 +32,15 @@ _PATH = r"^/[^\s<>]*\Z"  # no whitespace: a newline would inject lines into robo
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
-        "title": {"type": "string", "maxLength": 120},
-        "description": {"type": "string", "maxLength": 500},
-        "keywords": {"anyOf": [
+        "title": {"type": "string", "maxLength": 120, "title": "网站标题（留空用站点名称）"},
+        "description": {"type": "string", "maxLength": 500, "title": "网站描述（留空用站点标语）"},
+        "keywords": {"title": "关键词（逗号分隔）", "anyOf": [
             {"type": "string", "maxLength": 300},
             {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 30},
         ]},
-        "og_image": {"type": "string", "maxLength": 500, "pattern": r"^(https?://[^\s<>\"]+|/[^\s<>\"]*)\Z"},
-        "robots_disallow": {"type": "array", "items": {"type": "string", "maxLength": 200, "pattern": _PATH},
+        "og_image": {"type": "string", "maxLength": 500, "title": "分享图片地址（https:// 或 /static/…）", "pattern": r"^(https?://[^\s<>\"]+|/[^\s<>\"]*)\Z"},
+        "robots_disallow": {"type": "array", "title": "禁止搜索引擎抓取的路径（JSON 列表，如 [\"/lookup\"]）",
+                            "items": {"type": "string", "maxLength": 200, "pattern": _PATH},
                             "maxItems": 100},
     },
     "additionalProperties": False,
@@ -48,6 +49,12 @@ DEFAULTS = {"title": "", "description": "", "keywords": "", "og_image": "", "rob
 
 
 # -- settings ---------------------------------------------------------------------------
+
+
+@hookimpl
+def plugin_settings_schema():
+    """The console's 插件 page renders this as the SEO settings form of each site."""
+    return SETTINGS_SCHEMA
 
 
 def load_settings(site) -> dict:

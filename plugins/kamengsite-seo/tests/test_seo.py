@@ -119,3 +119,26 @@ def test_settings_default_to_the_site_and_helpers_never_use_floats(tmp_path):
         "title": "九号店", "description": "秒发", "keywords": "", "og_image": "", "robots_disallow": []}
     assert yuan(1500) == "15.00" and yuan(7) == "0.07"
     assert json_for_script({"n": "<&>"}) == '{"n": "\\u003c\\u0026\\u003e"}'
+
+
+def test_owners_edit_the_seo_settings_in_the_console(shop, host, client_for, site_files):
+    import re
+
+    from kamengsite.accounts import create_account
+
+    site = Site.get(Site.slug == "shop1")
+    create_account(site.id, "owner1", "correct horse battery")
+    client = client_for("shop1.localhost")
+    token = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
+    page = client.get("/admin/login")
+    client.post("/admin/login", data={"csrf_token": token.search(text(page)).group(1), "username": "owner1",
+                                      "password": "correct horse battery"})
+    form = client.get("/admin/plugins/seo/settings")
+    assert "网站标题" in text(form)
+    data = {"csrf_token": token.search(text(form)).group(1), "title": "新标题", "description": "",
+            "keywords": "点卡, 月卡", "og_image": "javascript:alert(1)", "robots_disallow": "[]"}
+    refused = client.post("/admin/plugins/seo/settings", data=data)
+    assert refused.status_code == 200 and "新标题" not in str(site_files.read("shop1").get("settings", {}))
+    assert client.post("/admin/plugins/seo/settings", data={**data, "og_image": "/static/share.png"}).status_code == 302
+    assert site_files.read("shop1")["settings"]["seo"]["title"] == "新标题"
+    assert '<meta property="og:title" content="新标题">' in text(client_for("shop1.localhost").get("/"))
