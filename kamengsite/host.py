@@ -45,6 +45,7 @@ class Host:
         self.registry = SiteRegistry(instance, themes=self.themes)
         self.plugins = plugins or PluginHost()
         hooks.bind(self.plugins, self.registry)  # for hooks called outside a site request (jobs, CLI)
+        self.themes.add_template_dirs(self.plugins.template_dirs())
         self.cache_size = instance.app_cache_size
         self._apps: OrderedDict[str, tuple[object, object]] = OrderedDict()
         self._lock = threading.Lock()

@@ -66,6 +66,20 @@ class PluginHost:
                 schemas[impl.plugin_name] = schema
         return schemas
 
+    def template_dirs(self) -> list:
+        """The ``templates/`` folders next to the loaded plugins' modules (a theme may override their files)."""
+        from pathlib import Path
+
+        folders = []
+        for name, plugin in self.pm.list_name_plugin():
+            source = getattr(plugin, "__file__", None)
+            if name in self.core or not source:
+                continue
+            folder = Path(source).parent / "templates"
+            if folder.is_dir() and folder not in folders:
+                folders.append(folder)
+        return folders
+
     def names(self) -> list[str]:
         return sorted(name for name, _ in self.pm.list_name_plugin() if name not in self.core)
 

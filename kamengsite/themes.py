@@ -57,6 +57,8 @@ class ThemeRegistry:
         self.errors: dict[str, ConfigError] = {}
         self._environments: dict[str, jinja2.Environment] = {}
         self._lock = threading.Lock()
+        #: Template folders of plugins, searched after the theme's and the host's (see ``add_template_dirs``).
+        self.plugin_template_dirs: list[Path] = []
         self.scan()
 
     def scan(self):
@@ -79,6 +81,14 @@ class ThemeRegistry:
     def get(self, name: str) -> Theme:
         return self.themes[name]
 
+    def add_template_dirs(self, folders):
+        """Let templates come from plugins' ``templates/`` folders too (after the theme and the host)."""
+        with self._lock:
+            for folder in folders:
+                if Path(folder) not in self.plugin_template_dirs:
+                    self.plugin_template_dirs.append(Path(folder))
+            self._environments.clear()
+
     def environment(self, name: str) -> jinja2.Environment:
         """The shared Jinja environment of theme ``name`` (theme templates over host templates)."""
         env = self._environments.get(name)
@@ -93,7 +103,8 @@ class ThemeRegistry:
         from flask import get_flashed_messages, url_for
 
         env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader([str(theme.templates_dir), str(HOST_TEMPLATES)]),
+            loader=jinja2.FileSystemLoader([str(theme.templates_dir), str(HOST_TEMPLATES),
+                                            *map(str, self.plugin_template_dirs)]),
             autoescape=True,
             auto_reload=self.auto_reload,
             cache_size=800,

@@ -442,3 +442,35 @@ def test_plugins_add_commands(promo, host):
         assert result.exit_code == 0 and "你好，插件命令" in result.output
     finally:
         cli_module.main.commands.pop("promo-hello", None)
+
+
+def test_a_plugin_ships_templates_that_a_theme_may_override(host, tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    package = tmp_path / "kamengsite_tplplugin"
+    (package / "templates" / "tplplugin").mkdir(parents=True)
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "templates" / "tplplugin" / "hello.html").write_text("插件模板 {{ who }}", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("kamengsite_tplplugin")
+    try:
+        host.plugins.register(module, name="tplplugin")
+        assert package / "templates" in host.plugins.template_dirs()
+        host.themes.add_template_dirs(host.plugins.template_dirs())
+        rendered = host.themes.environment("light").get_template("tplplugin/hello.html").render(who="<b>")
+        assert rendered == "插件模板 &lt;b&gt;"
+        # A theme's own file of the same name wins over the plugin's.
+        theme_copy = tmp_path / "themes"
+        import shutil
+
+        shutil.copytree(host.themes.root / "light", theme_copy / "light")
+        (theme_copy / "light" / "templates" / "tplplugin").mkdir()
+        (theme_copy / "light" / "templates" / "tplplugin" / "hello.html").write_text("主题版", encoding="utf-8")
+        from kamengsite.themes import ThemeRegistry
+
+        themes = ThemeRegistry(theme_copy)
+        themes.add_template_dirs(host.plugins.template_dirs())
+        assert themes.environment("light").get_template("tplplugin/hello.html").render() == "主题版"
+    finally:
+        sys.modules.pop("kamengsite_tplplugin", None)
