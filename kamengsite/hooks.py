@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 
+from . import hookspecs
 from .plugins import PluginHost, record_failure
 
 log = logging.getLogger(__name__)
@@ -26,7 +28,7 @@ _lock = threading.Lock()
 def bind(plugins: PluginHost, registry=None):
     """Use ``plugins`` (and a ``SiteRegistry``) for hooks called outside a site request (the host binds its own)."""
     _runtime.clear()
-    _runtime.update(plugins=plugins, registry=registry, relays={})
+    _runtime.update(plugins=plugins, registry=registry)
 
 
 def _plugins_and_registry():
@@ -44,7 +46,7 @@ def _plugins_and_registry():
             instance = jobs.current_instance()
             if instance is None:
                 return None, None
-            _runtime.update(plugins=PluginHost(), registry=opening.registry_for(instance), relays={})
+            _runtime.update(plugins=PluginHost(), registry=opening.registry_for(instance))
         if _runtime.get("registry") is None:
             from . import jobs, opening
 
@@ -59,7 +61,7 @@ def instance_plugins() -> PluginHost | None:
     if plugins is None:
         with _lock:
             if not _runtime:
-                _runtime.update(plugins=PluginHost(), registry=None, relays={})
+                _runtime.update(plugins=PluginHost(), registry=None)
             plugins = _runtime["plugins"]
     return plugins
 
@@ -172,14 +174,10 @@ def notify(hook: str, order, **kwargs) -> list:
     relay = site_hook(order.site_id)
     if relay is None:
         return []
-    if "site" in _argnames(relay, hook) and "site" not in kwargs:
+    if "site" in _argnames(hook) and "site" not in kwargs:
         kwargs["site"] = site_config(order.site_id)
     return call_isolated(getattr(relay, hook), hook, site_id=order.site_id, order=order, **kwargs)
 
 
-def _argnames(relay, hook: str) -> tuple:
-    from . import hookspecs
-
-    import inspect
-
+def _argnames(hook: str) -> tuple:
     return tuple(inspect.signature(getattr(hookspecs, hook)).parameters)
