@@ -368,6 +368,15 @@ def _console_headers(response):
     return response
 
 
+def console_blueprint(name: str, import_name: str, url_prefix: str) -> Blueprint:
+    """A blueprint for console pages (plugins' too): the console's headers (no-store, no framing,
+    no script) and the layout's context (log-out form, menu). Views still need ``operator_required``."""
+    blueprint = Blueprint(name, import_name, url_prefix=url_prefix)
+    blueprint.after_request(_console_headers)
+    blueprint.context_processor(_console_context)
+    return blueprint
+
+
 @bp.context_processor
 def _console_context():
     # console_main: the layout's menu shows the main site's pages or the sub-site owner's.

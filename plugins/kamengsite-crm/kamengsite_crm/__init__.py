@@ -39,9 +39,7 @@ TEMPLATES = Path(__file__).parent / "templates" / "crm"
 MEMBERS_SHOWN = 200
 
 member_bp = Blueprint("crm_member", __name__, url_prefix="/member")
-bp = Blueprint("crm", __name__, url_prefix="/admin/crm")
-bp.after_request(admin._console_headers)  # no-store, no framing, no script: as every console page
-bp.context_processor(admin._console_context)  # the layout's log-out form and menu
+bp = admin.console_blueprint("crm", __name__, "/admin/crm")
 
 
 @cache

@@ -42,8 +42,7 @@ TEMPLATES = Path(__file__).parent / "templates" / "groupbuy"
 BEIJING = datetime.timedelta(hours=8)  # the console shows and reads times in Beijing time; stored in UTC
 
 share_bp = Blueprint("groupbuy_share", __name__)
-bp = Blueprint("groupbuy", __name__, url_prefix="/admin/groupbuy")
-bp.context_processor(admin._console_context)  # the console layout's log-out form and menu
+bp = admin.console_blueprint("groupbuy", __name__, "/admin/groupbuy")
 STATUS_LABELS = {"open": "拼团中", "filled": "已成团", "failed": "未成团（已退款）"}
 
 
@@ -269,13 +268,6 @@ def _catalogue_skus():
             .join(Product).where(Product.site.in_(owners) & (Product.status == "on") & (Sku.status == "on"))
             .order_by(Product.sort, Product.id, Sku.sort, Sku.id).limit(500).dicts())
     return owners, [(r["id"], f"{r['product_name']} · {r['name']}") for r in rows]
-
-
-@bp.after_request
-def _console_headers(response):
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    return response
 
 
 @bp.route("/", methods=["GET", "POST"])
