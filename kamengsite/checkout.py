@@ -50,6 +50,8 @@ class CheckoutInput:
     label: str
     placeholder: str = ""
     max_length: int = 64
+    #: Carried by links (``/p/12?groupbuy=join:3``), not typed: a hidden field, shown only with a value.
+    hidden: bool = False
 
 
 @dataclass(eq=False)

@@ -474,3 +474,17 @@ def test_a_plugin_ships_templates_that_a_theme_may_override(host, tmp_path, monk
         assert themes.environment("light").get_template("tplplugin/hello.html").render() == "主题版"
     finally:
         sys.modules.pop("kamengsite_tplplugin", None)
+
+
+def test_a_hidden_checkout_input_travels_only_with_links(promo, card, client_for, host, site_files):
+    class Linked:
+        @hookimpl
+        def checkout_inputs(self, site):
+            return [CheckoutInput("team", "组队下单", hidden=True)]
+
+    host.plugins.register(Linked(), name="linked")
+    site_files.edit("shop2", plugins=["linked"])
+    client = client_for("shop2.localhost")
+    assert 'name="team"' not in client.get(f"/p/{card.id}").get_data(as_text=True)
+    page = client.get(f"/p/{card.id}?team=join%3A7").get_data(as_text=True)
+    assert '<input type="hidden" name="team" value="join:7">' in page and "组队下单" in page

@@ -87,7 +87,7 @@ def admin_menu(site):
 
 @hookimpl
 def checkout_inputs(site):
-    return [CheckoutInput(INPUT, "拼团", placeholder="从拼团链接进入时自动填写", max_length=24)]
+    return [CheckoutInput(INPUT, "拼团下单", max_length=24, hidden=True)]
 
 
 @hookimpl
