@@ -23,6 +23,14 @@ DEMO_SITES = (
     ("shop2", "wholesale", "商务批发站", "gold", (300, "jiao")),
 )
 
+#: The built-in plugins each demo site turns on (those installed), and what they show there.
+DEMO_PLUGINS = {
+    "main": ("seo", "coupons", "recommendations", "member_levels", "crm"),
+    "shop1": ("seo", "coupons", "groupbuy", "distribution", "recommendations"),
+    "shop2": ("seo", "coupons", "member_levels"),
+}
+DEMO_FLASH_DAYS = 7
+
 DEMO_CATALOG = (
     # category, product name, summary, [(sku name, price in fen)], keys per SKU
     ("游戏点卡", "王者荣耀 点券", "官方直充点券兑换码，秒发", [("60 点券", 600), ("300 点券", 3000)], 40),
@@ -71,6 +79,7 @@ def setup_demo(instance, port: int = 8000):
         for slug, *_ in DEMO_SITES:
             yield from _demo_operator(Site.get(Site.slug == slug), label=f"{slug} owner")
         yield from _demo_markups()
+    yield from _demo_plugins(registry, instance.main_site)
     port_hint = f":{port}"
     yield f"main site:  http://{instance.main_site}.{instance.base_domain}{port_hint}/"
     yield f"console:    http://{instance.main_site}.{instance.base_domain}{port_hint}/admin/"
@@ -100,6 +109,83 @@ def _demo_markups():
                 continue
         set_rule(site.id, "all", markup_percent_bp=markup_bp, rounding=rounding)
         yield f"sub-site {slug}: prices = cost + {markup_bp / 100:g} %, rounded {rounding}"
+
+
+def _installed_plugins() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return {ep.name for ep in entry_points(group="kamengsite")}
+
+
+def _demo_plugins(registry, main_slug: str):
+    """Turn the growth plugins on (once per site) and give them something to show."""
+    installed = _installed_plugins()
+    for slug, wanted in DEMO_PLUGINS.items():
+        slug = main_slug if slug == "main" else slug
+        config = registry.load(slug)
+        missing = [name for name in wanted if name in installed and name not in config.plugins]
+        if missing:
+            registry.update(slug, plugins=list(config.plugins) + missing)
+            yield f"site {slug}: plugins {', '.join(missing)} turned on"
+    with database.connection_context():
+        if "coupons" in installed:
+            yield from _demo_promotions(main_slug)
+        if "groupbuy" in installed:
+            yield from _demo_group_offer()
+
+
+def _demo_sku(product_name: str, index: int = 0):
+    from .catalog import Sku
+
+    product = Product.get(Product.name == product_name)
+    return Sku.select().where(Sku.product == product).order_by(Sku.sort, Sku.id)[index]
+
+
+def _site_floor(site_id: int, sku) -> tuple[int, int]:
+    """(the site's price, its cost) of a SKU: demo promotions stay between the two."""
+    from .pricing import quote_sku
+
+    quote = quote_sku(site_id, sku.id)
+    return quote.unit_price_fen, (quote.costs[0][1] if quote.costs else 0)
+
+
+def _demo_promotions(main_slug: str):
+    import datetime
+
+    from kamengsite_coupons import rules
+    from kamengsite_coupons.models import Coupon
+
+    main = Site.get(Site.slug == main_slug)
+    with site_scope(main.id):
+        if Coupon.select().exists():
+            return
+    rules.create_coupon(main.id, "NEW10", "percent", 1000, min_spend_fen=2000, max_discount_fen=1000,
+                        per_member_limit=1, note="演示：满 20 元打九折")
+    vip = _demo_sku("腾讯视频 VIP 月卡")
+    now = datetime.datetime.utcnow().replace(microsecond=0)
+    rules.create_flash_sale(main.id, vip.id, 990, 20, now, now + datetime.timedelta(days=DEMO_FLASH_DAYS),
+                            per_member_limit=2)
+    rules.set_newcomer_price(main.id, _demo_sku("王者荣耀 点券").id, 500)
+    yield "main site: coupon NEW10 (满 20 元 9 折), a flash sale on 腾讯视频 VIP 月卡 (¥9.90), a 新人价"
+    shop2 = Site.get(Site.slug == "shop2")
+    windows = _demo_sku("Windows 11 专业版 激活密钥")
+    price, cost = _site_floor(shop2.id, windows)
+    rules.set_tier(shop2.id, windows.id, 5, max(cost, price * 95 // 100))
+    rules.set_tier(shop2.id, windows.id, 20, max(cost, price * 90 // 100))
+    yield "shop2: wholesale tiers on Windows 11 keys (5+ and 20+)"
+
+
+def _demo_group_offer():
+    from kamengsite_groupbuy.groups import GroupOffer, create_offer
+
+    shop1 = Site.get(Site.slug == "shop1")
+    with site_scope(shop1.id):
+        if GroupOffer.select().exists():
+            return
+    points = _demo_sku("王者荣耀 点券", 1)
+    price, cost = _site_floor(shop1.id, points)
+    create_offer(shop1.id, points.id, group_size=2, group_price_fen=max(cost, price * 85 // 100), window_minutes=1440)
+    yield "shop1: a 2-person group-buy on 王者荣耀 300 点券"
 
 
 def _demo_operator(site, label="operator"):
