@@ -44,11 +44,13 @@ def order_commissions(order, margin_fen):
     ``order`` is the paid ``kamengsite.orders.Order`` (``site_id``, ``member_id``,
     ``amount_fen``, ``costs`` …); ``margin_fen`` is what the selling site keeps of it after
     the channel fee (on the main site: the platform's share). Return ``[(member_id, fen), …]``:
-    members of the selling site whose wallets are credited, in the same ledger transaction
-    as the payment's split. Called for the plugins the selling site enables (whichever domain
-    the payment arrives on), inside the payment's database transaction, so it must only
-    read: an exception, or commissions adding up to more than ``margin_fen``, roll the payment
-    back (it fails closed: the gateway is answered "fail" and retries).
+    members of the selling site whose frozen commissions (``member_frozen``) are credited, in
+    the same ledger transaction as the payment's split (``settlement.release_commissions``
+    later moves them to the wallets; a refund takes them back). Called for the plugins the
+    selling site enables (whichever domain the payment arrives on), inside the payment's
+    database transaction, so it must only read: an exception, or commissions adding up to
+    more than ``margin_fen``, roll the payment back (it fails closed: the gateway is
+    answered "fail" and retries).
     """
 
 

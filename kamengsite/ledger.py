@@ -28,14 +28,16 @@ from .models import BaseModel, Site, utcnow
 #: Sign convention: an entry is positive when it credits its account's holder (money the
 #: platform owes a site or member, revenue, fees the gateway kept) and negative for money
 #: held (``channel_clearing``: what a gateway collected for us, net of its ``fees``).
+#: ``member_frozen`` holds a member's distribution commissions until their freeze period is over
+#: (``settlement.release_commissions`` moves them to ``member_wallet``).
 ACCOUNT_KINDS = ("platform_revenue", "site_available", "site_frozen", "site_payout", "prepaid_hold", "member_wallet",
-                 "channel_clearing", "fees", "refund_payable")
+                 "member_frozen", "channel_clearing", "fees", "refund_payable")
 #: Kinds whose balance must never go below zero.
 NO_NEGATIVE = frozenset({"site_available", "site_frozen", "site_payout", "prepaid_hold", "member_wallet",
-                         "refund_payable"})
+                         "member_frozen", "refund_payable"})
 #: Kinds that belong to a site / to a member / to a payment channel (the owner must be given).
-NEEDS_SITE = frozenset({"site_available", "site_frozen", "site_payout", "prepaid_hold"})
-NEEDS_MEMBER = frozenset({"member_wallet"})
+NEEDS_SITE = frozenset({"site_available", "site_frozen", "site_payout", "prepaid_hold", "member_frozen"})
+NEEDS_MEMBER = frozenset({"member_wallet", "member_frozen"})
 NEEDS_CHANNEL = frozenset({"channel_clearing", "fees"})
 TXN_KINDS = ("payment", "refund", "release", "withdrawal", "adjustment", "wallet_pay", "wallet_topup", "prepay")
 CURRENCY = "CNY"

@@ -31,6 +31,7 @@ DISPLAY_NAME_MAX = 32
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 PASSWORD_RULE = f"密码需 {accounts.MIN_PASSWORD} 到 {accounts.MAX_PASSWORD} 位，且首尾不能有空格"
 WALLET = "member_wallet"
+FROZEN_COMMISSIONS = "member_frozen"  # commissions waiting for their freeze period (not spendable)
 
 
 class MemberError(KamengsiteError):
@@ -185,6 +186,18 @@ def wallet_balance(site_id: int, member_id: int) -> int:
     _member_of(site_id, member_id)
     wallet = _existing_wallet(site_id, member_id)
     return ledger.balance(wallet) if wallet is not None else 0
+
+
+def frozen_commissions(site_id: int, member_id: int) -> int:
+    """The member's distribution commissions still in their freeze period (``member_frozen``), in fen.
+
+    Not spendable yet: released to the wallet when the freeze period is over (see settlement).
+    """
+    _member_of(site_id, member_id)
+    LedgerAccount = ledger.LedgerAccount
+    frozen = LedgerAccount.get_or_none((LedgerAccount.kind == FROZEN_COMMISSIONS) & (LedgerAccount.site == site_id)
+                                       & (LedgerAccount.member_id == member_id))
+    return ledger.balance(frozen) if frozen is not None else 0
 
 
 def wallet_history(site_id: int, member_id: int, limit: int = 50) -> list[WalletEntry]:

@@ -25,7 +25,7 @@ from .tenancy import all_sites
 COLUMNS = ("gross", "fees", "platform", "sites", "owed", "wallet")
 _COLUMN_OF_KIND = {"fees": "fees", "platform_revenue": "platform", "site_frozen": "sites",
                    "site_available": "sites", "prepaid_hold": "sites", "refund_payable": "owed",
-                   "member_wallet": "wallet"}
+                   "member_wallet": "wallet", "member_frozen": "wallet"}
 
 
 @dataclass

@@ -12,7 +12,8 @@ makes a refund happen once however often it is asked for. The ledger transaction
 ``("refund", order_no)`` takes back what the payment credited: each site's margin from its
 frozen balance first and from its available balance for what was already released — when
 that is short the refund is refused naming the site, unless ``absorb=True`` lets the
-platform carry the difference.
+platform carry the difference. Distribution commissions likewise: from the member's frozen
+commissions while not released, else from the wallet (``settlement.take_back_commission``).
 """
 
 from __future__ import annotations
@@ -77,18 +78,19 @@ def _take_back(order, payment, absorb: bool) -> list[tuple[int, int]]:
     accounts = {a.id: a for a in ledger.LedgerAccount.select().where(
         ledger.LedgerAccount.id.in_([a for a, _ in entries]))}
     frozen_ids = [a for a, _ in entries if accounts[a].kind == "site_frozen"]
-    wallet_ids = [a for a, _ in entries if accounts[a].kind == "member_wallet"]
+    wallet_ids = [a for a, _ in entries if accounts[a].kind in settlement.COMMISSION_KINDS]
     available = {a: ledger.account("site_available", site=accounts[a].site_id) for a in frozen_ids}
     platform = ledger.account("platform_revenue").id
-    ledger.lock(frozen_ids + wallet_ids + [acct.id for acct in available.values()])
+    ledger.lock(frozen_ids + wallet_ids + settlement.commission_wallets([accounts[a] for a in wallet_ids])
+                + [acct.id for acct in available.values()])
     back = []
     for account_id, amount in entries:
-        if account_id in wallet_ids:  # a commission: what the member has spent already, the platform carries
-            spent = max(0, amount - ledger.balance(account_id))
+        if account_id in wallet_ids:  # a commission: frozen first, then the wallet; what was spent, the platform carries
+            parts, spent = settlement.take_back_commission(order.order_no, accounts[account_id], amount)
             if spent and not absorb:
                 raise RefundError(f"member {accounts[account_id].member_id} has spent {spent} fen of the commission "
                                   f"on order {order.order_no} (absorb=True lets the platform carry it)")
-            back += [(account_id, -(amount - spent)), (platform, -spent)]
+            back += parts + [(platform, -spent)]
             continue
         if account_id not in available:
             back.append((account_id, -amount))

@@ -21,6 +21,13 @@ order is created its cost is moved from its prepaid ``site_available`` balance i
 (the selling site's margin is already in its own account), and an expired order gets the
 hold back.
 
+Distribution commissions (``order_commissions``) are carved out of the seller's margin in
+the same split and credited to each member's ``member_frozen`` account of the selling
+site; ``release_commissions`` moves one order's commissions to the members' wallets in
+one transaction ``("release", "commission:<order_no>")`` once their freeze period is over
+(``release_due_commissions``), and a refund takes them back from frozen first, then from
+the wallet (``take_back_commission``).
+
 Money that arrives for an order that cannot take it (paid twice, paid after its stock
 was gone) is owed back: ``refund_payable`` holds it until the refund.
 """
@@ -28,6 +35,7 @@ was gone) is owed back: ``refund_payable`` holds it until the refund.
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass
 
 import peewee
@@ -40,7 +48,15 @@ from .models import Site, utcnow
 from .pricing import percent_of
 from .tenancy import all_sites
 
+log = logging.getLogger(__name__)
 MANUAL_CHANNEL = "manual"
+#: Where a commission waits for its freeze period, and where it goes then.
+COMMISSION_FROZEN = "member_frozen"
+COMMISSION_WALLET = "member_wallet"
+#: The account kinds a payment split credits commissions to (``member_wallet``: splits
+#: recorded before commissions were frozen).
+COMMISSION_KINDS = (COMMISSION_FROZEN, COMMISSION_WALLET)
+DEFAULT_COMMISSION_FREEZE_DAYS = 7
 
 
 class SettlementError(KamengsiteError):
@@ -105,7 +121,7 @@ def payment_entries(order, prepaid: bool = False) -> list[tuple[ledger.LedgerAcc
     elif not prepaid:
         platform -= paid_out
     credits = [(ledger.account("site_frozen", site=site_id), fen) for site_id, fen in margins if fen]
-    credits += [(ledger.account("member_wallet", site=order.site_id, member=member), fen) for member, fen in commissions]
+    credits += [(ledger.account(COMMISSION_FROZEN, site=order.site_id, member=member), fen) for member, fen in commissions]
     if platform:
         credits.append((ledger.account("platform_revenue"), platform))
     return [entry for entry in source + credits if entry[1]]
@@ -146,6 +162,171 @@ def _commission_hook(order):
     from .storefront import selling_site_config
 
     return plugins.hook_for(tuple(selling_site_config(order).plugins))
+
+
+# -- commissions: frozen → wallet, and back on refund ------------------------------------------
+
+
+def commission_release_reference(order_no: str) -> str:
+    return f"commission:{order_no}"
+
+
+def _commission_entries(order_no: str) -> list[tuple[ledger.LedgerAccount, int]]:
+    """The frozen commission credits of an order's payment split: [(member_frozen account, fen), …]."""
+    split = ledger.find("payment", order_no)
+    if split is None:
+        return []
+    Account, Entry = ledger.LedgerAccount, ledger.LedgerEntry
+    rows = (Entry.select(Entry.amount_fen, Account).join(Account)
+            .where((Entry.txn == split.id) & (Account.kind == COMMISSION_FROZEN) & (Entry.amount_fen > 0))
+            .order_by(Entry.id))
+    return [(row.account, int(row.amount_fen)) for row in rows]
+
+
+def release_commissions(order_no: str) -> ledger.LedgerTxn | None:
+    """Move an order's frozen commissions to the members' wallets: one transaction per order, once.
+
+    Returns the release (the one posted before, on a rerun), or None when there is nothing to
+    release: no commissions, or a refund took them back first. Locks the members' frozen and
+    wallet accounts, as a refund does, so a release and a refund of one order never both take
+    the same money.
+    """
+    return _release_commissions(order_no)[0]
+
+
+def _release_commissions(order_no: str) -> tuple[ledger.LedgerTxn | None, bool]:
+    """(the release or None, whether this call posted it)."""
+    reference = commission_release_reference(order_no)
+    done = ledger.find("release", reference)
+    if done is not None:
+        return done, False
+    credits = _commission_entries(order_no)
+    if not credits:
+        return None, False
+    wallets = {frozen.id: ledger.account(COMMISSION_WALLET, site=frozen.site_id, member=frozen.member_id)
+               for frozen, _ in credits}  # made outside the transaction
+
+    @database.atomic()
+    def write():
+        ledger.lock([frozen for frozen, _ in credits] + list(wallets.values()))
+        # Read after the lock: a refund that committed meanwhile is seen, and one still running waits for us.
+        done = ledger.find("release", reference)
+        if done is not None or ledger.find("refund", order_no) is not None:
+            return done, False
+        entries = []
+        for frozen, fen in credits:
+            entries += [(frozen, -fen), (wallets[frozen.id], fen)]
+        return ledger.post_in_transaction("release", reference, entries, memo=f"commission of order {order_no}",
+                                          new=True), True
+
+    try:
+        return retry_transient(write)
+    except peewee.IntegrityError:  # released concurrently: the first release stands
+        found = ledger.find("release", reference)
+        if found is None:
+            raise
+        return found, False
+
+
+def commission_released_fen(order_no: str, frozen: ledger.LedgerAccount) -> int:
+    """How much of this member's commission on the order was released to their wallet."""
+    release = ledger.find("release", commission_release_reference(order_no))
+    if release is None:
+        return 0
+    Entry = ledger.LedgerEntry
+    moved = (Entry.select(peewee.fn.COALESCE(peewee.fn.SUM(Entry.amount_fen), 0))
+             .where((Entry.txn == release.id) & (Entry.account == frozen.id)).scalar())
+    return -int(moved or 0)
+
+
+def commission_wallets(accounts) -> list[int]:
+    """The wallet account ids a refund must lock with these commission accounts (``COMMISSION_KINDS``)."""
+    return sorted({ledger.account(COMMISSION_WALLET, site=a.site_id, member=a.member_id).id for a in accounts
+                   if a.kind == COMMISSION_FROZEN})
+
+
+def take_back_commission(order_no: str, account: ledger.LedgerAccount, amount_fen: int) -> tuple[list[tuple[int, int]], int]:
+    """Entries taking back the commission ``amount_fen`` credited to ``account`` by the order's payment,
+    and what the member has spent of it already (``spent``: the caller lets the platform carry it
+    or refuses). Frozen first — what was not released is still frozen — then the wallet.
+
+    The caller holds the refund's transaction with ``account`` and ``commission_wallets([account])`` locked.
+    """
+    if account.kind == COMMISSION_WALLET:  # a split recorded before commissions were frozen
+        wallet, from_frozen = account, 0
+        rest = amount_fen
+    else:
+        wallet = ledger.account(COMMISSION_WALLET, site=account.site_id, member=account.member_id)
+        still_frozen = amount_fen - commission_released_fen(order_no, account)
+        from_frozen = max(0, min(still_frozen, ledger.balance(account)))
+        rest = amount_fen - from_frozen
+    from_wallet = max(0, min(rest, ledger.balance(wallet)))
+    entries = [(account.id, -from_frozen)] if from_frozen else []
+    if from_wallet:
+        entries.append((wallet.id, -from_wallet))
+    return entries, rest - from_wallet
+
+
+def release_due_commissions(now: datetime.datetime | None = None, freeze_days_for=None) -> int:
+    """Release every order's commissions whose freeze period is over; returns how many orders.
+
+    ``freeze_days_for(site_id) -> int`` is the selling site's freeze period (default 7 days).
+    Safe to run twice or concurrently: each order is released once (``release_commissions``).
+    Only members' frozen accounts with money in them are looked at, each back to its oldest
+    commission still frozen.
+    """
+    now = now or utcnow()
+    due: list[str] = []
+    cutoffs: dict[int, datetime.datetime] = {}
+    Account, Entry = ledger.LedgerAccount, ledger.LedgerEntry
+    total = peewee.fn.SUM(Entry.amount_fen)
+    holding = list(Account.select(Account, total.alias("held")).join(Entry)
+                   .where(Account.kind == COMMISSION_FROZEN).group_by(Account).having(total > 0))
+    for frozen in holding:
+        if frozen.site_id not in cutoffs:
+            days = DEFAULT_COMMISSION_FREEZE_DAYS if freeze_days_for is None else freeze_days_for(frozen.site_id)
+            cutoffs[frozen.site_id] = now - datetime.timedelta(days=max(0, int(days)))
+        due += _due_on(frozen, int(frozen.held), cutoffs[frozen.site_id])
+    released = 0
+    for order_no in dict.fromkeys(due):
+        try:
+            released += _release_commissions(order_no)[1]
+        except ledger.InsufficientFunds:  # never expected: the ledger says why; the others go on
+            log.exception("commission of order %s could not be released", order_no)
+    return released
+
+
+def _due_on(frozen, held: int, cutoff, page: int = 200) -> list[str]:
+    """Orders whose commission is still frozen on this account and credited before ``cutoff``.
+
+    Walks the account's commission credits newest first until the credits neither released nor
+    refunded add up to what the account holds (older ones were all released or taken back).
+    """
+    Entry, Txn = ledger.LedgerEntry, ledger.LedgerTxn
+    due, last_id = [], None
+    while held > 0:
+        query = (Entry.select(Entry.id, Entry.amount_fen, Txn.reference, Txn.created_at).join(Txn)
+                 .where((Entry.account == frozen.id) & (Txn.kind == "payment") & (Entry.amount_fen > 0)))
+        if last_id is not None:
+            query = query.where(Entry.id < last_id)
+        rows = list(query.order_by(Entry.id.desc()).limit(page).tuples())
+        if not rows:
+            break
+        refs = [ref for _, _, ref, _ in rows]
+        closed = {ref for (ref,) in Txn.select(Txn.reference).where((Txn.kind == "refund") & Txn.reference.in_(refs))
+                  .tuples()}
+        closed |= {ref.split(":", 1)[1] for (ref,) in Txn.select(Txn.reference).where(
+            (Txn.kind == "release") & Txn.reference.in_([commission_release_reference(r) for r in refs])).tuples()}
+        for entry_id, amount, ref, created_at in rows:
+            last_id = entry_id
+            if ref in closed:
+                continue
+            held -= int(amount)
+            if created_at <= cutoff:
+                due.append(ref)
+            if held <= 0:
+                break
+    return due
 
 
 def warm_accounts(order) -> None:

@@ -463,10 +463,10 @@ def test_commissions_come_out_of_the_sellers_margin_and_back_on_refund(host, cli
     # cost 9000, price 10800: margin 1800, of which 180 goes to member 42
     assert plugin.seen == [(order_no, 1800)]
     assert bal("site_frozen", shop) == 1620 and bal("platform_revenue") == 9000
-    assert ledger.balance(ledger.account("member_wallet", site=shop, member=42)) == 180
+    assert ledger.balance(ledger.account("member_frozen", site=shop, member=42)) == 180
     assert ledger.check() == []
     refunds.refund_order(order_no, to="manual")
-    assert ledger.balance(ledger.account("member_wallet", site=shop, member=42)) == 0
+    assert ledger.balance(ledger.account("member_frozen", site=shop, member=42)) == 0
     assert bal("site_frozen", shop) == 0 and ledger.check() == []
 
 
@@ -516,7 +516,7 @@ def test_commissions_on_a_main_site_sale_come_out_of_the_platforms_share(host, c
     main = Site.get(Site.slug == "main").id
     assert plugin.seen == [(order_no, 10000)]
     assert bal("platform_revenue") == 9000
-    assert ledger.balance(ledger.account("member_wallet", site=main, member=42)) == 1000
+    assert ledger.balance(ledger.account("member_frozen", site=main, member=42)) == 1000
     assert ledger.check() == []
 
 
@@ -541,5 +541,5 @@ def test_commissions_follow_the_selling_sites_plugins_whatever_domain_records_th
             orders.mark_paid(order_no, channel=order.channel, trade_no=f"T-{order_no}", amount_fen=order.amount_fen)
     assert [seen[0] for seen in plugin.seen] == [orders_by_site["shopx"]]  # never called for "plain"'s order
     shopx = Site.get(Site.slug == "shopx").id
-    assert ledger.balance(ledger.account("member_wallet", site=shopx, member=42)) == 180  # 10 % of its 1800 margin
+    assert ledger.balance(ledger.account("member_frozen", site=shopx, member=42)) == 180  # 10 % of its 1800 margin
     assert ledger.check() == []

@@ -10,18 +10,25 @@ import logging
 import secrets
 from decimal import ROUND_DOWN, Decimal
 
-import jsonschema
+from dataclasses import dataclass
+
 import peewee
 
 from kamengsite.db import database
+from kamengsite.errors import ConfigError
 from kamengsite.members import Member
 from kamengsite.models import utcnow
+from kamengsite.plugin_settings import settings_for
 from kamengsite.tenancy import TenantModel, acting_for, all_sites
 
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 3  # hard cap: deeper trees look like a pyramid scheme and are refused
+DEFAULT_DEPTH = 2
 DEFAULT_RATES = (10, 5)  # percents of the seller's margin, depth 1 first
+DEFAULT_FREEZE_DAYS = 7
+MAX_FREEZE_DAYS = 365
+PLUGIN = "distribution"  # the entry point name: [settings.distribution]
 CODE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"  # no 0/O, 1/I/L: codes are read aloud and typed
 CODE_LENGTH = 8
 CODE_MAX = 16
@@ -30,11 +37,25 @@ CHAIN_WALK_LIMIT = 10000  # a referrer chain is walked at most this far (a guard
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
+        "depth": {"type": "integer", "minimum": 1, "maximum": MAX_DEPTH, "default": DEFAULT_DEPTH,
+                  "title": "分销层级（1–3 级；不填时等于佣金比例的项数）"},
         "rates": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 100},
-                  "minItems": 1, "maxItems": MAX_DEPTH},
+                  "minItems": 1, "maxItems": MAX_DEPTH, "default": list(DEFAULT_RATES),
+                  "title": "每级佣金比例（占卖家利润的百分比，从 1 级开始，合计不超过 100）"},
+        "freeze_days": {"type": "integer", "minimum": 0, "maximum": MAX_FREEZE_DAYS, "default": DEFAULT_FREEZE_DAYS,
+                        "title": "佣金冻结天数（期满转入会员余额；0 = 立即可用）"},
     },
     "additionalProperties": False,
 }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A site's checked distribution settings: rates in basis points (``depth`` of them at most)."""
+
+    rates: tuple[int, ...] = ()
+    depth: int = DEFAULT_DEPTH
+    freeze_days: int = DEFAULT_FREEZE_DAYS
 
 
 class ReferralRefused(ValueError):
@@ -65,22 +86,32 @@ class Referral(TenantModel):
 # -- settings ---------------------------------------------------------------------------
 
 
-def load_rates(site) -> tuple[int, ...]:
-    """The site's commission rates in basis points, depth 1 first (``[settings.distribution] rates``).
+def load_settings(site) -> Settings:
+    """The site's ``[settings.distribution]``, checked (``kamengsite.plugin_settings.settings_for``).
 
-    Invalid settings (too deep, not numbers, adding up to more than 100 %) are logged and the
-    defaults used: a typo must neither take the shop down nor pay out more than the margin.
+    ``depth`` (1–3) is how many levels up the buyer's chain are paid; without it, as many as
+    ``rates`` has entries (2 when neither is given). Invalid settings (deeper than 3, not
+    numbers, rates adding up to more than 100 %) are logged and the defaults used: a typo
+    must neither take the shop down nor pay out more than the margin.
     """
-    raw = (getattr(site, "settings", None) or {}).get("distribution") or {}
-    errors = [e.message for e in jsonschema.Draft202012Validator(SETTINGS_SCHEMA).iter_errors(raw)]
-    rates = raw.get("rates", DEFAULT_RATES) if not errors else DEFAULT_RATES
-    if not errors and sum(Decimal(str(r)) for r in rates) > 100:
-        errors.append(f"rates {rates!r} add up to more than 100 %")
-        rates = DEFAULT_RATES
-    for message in errors:
-        log.error("site %s: [settings.distribution] %s; using the default rates %s",
-                  getattr(site, "slug", "?"), message, list(DEFAULT_RATES))
-    return tuple(_basis_points(r) for r in rates)
+    raw = (getattr(site, "settings", None) or {}).get(PLUGIN) or {}
+    try:
+        checked = settings_for(site, PLUGIN, SETTINGS_SCHEMA, environ={})
+        rates = checked["rates"]
+        if sum(Decimal(str(r)) for r in rates) > 100:
+            raise ValueError(f"rates {rates!r} add up to more than 100 %")
+    except (ConfigError, ValueError) as exc:
+        log.error("site %s: [settings.%s] %s; using the defaults (rates %s, depth %s, freeze_days %s)",
+                  getattr(site, "slug", "?"), PLUGIN, exc, list(DEFAULT_RATES), DEFAULT_DEPTH, DEFAULT_FREEZE_DAYS)
+        return Settings(tuple(_basis_points(r) for r in DEFAULT_RATES))
+    depth = checked["depth"] if isinstance(raw, dict) and "depth" in raw else (
+        len(rates) if isinstance(raw, dict) and "rates" in raw else DEFAULT_DEPTH)
+    return Settings(tuple(_basis_points(r) for r in rates[:depth]), depth, checked["freeze_days"])
+
+
+def load_rates(site) -> tuple[int, ...]:
+    """The site's commission rates in basis points, depth 1 first (at most ``depth`` of them)."""
+    return load_settings(site).rates
 
 
 def _basis_points(percent) -> int:

@@ -82,6 +82,11 @@ def _frozen(site_id) -> int:
     return ledger.balance(ledger.account("site_frozen", site=site_id))
 
 
+def _held(site_id, member_id) -> int:
+    """The member's commissions still frozen (``member_frozen``)."""
+    return ledger.balance(ledger.account("member_frozen", site=site_id, member=member_id))
+
+
 def _chain(site_id, *emails):
     """Members registered directly, each referred by the one before: A ← B ← C."""
     made = [members.register(site_id, email, PASSWORD) for email in emails]
@@ -115,13 +120,14 @@ def test_an_invite_chain_earns_its_share_of_the_sellers_margin_and_gives_it_back
     with all_sites():
         order = orders.find_order(order_no)
     assert order.status == "delivered" and order.member_id == c.id
-    assert (_wallet(shop, b.id), _wallet(shop, a.id), _wallet(shop, c.id)) == (180, 90, 0)  # never the buyer
+    assert (_held(shop, b.id), _held(shop, a.id), _held(shop, c.id)) == (180, 90, 0)  # never the buyer
+    assert (_wallet(shop, b.id), _wallet(shop, a.id)) == (0, 0)  # frozen first: not spendable yet
     assert _frozen(shop) == 1800 - 270
     assert ledger.balance(ledger.account("platform_revenue")) == 9000
     assert ledger.check() == []
 
     refunds.refund_order(order_no, to="manual")
-    assert (_wallet(shop, b.id), _wallet(shop, a.id), _frozen(shop)) == (0, 0, 0)
+    assert (_held(shop, b.id), _held(shop, a.id), _frozen(shop)) == (0, 0, 0)
     assert ledger.check() == []
 
 
@@ -152,7 +158,7 @@ def test_a_member_who_buys_without_a_referrer_pays_nobody(host, client_for, prod
     buyer = client_for("shopx.localhost")
     _sign_in(buyer, "a@example.com")
     _buy_and_pay(buyer, product)
-    assert _wallet(shop, a_id) == 0 and _frozen(shop) == 1800 and ledger.check() == []
+    assert _held(shop, a_id) == 0 and _frozen(shop) == 1800 and ledger.check() == []
 
 
 def test_a_guest_order_pays_no_commission(host, client_for, product):
@@ -168,7 +174,7 @@ def test_a_site_that_does_not_enable_the_plugin_pays_no_commissions(host, client
     buyer = client_for("plain.localhost")
     _sign_in(buyer, "c@example.com")
     _buy_and_pay(buyer, product)
-    assert (_wallet(plain, a_id), _wallet(plain, b_id)) == (0, 0) and _frozen(plain) == 1800
+    assert (_held(plain, a_id), _held(plain, b_id)) == (0, 0) and _frozen(plain) == 1800
     assert client_for("plain.localhost").get("/member/invite").status_code == 404
     assert ledger.check() == []
 
@@ -180,7 +186,7 @@ def test_the_sites_rates_apply_up_to_three_levels(host, client_for, product):
     _sign_in(buyer, "e@example.com")
     _buy_and_pay(buyer, product)
     # e's chain: d 20 %, c 10 %, b 5 % of 1800; a is four levels up and gets nothing
-    assert [_wallet(shop, m) for m in ids] == [0, 90, 180, 360, 0]
+    assert [_held(shop, m) for m in ids] == [0, 90, 180, 360, 0]
     assert _frozen(shop) == 1800 - 630 and ledger.check() == []
 
 
@@ -195,13 +201,19 @@ def test_the_sites_rates_apply_up_to_three_levels(host, client_for, product):
     ({"rates": [80, 30]}, (1000, 500)),  # more than the whole margin: refused
     ({"rates": [-1]}, (1000, 500)),
     ({"rates": "10"}, (1000, 500)),
-    ({"depth": 2}, (1000, 500)),
+    ({"rates": [20, 10, 5], "depth": 2}, (2000, 1000)),  # depth caps the levels paid
+    ({"rates": [20, 10], "depth": 1}, (2000,)),
+    ({"depth": 3}, (1000, 500)),  # a third level without a rate earns nothing
+    ({"depth": 4}, (1000, 500)),  # deeper than 3: refused
+    ({"depth": 0}, (1000, 500)),
+    ({"freeze_days": -1}, (1000, 500)),
+    ({"level": 2}, (1000, 500)),  # unknown setting
 ])
 def test_rates_are_validated_and_bad_ones_fall_back_to_the_defaults(raw, expected, caplog):
     site = SimpleNamespace(slug="s", settings={"distribution": raw})
     with caplog.at_level(logging.ERROR):
         assert referrals.load_rates(site) == expected
-    assert bool(caplog.records) == (expected == (1000, 500) and raw != {})
+    assert bool(caplog.records) == (expected == (1000, 500) and raw not in ({}, {"depth": 3}))
 
 
 def test_rates_longer_than_three_are_refused_on_a_live_site(host, client_for, product, caplog):
@@ -212,7 +224,7 @@ def test_rates_longer_than_three_are_refused_on_a_live_site(host, client_for, pr
         _sign_in(buyer, "e@example.com")
         _buy_and_pay(buyer, product)
     assert any("[settings.distribution]" in r.getMessage() for r in caplog.records)
-    assert [_wallet(shop, m) for m in ids] == [0, 0, 90, 180, 0]  # the defaults: two levels, 10 % and 5 %
+    assert [_held(shop, m) for m in ids] == [0, 0, 90, 180, 0]  # the defaults: two levels, 10 % and 5 %
 
 
 # -- bonds --------------------------------------------------------------------------------
