@@ -1,0 +1,166 @@
+"""Recommendations for a site: "最近浏览" (recently viewed) and "买了又买" (bought together) sections.
+
+Enabled per site (``plugins = ["recommendations"]``). Both come from that site's own data:
+the product pages its visitors opened (recorded after each product page a visitor was shown),
+and its paid orders. The sections show products as the site sells them — on sale, not hidden
+by the owner, under the owner's name for them, at the site's price — and link to ``/p/<id>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import peewee
+from flask import current_app, request, session, url_for
+from markupsafe import Markup
+
+from kamengsite.catalog import Product, Sku
+from kamengsite.errors import ConfigError
+from kamengsite.hookspecs import hookimpl
+from kamengsite.member_routes import current_member_id
+from kamengsite.plugin_settings import settings_for
+from kamengsite.sections import Section
+from kamengsite.themes import format_fen
+
+from . import data
+from .data import ProductView  # noqa: F401
+
+log = logging.getLogger(__name__)
+
+PLUGIN = "recommendations"
+SESSION_VISITOR = "recommend_visitor"  # a guest's random visitor token
+SETTINGS_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "recent_count": {"type": "integer", "minimum": 0, "maximum": data.KEEP_VIEWS, "default": 6,
+                         "title": "「最近浏览」最多显示几个商品（0 = 不显示）"},
+        "together_count": {"type": "integer", "minimum": 0, "maximum": 12, "default": 4,
+                           "title": "「买了又买」最多显示几个商品（0 = 不显示）"},
+    },
+    "additionalProperties": False,
+}
+DEFAULTS = {"recent_count": 6, "together_count": 4}
+
+
+def _site():
+    return current_app.extensions["kamengsite.site"]
+
+
+def settings(site) -> dict:
+    """The site's ``[settings.recommendations]``; wrong settings are logged and the defaults used."""
+    try:
+        return settings_for(site, PLUGIN, SETTINGS_SCHEMA)
+    except ConfigError as exc:
+        log.error("site %s: recommendations use the defaults: %s", getattr(site, "slug", "?"), exc)
+        return dict(DEFAULTS)
+
+
+# -- the hooks --------------------------------------------------------------------------
+
+
+@hookimpl
+def plugin_settings_schema():
+    return SETTINGS_SCHEMA
+
+
+@hookimpl
+def prepare_site_app(app, site):
+    app.after_request(_record_product_view)
+
+
+@hookimpl
+def theme_sections(site):
+    return [Section("recently_viewed", "最近浏览", render_recently_viewed, pages=("home", "product")),
+            Section("bought_together", "买了又买", render_bought_together, pages=("product",))]
+
+
+# -- recording views ----------------------------------------------------------------------
+
+
+def visitor_key(create: bool = False) -> str:
+    """``m<id>`` for a signed-in member, ``g<token>`` for a guest (token made when ``create``), or ""."""
+    member_id = current_member_id()
+    if member_id is not None:
+        return f"m{member_id}"
+    token = session.get(SESSION_VISITOR)
+    if not (isinstance(token, str) and 0 < len(token) <= 32 and token.replace("-", "").replace("_", "").isalnum()):
+        if not create:
+            return ""
+        token = session[SESSION_VISITOR] = secrets.token_urlsafe(16)
+    return f"g{token}"
+
+
+def _record_product_view(response):
+    """After a product page was shown (GET, 200), remember it for this visitor. Never fails the page."""
+    if request.endpoint != "storefront.product" or request.method != "GET" or response.status_code != 200:
+        return response
+    try:
+        product_id = int((request.view_args or {}).get("product_id"))
+        data.record_view(_site().site_id, visitor_key(create=True), product_id)
+    except Exception:  # noqa: BLE001 - a lost view is nothing; a broken product page is
+        log.exception("site %s: could not record a product view", _site().slug)
+    return response
+
+
+# -- the sections -----------------------------------------------------------------------
+
+
+def shown_products(product_ids) -> list[dict]:
+    """The products of ``product_ids`` this site sells now, in that order: listing rows
+    (``id``, ``name``, ``price_fen`` as the site shows them); others (off sale, hidden) are left out."""
+    from kamengsite import storefront
+
+    ids = list(dict.fromkeys(product_ids))
+    if not ids:
+        return []
+    rows = (Product.select(Product.id, Product.site, Product.name, Product.summary, Product.kind, Product.image,
+                           peewee.fn.MIN(Sku.price_fen).alias("price_fen"), peewee.fn.SUM(Sku.stock).alias("stock"))
+            .join(Sku)
+            .where(Product.id.in_(ids) & Product.site.in_(list(storefront._catalog_owners()))
+                   & (Product.status == "on") & (Sku.status == "on"))
+            .group_by(Product.id, Product.site, Product.name, Product.summary, Product.kind, Product.image)
+            .dicts())
+    listed = storefront._pricer().listing([dict(r, stock=int(r["stock"] or 0)) for r in rows])
+    by_id = {row["id"]: row for row in listed}
+    return [by_id[i] for i in ids if i in by_id]
+
+
+def _render(heading: str, css: str, products: list[dict]) -> Markup:
+    if not products:
+        return Markup("")
+    items = Markup("").join(
+        Markup('<li class="card"><h3><a href="{}">{}</a></h3><div class="price">¥{}</div></li>').format(
+            url_for("storefront.product", product_id=p["id"]), p["name"], format_fen(p["price_fen"]))
+        for p in products)
+    return Markup('<h2>{}</h2><ul class="grid {}">{}</ul>').format(heading, css, items)
+
+
+def _current_product_id(context) -> int | None:
+    product = context.get("product")
+    return getattr(product, "id", None) if product is not None else None
+
+
+def render_recently_viewed(context: dict) -> Markup:
+    """This visitor's last viewed products on this site, newest first, without the page's own product."""
+    count = settings(_site().config)["recent_count"]
+    visitor = visitor_key()
+    if not count or not visitor:
+        return Markup("")
+    current = _current_product_id(context)
+    ids = [i for i in data.recent_views(_site().site_id, visitor) if i != current]
+    return _render("最近浏览", "recently-viewed", shown_products(ids)[:count])
+
+
+def render_bought_together(context: dict) -> Markup:
+    """The products most often bought by the buyers of this page's product, on this site."""
+    count = settings(_site().config)["together_count"]
+    current = _current_product_id(context)
+    if not count or current is None:
+        return Markup("")
+    ids = [product_id for product_id, _ in data.bought_together(_site().site_id, current)]
+    return _render("买了它的人还买了", "bought-together", shown_products(ids)[:count])
+
+
+__all__ = ["PLUGIN", "ProductView", "SETTINGS_SCHEMA", "plugin_settings_schema", "prepare_site_app",
+           "render_bought_together", "render_recently_viewed", "shown_products", "theme_sections", "visitor_key"]
