@@ -79,26 +79,31 @@ def _query_secret() -> bytes:
     return secret
 
 
-def _pricer() -> Pricer:
+def pricer() -> Pricer:
     """This site's prices of the main catalogue (its level, its parents' cuts, its owner's markups)."""
     if "kamengsite_pricer" not in g:
         g.kamengsite_pricer = Pricer.for_site(current_site().site_id)
     return g.kamengsite_pricer
 
 
-def _catalog_owners() -> tuple:
+def catalog_owners() -> tuple:
     """The catalogues this site sells: the main site's, and its own goods where its level allows."""
     site_id = current_site().site_id
     main = _catalog_owner_id()
-    return (main, site_id) if site_id != main and _pricer().sells_own_goods else (main,)
+    return (main, site_id) if site_id != main and pricer().sells_own_goods else (main,)
 
 
-def _on_sale_product(product_id: int):
-    owners = _catalog_owners()
+def on_sale_product(product_id: int):
+    """The product as this site sells it (its name as renamed), or a 404: hidden, off sale, not sold here.
+
+    ``pricer``, ``catalog_owners`` and this are the storefront's view of the catalogue that plugins
+    use to show products exactly as the site lists them.
+    """
+    owners = catalog_owners()
     product = next(filter(None, (product_on_sale(product_id, owner) for owner in owners)), None)
-    if product is None or not _pricer().visible(product):
+    if product is None or not pricer().visible(product):
         abort(404)
-    product.name = _pricer().display_name(product)
+    product.name = pricer().display_name(product)
     return product
 
 
@@ -113,7 +118,7 @@ def _owns(order_no: str) -> bool:
 
 @bp.get("/")
 def home():
-    return render_template("home.html", products=_pricer().listing(storefront_products(_catalog_owners())))
+    return render_template("home.html", products=pricer().listing(storefront_products(catalog_owners())))
 
 
 def _hook():
@@ -153,11 +158,11 @@ def _checkout(item, sku_id: int, quote, quantity: int, inputs: dict, *, preview:
 @bp.route("/p/<int:product_id>", methods=["GET", "POST"])
 @limited("order", "60/minute")
 def product(product_id):
-    item = _on_sale_product(product_id)
+    item = on_sale_product(product_id)
     skus = skus_on_sale(item.id)
-    pricer = _pricer()
-    tiers = pricer.tier_prices([s.id for s in skus])
-    quotes = {s.id: pricer.quote(item, s.id, s.price_fen, tiers) for s in skus}
+    site_pricer = pricer()
+    tiers = site_pricer.tier_prices([s.id for s in skus])
+    quotes = {s.id: site_pricer.quote(item, s.id, s.price_fen, tiers) for s in skus}
     topup_fields = topup.parse_fields(item.topup_fields) if item.kind == "topup" else []
     form = BuyForm()
     pay_options = _pay_options()

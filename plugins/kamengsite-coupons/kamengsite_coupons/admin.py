@@ -111,9 +111,9 @@ def _ids(text) -> list[int]:
 def sku_choices(site_id: int) -> list[tuple[int, str]]:
     """The SKUs this site sells (its storefront's catalogues), labelled with its price and cost."""
     from kamengsite import pricing
-    from kamengsite.storefront import _catalog_owners
+    from kamengsite.storefront import catalog_owners
 
-    owners = _catalog_owners()
+    owners = catalog_owners()
     rows = (Sku.select(Sku.id, Sku.name, Product.id, Product.name).join(Product)
             .where(Product.site.in_(owners) & (Product.status == "on") & (Sku.status == "on"))
             .order_by(Product.sort, Product.id, Sku.sort, Sku.id).limit(MAX_SKUS).tuples())

@@ -481,6 +481,9 @@ def test_member_pages_need_a_login_and_show_only_the_members_own_messages(shop, 
     assert "好久不见，alice" in html and "&lt;script&gt;" in html and "<script>alert" not in html
     assert "1 条未读" in html
 
+    account = alice.get("/member/").get_data(as_text=True)  # the account page links the inbox
+    assert 'data-section="crm_inbox"' in account and "/member/messages" in account
+
     bob = client_for("shop1.localhost")
     _sign_in(bob, "bob@example.com")
     assert "好久不见" not in bob.get("/member/messages").get_data(as_text=True)

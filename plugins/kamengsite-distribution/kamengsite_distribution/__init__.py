@@ -219,7 +219,7 @@ def _products_on_sale() -> list[dict]:
     from kamengsite import storefront
     from kamengsite.catalog import storefront_products
 
-    return storefront._pricer().listing(storefront_products(storefront._catalog_owners()))[:PRODUCTS_SHOWN]
+    return storefront.pricer().listing(storefront_products(storefront.catalog_owners()))[:PRODUCTS_SHOWN]
 
 
 @bp.get("/invite/poster/<int:product_id>.png")
@@ -231,11 +231,11 @@ def share_poster(product_id: int):
     from kamengsite import storefront
     from kamengsite.catalog import skus_on_sale
 
-    item = storefront._on_sale_product(product_id)  # 404 unless on sale (and shown) on this site
+    item = storefront.on_sale_product(product_id)  # 404 unless on sale (and shown) on this site
     skus = skus_on_sale(item.id)
     if not skus:
         abort(404)
-    pricer = storefront._pricer()
+    pricer = storefront.pricer()
     tiers = pricer.tier_prices([s.id for s in skus])
     price = min(pricer.quote(item, s.id, s.price_fen, tiers).unit_price_fen for s in skus)
     code = referrals.invite_code(_site().site_id, member.id)

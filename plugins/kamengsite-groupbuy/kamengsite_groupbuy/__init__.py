@@ -261,9 +261,9 @@ def _parse_time(text: str | None):
 def _catalogue_skus():
     """``[(sku id, "商品 · 规格 ¥价格")]`` of the goods this site sells."""
     from kamengsite.catalog import Product, Sku
-    from kamengsite.storefront import _catalog_owners
+    from kamengsite.storefront import catalog_owners
 
-    owners = _catalog_owners()
+    owners = catalog_owners()
     rows = (Sku.select(Sku.id, Sku.name, Sku.price_fen, Product.name.alias("product_name"))
             .join(Product).where(Product.site.in_(owners) & (Product.status == "on") & (Sku.status == "on"))
             .order_by(Product.sort, Product.id, Sku.sort, Sku.id).limit(500).dicts())

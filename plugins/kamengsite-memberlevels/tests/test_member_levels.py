@@ -293,6 +293,7 @@ def test_the_member_page_shows_level_spend_and_next_level(host, client_for, prod
     assert '<span class="price" id="member-spend">¥216.00</span>' in page
     assert "再消费 <strong>¥284.00</strong> 即可升级为「金卡」（9.5 折）" in page
     assert "钻石" in page and "9.2 折" in page
+    assert 'href="/member/level"' in client.get("/member/").get_data(as_text=True)  # linked from the account page
 
 
 def test_a_site_without_the_plugin_has_no_level_page(host, client_for, product):

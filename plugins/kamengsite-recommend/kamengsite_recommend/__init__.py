@@ -117,11 +117,11 @@ def shown_products(product_ids) -> list[dict]:
     rows = (Product.select(Product.id, Product.site, Product.name, Product.summary, Product.kind, Product.image,
                            peewee.fn.MIN(Sku.price_fen).alias("price_fen"), peewee.fn.SUM(Sku.stock).alias("stock"))
             .join(Sku)
-            .where(Product.id.in_(ids) & Product.site.in_(list(storefront._catalog_owners()))
+            .where(Product.id.in_(ids) & Product.site.in_(list(storefront.catalog_owners()))
                    & (Product.status == "on") & (Sku.status == "on"))
             .group_by(Product.id, Product.site, Product.name, Product.summary, Product.kind, Product.image)
             .dicts())
-    listed = storefront._pricer().listing([dict(r, stock=int(r["stock"] or 0)) for r in rows])
+    listed = storefront.pricer().listing([dict(r, stock=int(r["stock"] or 0)) for r in rows])
     by_id = {row["id"]: row for row in listed}
     return [by_id[i] for i in ids if i in by_id]
 

@@ -87,8 +87,8 @@ def _settings(site) -> dict:
 
 def visible_products() -> list[dict]:
     """What this site's home page lists: its visibility rules and renames applied."""
-    owners = storefront._catalog_owners()
-    return storefront._pricer().listing(storefront_products(owners, limit=SITEMAP_LIMIT))
+    owners = storefront.catalog_owners()
+    return storefront.pricer().listing(storefront_products(owners, limit=SITEMAP_LIMIT))
 
 
 @bp.get("/sitemap.xml")
@@ -134,8 +134,8 @@ def current_product():
     if request.endpoint != "storefront.product":
         return None
     product_id = (request.view_args or {}).get("product_id")
-    pricer = storefront._pricer()
-    for owner in storefront._catalog_owners():
+    pricer = storefront.pricer()
+    for owner in storefront.catalog_owners():
         product = product_on_sale(product_id, owner)
         if product is not None:
             return product if pricer.visible(product) else None
@@ -144,7 +144,7 @@ def current_product():
 
 def product_json_ld(product, canonical: str) -> dict:
     """schema.org ``Product`` with one offer per SKU at this site's price."""
-    pricer = storefront._pricer()
+    pricer = storefront.pricer()
     skus = skus_on_sale(product.id)
     tiers = pricer.tier_prices([s.id for s in skus])
     offers = [{
@@ -175,7 +175,7 @@ def head_tags(site) -> Markup:
     settings = _settings(site)
     canonical = request.base_url  # the request URL without its query string
     product = _product_safely()
-    title = storefront._pricer().display_name(product) if product else settings["title"]
+    title = storefront.pricer().display_name(product) if product else settings["title"]
     description = (product.summary if product and product.summary else settings["description"])
     tags = [Markup('<link rel="canonical" href="{}">').format(canonical)]
     if description:
