@@ -13,10 +13,12 @@ variable. On the main site the page also lists plugins that failed to load or ra
 from __future__ import annotations
 
 import json
+import re
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, IntegerField, PasswordField, SelectField, StringField, TextAreaField
+from markupsafe import Markup
+from wtforms import BooleanField, Field, IntegerField, PasswordField, SelectField, StringField, TextAreaField
 from wtforms.validators import NumberRange, Optional
 
 from . import admin, opening
@@ -75,7 +77,100 @@ def settings_form(schema: dict, stored: dict, formdata=None):
 
 
 def _is_json(prop: dict) -> bool:
-    return prop.get("type") in ("array", "object")
+    """Objects and arrays a friendlier field cannot show: edited as JSON text."""
+    return prop.get("type") in ("array", "object") and not (_is_list(prop) or _is_table(prop))
+
+
+_SCALARS = ("string", "integer")
+
+
+def _is_list(prop: dict) -> bool:
+    """An array of numbers or words (distribution rates, keywords): one comma-separated line."""
+    return prop.get("type") == "array" and (prop.get("items") or {}).get("type") in _SCALARS
+
+
+def _is_table(prop: dict) -> bool:
+    """An array of flat objects (member levels): a table, one row per item."""
+    items = prop.get("items") or {}
+    columns = items.get("properties") or {}
+    return (prop.get("type") == "array" and items.get("type") == "object" and bool(columns)
+            and all((c.get("type") in _SCALARS + ("boolean",)) for c in columns.values()))
+
+
+def _whole(text: str, where: str) -> int:
+    if not re.fullmatch(r"[+-]?\d{1,12}", text):
+        raise ValueError(f"{where}须为整数")
+    return int(text)
+
+
+class ListField(Field):
+    """``10, 5`` ⇄ ``[10, 5]`` (Chinese commas and spaces too)."""
+
+    def __init__(self, label=None, validators=None, item_type="string", **kwargs):
+        super().__init__(label, validators, **kwargs)
+        self.item_type = item_type
+
+    def _value(self):
+        return ", ".join(str(v) for v in self.data or [])
+
+    def process_formdata(self, valuelist):
+        parts = [p for p in re.split(r"[,，、\s]+", valuelist[0] if valuelist else "") if p]
+        if self.item_type == "integer":
+            self.data = [_whole(p, f"第 {i} 项") for i, p in enumerate(parts, 1)]
+        else:
+            self.data = parts
+
+    def __call__(self, **kwargs):
+        return Markup('<input type="text" name="{}" value="{}" placeholder="用逗号分隔">').format(
+            self.name, self._value())
+
+
+class TableField(Field):
+    """An array of flat objects as a table of inputs; every cell input is named after the field, row by row."""
+
+    BLANK_ROWS = 2
+
+    def __init__(self, label=None, validators=None, columns=None, **kwargs):
+        super().__init__(label, validators, **kwargs)
+        self.columns = columns or {}
+
+    def process_formdata(self, valuelist):
+        width = len(self.columns)
+        rows = []
+        for start in range(0, len(valuelist) - width + 1, width):
+            cells = [v.strip() for v in valuelist[start:start + width]]
+            kinds = [column.get("type") for column in self.columns.values()]
+            if not any(cell for cell, kind in zip(cells, kinds) if kind != "boolean"):
+                continue  # a blank row (its yes/no selects say nothing on their own): nothing to keep
+            row = {}
+            for (key, column), cell in zip(self.columns.items(), cells):
+                where = f"第 {len(rows) + 1} 行「{column.get('title') or key}」"
+                if column.get("type") == "integer":
+                    if cell:
+                        row[key] = _whole(cell, where)
+                elif column.get("type") == "boolean":
+                    row[key] = cell == "1"
+                elif cell:
+                    row[key] = cell
+            rows.append(row)
+        self.data = rows
+
+    def __call__(self, **kwargs):
+        head = Markup("").join(Markup("<th>{}</th>").format(c.get("title") or k) for k, c in self.columns.items())
+        body = Markup("")
+        for row in list(self.data or []) + [{}] * self.BLANK_ROWS:
+            cells = Markup("")
+            for key, column in self.columns.items():
+                value = row.get(key, "")
+                if column.get("type") == "boolean":
+                    cells += Markup('<td><select name="{}"><option value="0">否</option>'
+                                    '<option value="1"{}>是</option></select></td>').format(
+                        self.name, Markup(" selected") if value is True else "")
+                else:
+                    cells += Markup('<td><input name="{}" value="{}"></td>').format(self.name, value)
+            body += Markup("<tr>{}</tr>").format(cells)
+        return Markup('<table class="settings-table"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>'
+                      '<small class="hint">整行留空即删除该行；需要更多行时保存后会再多出空行。</small>').format(head, body)
 
 
 def _field_for(key: str, prop: dict, secret: bool):
@@ -85,7 +180,9 @@ def _field_for(key: str, prop: dict, secret: bool):
     if secret:
         return PasswordField(label, description=description or "留空则保持不变；可填 env:变量名 引用环境变量")
     if "enum" in prop:
-        return SelectField(label, description=description, choices=[(v, str(v)) for v in prop["enum"]],
+        names = prop.get("enumNames") or [str(v) for v in prop["enum"]]  # labels for owners, as rjsf reads them
+        return SelectField(label, description=description,
+                           choices=[admin._option(value, name) for value, name in zip(prop["enum"], names)],
                            coerce=type(prop["enum"][0]) if prop["enum"] else str)
     if kind == "boolean":
         return BooleanField(label, description=description)
@@ -93,6 +190,10 @@ def _field_for(key: str, prop: dict, secret: bool):
         return IntegerField(label, description=description, validators=[
             Optional(), NumberRange(min=prop.get("minimum"), max=prop.get("maximum"),
                                     message="超出允许范围")])
+    if _is_list(prop):
+        return ListField(label, description=description, item_type=prop["items"]["type"])
+    if _is_table(prop):
+        return TableField(label, description=description, columns=prop["items"]["properties"])
     if _is_json(prop):
         return TextAreaField(label, description=description or "JSON 格式")
     return StringField(label, description=description)
@@ -202,16 +303,38 @@ def _save(name: str, schema: dict, form, stored: dict) -> bool:
         settings_[name] = values
         _registry().update(site.slug, settings=settings_)
     except ConfigError as exc:
-        field = exc.key.removeprefix(f"settings.{name}.").split(".")[0]
+        path = exc.key.removeprefix(f"settings.{name}.")
+        field = path.split(".")[0]
+        reason = _in_chinese(exc, path)
         if field in form._fields and field != "csrf_token":
-            form[field].errors = list(form[field].errors) + [exc.reason]
+            form[field].errors = list(form[field].errors) + [reason]
         else:
-            flash(f"未保存：{exc.reason}", "error")
+            flash(f"未保存：{reason}", "error")
         return False
     except KamengsiteError as exc:
         flash(f"未保存：{exc}", "error")
         return False
     return True
+
+
+_RULES = {
+    "required": "必须填写", "maximum": "不能大于 {limit}", "minimum": "不能小于 {limit}",
+    "exclusiveMaximum": "须小于 {limit}", "exclusiveMinimum": "须大于 {limit}", "maxLength": "最多 {limit} 个字",
+    "minLength": "至少 {limit} 个字", "maxItems": "最多 {limit} 项", "minItems": "至少 {limit} 项",
+    "pattern": "格式不正确", "enum": "不是可选的值", "type": "类型不对", "uniqueItems": "有重复的项",
+    "additionalProperties": "不认识的设置",
+}
+
+
+def _in_chinese(exc: ConfigError, path: str) -> str:
+    """A schema error for the owner: which rule, where inside a list ("第 2 行「名称」")."""
+    rule = getattr(exc, "validator", None)
+    text = _RULES.get(rule, exc.reason).format(limit=getattr(exc, "limit", ""))
+    parts = path.split(".")[1:]  # below the field itself
+    if len(parts) >= 1 and parts[0].isdigit():
+        where = f"第 {int(parts[0]) + 1} " + ("行" if len(parts) > 1 else "项")
+        return f"{where}{'「' + parts[1] + '」' if len(parts) > 1 else ''}{text}"
+    return text
 
 
 @hookimpl

@@ -65,12 +65,16 @@ def check_settings(schema: dict, values, *, where, plugin: str, environ=None) ->
             extra = sorted(set(resolved) - set(schema.get("properties", {})))
             path, reason = (extra[0] if extra else path), "unknown setting"
         elif error.validator == "required":
-            path, reason = (error.message.split("'")[1] if "'" in error.message else path), "is required"
+            missing = error.message.split("'")[1] if "'" in error.message else ""
+            path, reason = ".".join(p for p in (path, missing) if p), "is required"
         elif path.split(".")[0] in secrets_:
             reason = f"invalid value ({error.validator})"
         else:
             reason = error.message
-        raise ConfigError(where, f"{key}.{path}" if path else key, reason)
+        failure = ConfigError(where, f"{key}.{path}" if path else key, reason)
+        # For forms that say it in the owner's language: which rule failed, and its limit.
+        failure.validator, failure.limit = error.validator, error.validator_value
+        raise failure
     return resolved
 
 

@@ -36,6 +36,12 @@ SCHEMA = {
         "loud": {"type": "boolean", "title": "醒目", "default": False},
         "api_key": {"type": "string", "title": "接口密钥", "writeOnly": True},
         "tiers": {"type": "array", "title": "阶梯", "items": {"type": "integer"}, "default": [1, 2]},
+        "levels": {"type": "array", "title": "等级", "default": [], "items": {
+            "type": "object", "required": ["name"], "additionalProperties": False,
+            "properties": {"name": {"type": "string", "title": "名称"},
+                           "min_spend_fen": {"type": "integer", "title": "门槛（分）", "minimum": 0},
+                           "vip": {"type": "boolean", "title": "贵宾"}}}},
+        "extra": {"type": "object", "title": "高级", "default": {}},
     },
 }
 
@@ -352,21 +358,35 @@ def test_the_settings_form_validates_keeps_secrets_and_writes_the_site_file(prom
     page = console.get("/admin/plugins/promo/settings")
     text = page.get_data(as_text=True)
     assert "横幅文字" in text and 'value="欢迎"' in text and "已设置" not in text
+    assert text.count('<input name="levels"') == 2 * 2  # an empty table: two blank rows (two text cells each)
+    levels = ["银卡", "10000", "0", "金卡", "50000", "1", "", "", "0", "", "", "0"]  # row by row; blank rows dropped
     form = {"csrf_token": token(page), "banner": "双十一", "percent": "80", "loud": "y", "api_key": "s3cret",
-            "tiers": "[3, 4]"}
+            "tiers": "3，4", "levels": levels, "extra": '{"a": 1}'}
     bad = console.post("/admin/plugins/promo/settings", data=form).get_data(as_text=True)
     assert "超出允许范围" in bad and "promo" not in site_files.read("main").get("settings", {})
-    bad_json = console.post("/admin/plugins/promo/settings", data={**form, "percent": "8", "tiers": "[3,"})
+    too_long = console.post("/admin/plugins/promo/settings", data={**form, "percent": "8", "banner": "长" * 21})
+    assert "最多 20 个字" in too_long.get_data(as_text=True)
+    bad_json = console.post("/admin/plugins/promo/settings", data={**form, "percent": "8", "extra": "{"})
     assert "JSON 格式不正确" in bad_json.get_data(as_text=True)
+    bad_cell = console.post("/admin/plugins/promo/settings", data={**form, "percent": "8",
+                                                                   "levels": ["银卡", "1万", "0"]})
+    assert "第 1 行「门槛（分）」须为整数" in bad_cell.get_data(as_text=True)
+    bad_schema = console.post("/admin/plugins/promo/settings", data={**form, "percent": "8",
+                                                                     "levels": ["", "100", "0"]})
+    assert "第 1 行「name」必须填写" in bad_schema.get_data(as_text=True)
+    assert "promo" not in site_files.read("main").get("settings", {})
     saved = console.post("/admin/plugins/promo/settings", data={**form, "percent": "8"})
     assert saved.status_code == 302
     stored = site_files.read("main")["settings"]["promo"]
-    assert stored == {"banner": "双十一", "percent": 8, "loud": True, "api_key": "s3cret", "tiers": [3, 4]}
+    assert stored == {"banner": "双十一", "percent": 8, "loud": True, "api_key": "s3cret", "tiers": [3, 4],
+                      "levels": [{"name": "银卡", "min_spend_fen": 10000, "vip": False},
+                                 {"name": "金卡", "min_spend_fen": 50000, "vip": True}], "extra": {"a": 1}}
     again = console.get("/admin/plugins/promo/settings").get_data(as_text=True)
     assert "s3cret" not in again and "已设置" in again
     # Saving with the secret left empty keeps it; an env: reference must name a set variable.
     page = console.get("/admin/plugins/promo/settings")
-    form = {"csrf_token": token(page), "banner": "新横幅", "percent": "8", "tiers": "[]", "api_key": ""}
+    assert 'value="金卡"' in page.get_data(as_text=True) and 'value="3, 4"' in page.get_data(as_text=True)
+    form = {"csrf_token": token(page), "banner": "新横幅", "percent": "8", "tiers": "", "api_key": ""}
     assert console.post("/admin/plugins/promo/settings", data=form).status_code == 302
     assert site_files.read("main")["settings"]["promo"]["api_key"] == "s3cret"
     missing = console.post("/admin/plugins/promo/settings", data={**form, "api_key": "env:PROMO_KEY_UNSET"})
@@ -378,7 +398,7 @@ def test_the_settings_form_validates_keeps_secrets_and_writes_the_site_file(prom
 
 def test_settings_are_checked_against_the_schema_and_name_the_key(monkeypatch):
     assert check_settings(SCHEMA, {}, where="site.toml", plugin="promo") == {
-        "banner": "欢迎", "percent": 5, "loud": False, "tiers": [1, 2]}
+        "banner": "欢迎", "percent": 5, "loud": False, "tiers": [1, 2], "levels": [], "extra": {}}
     with pytest.raises(ConfigError, match=r"settings\.promo\.percent: 99 is greater than the maximum of 50"):
         check_settings(SCHEMA, {"percent": 99}, where="site.toml", plugin="promo")
     with pytest.raises(ConfigError, match=r"settings\.promo\.colour: unknown setting"):
@@ -488,3 +508,72 @@ def test_a_hidden_checkout_input_travels_only_with_links(promo, card, client_for
     assert 'name="team"' not in client.get(f"/p/{card.id}").get_data(as_text=True)
     page = client.get(f"/p/{card.id}?team=join%3A7").get_data(as_text=True)
     assert '<input type="hidden" name="team" value="join:7">' in page and "组队下单" in page
+
+
+def test_a_plugin_that_fails_to_import_is_reported_and_its_sites_keep_serving(instance, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from kamengsite import plugins as plugin_module
+    from kamengsite.host import Host
+    from kamengsite.plugins import PluginHost
+    from kamengsite.testing import SiteClient
+
+    broken = EntryPoint(name="broken_demo", value="kamengsite_no_such_module_for_tests", group="kamengsite")
+    real = list(plugin_module.entry_points(group="kamengsite"))
+    monkeypatch.setattr(plugin_module, "entry_points", lambda group: [*real, broken])
+    host = Host(instance, plugins=PluginHost())
+    host.registry.create("main", template="main")
+    host.registry.update("main", plugins=["broken_demo"])
+    assert "No module named 'kamengsite_no_such_module_for_tests'" in host.plugins.broken["broken_demo"]
+    client = SiteClient(host, "main.localhost")
+    assert client.get("/").status_code == 200  # the site listing it serves, without it
+    main = Site.get(Site.slug == "main")
+    create_account(main.id, "boss", PASSWORD)
+    page = client.get("/admin/login")
+    client.post("/admin/login", data={"csrf_token": token(page), "username": "boss", "password": PASSWORD})
+    listing = client.get("/admin/plugins/").get_data(as_text=True)
+    assert "加载失败的插件" in listing and "kamengsite_no_such_module_for_tests" in listing
+
+
+def _form_fields(html: str) -> list[tuple[str, str]]:
+    """(name, value) of every input, select and textarea of a page, in order, as a browser would submit them."""
+    from html import unescape
+
+    fields = []
+    pattern = r'<select\b([^>]*)>(.*?)</select>|<textarea\b([^>]*)>(.*?)</textarea>|<input\b([^>]*)>'
+    for tag in re.finditer(pattern, html, re.S):
+        select_attrs, options, area_attrs, text, input_attrs = tag.groups()
+        attrs = select_attrs or area_attrs or input_attrs or ""
+        name = re.search(r'name="([^"]+)"', attrs)
+        if name is None:
+            continue
+        if select_attrs is not None:
+            chosen = (re.search(r'<option\b(?=[^>]*\bselected\b)[^>]*value="([^"]*)"', options)
+                      or re.search(r'<option value="([^"]*)"', options))
+            fields.append((name.group(1), chosen.group(1) if chosen else ""))
+        elif area_attrs is not None:
+            fields.append((name.group(1), unescape(text)))
+        elif 'type="checkbox"' in attrs:
+            if "checked" in attrs:
+                fields.append((name.group(1), "y"))
+        else:
+            value = re.search(r'value="([^"]*)"', attrs)
+            fields.append((name.group(1), unescape(value.group(1)) if value else ""))
+    return fields
+
+
+def test_every_installed_plugins_settings_form_renders_and_saves_as_shown(host, console, site_files):
+    from werkzeug.datastructures import MultiDict
+
+    schemas = host.plugins.settings_schemas()
+    channels = {impl.plugin_name for impl in host.plugins.pm.hook.payment_channels.get_hookimpls()}
+    with_forms = [name for name in host.plugins.names() if name in schemas and name not in channels]
+    assert {"seo", "coupons", "distribution"} <= set(with_forms)
+    for name in with_forms:
+        page = console.get(f"/admin/plugins/{name}/settings")
+        assert page.status_code == 200, name
+        form = MultiDict(_form_fields(page.get_data(as_text=True).split("<main>", 1)[1]))
+        saved = console.post(f"/admin/plugins/{name}/settings", data=form)
+        assert saved.status_code == 302, (name, re.findall(r'class="error">([^<]*)', saved.get_data(as_text=True)))
+        stored = site_files.read("main")["settings"][name]
+        assert check_settings(schemas[name], stored, where="site.toml", plugin=name) is not None

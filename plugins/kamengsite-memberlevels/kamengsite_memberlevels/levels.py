@@ -46,7 +46,8 @@ SETTINGS_SCHEMA = {
     "properties": {
         "basis": {
             "type": "string", "enum": [SPEND, BOUGHT], "default": SPEND,
-            "title": "定级方式：spend 按本站累计消费自动升级；bought 由站长在后台开通（会员线下付费后）",
+            "enumNames": ["按本站累计消费自动升级", "由站长在后台开通（会员线下付费后）"],
+            "title": "定级方式",
         },
         "levels": {
             "type": "array", "maxItems": MAX_LEVELS, "default": DEFAULT_LEVELS,

@@ -39,7 +39,7 @@ SETTINGS_SCHEMA = {
             {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 30},
         ]},
         "og_image": {"type": "string", "maxLength": 500, "title": "分享图片地址（https:// 或 /static/…）", "pattern": r"^(https?://[^\s<>\"]+|/[^\s<>\"]*)\Z"},
-        "robots_disallow": {"type": "array", "title": "禁止搜索引擎抓取的路径（JSON 列表，如 [\"/lookup\"]）",
+        "robots_disallow": {"type": "array", "title": "禁止搜索引擎抓取的路径（多个用逗号分隔，如 /lookup）",
                             "items": {"type": "string", "maxLength": 200, "pattern": _PATH},
                             "maxItems": 100},
     },

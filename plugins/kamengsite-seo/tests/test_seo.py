@@ -136,9 +136,10 @@ def test_owners_edit_the_seo_settings_in_the_console(shop, host, client_for, sit
     form = client.get("/admin/plugins/seo/settings")
     assert "网站标题" in text(form)
     data = {"csrf_token": token.search(text(form)).group(1), "title": "新标题", "description": "",
-            "keywords": "点卡, 月卡", "og_image": "javascript:alert(1)", "robots_disallow": "[]"}
+            "keywords": "点卡, 月卡", "og_image": "javascript:alert(1)", "robots_disallow": "/lookup, /member/"}
     refused = client.post("/admin/plugins/seo/settings", data=data)
     assert refused.status_code == 200 and "新标题" not in str(site_files.read("shop1").get("settings", {}))
     assert client.post("/admin/plugins/seo/settings", data={**data, "og_image": "/static/share.png"}).status_code == 302
     assert site_files.read("shop1")["settings"]["seo"]["title"] == "新标题"
+    assert site_files.read("shop1")["settings"]["seo"]["robots_disallow"] == ["/lookup", "/member/"]
     assert '<meta property="og:title" content="新标题">' in text(client_for("shop1.localhost").get("/"))
