@@ -2,7 +2,7 @@
 
 * ``site_hook(site_id)``: the hook relay of the plugins a site enables: the current site
   app's relay inside its own requests; otherwise built from the site's folder (a payment
-  notification on another domain, the job worker, the CLI), cached per process.
+  notification on another domain, the job worker, the CLI).
 * ``call_isolated(caller, hook, **kwargs)``: every implementation called on its own; one that
   raises is logged, recorded in ``plugin_error`` (``kamengsite plugins list``, the operator's
   console) and skipped. For hooks whose failure loses nothing (notifications, price display).
@@ -32,89 +32,59 @@ def bind(plugins: PluginHost, registry=None):
 
 
 def _plugins_and_registry():
+    """The current site app's plugin host, else this process's (bound by the host, or made on first use),
+    and a site registry to read site folders with (None while no instance is known)."""
     from flask import current_app, has_app_context
 
-    if has_app_context() and "kamengsite.plugins" in current_app.extensions:
-        from . import opening
+    from . import jobs, opening
 
+    if has_app_context() and "kamengsite.plugins" in current_app.extensions:
         return current_app.extensions["kamengsite.plugins"], opening.registry_for(
             current_app.extensions["kamengsite.site"].instance)
     with _lock:
-        if not _runtime:
-            from . import jobs, opening
-
-            instance = jobs.current_instance()
-            if instance is None:
-                return None, None
-            _runtime.update(plugins=PluginHost(), registry=opening.registry_for(instance))
+        if _runtime.get("plugins") is None:
+            _runtime["plugins"] = PluginHost()  # a worker or a command: no host was built
         if _runtime.get("registry") is None:
-            from . import jobs, opening
-
             instance = jobs.current_instance()
             _runtime["registry"] = opening.registry_for(instance) if instance is not None else None
     return _runtime["plugins"], _runtime["registry"]
 
 
-def instance_plugins() -> PluginHost | None:
+def instance_plugins() -> PluginHost:
     """The plugin host of this process (the current site app's, the bound one, or a new one)."""
-    plugins, _ = _plugins_and_registry()
-    if plugins is None:
-        with _lock:
-            if not _runtime:
-                _runtime.update(plugins=PluginHost(), registry=None)
-            plugins = _runtime["plugins"]
-    return plugins
+    return _plugins_and_registry()[0]
 
 
 def expiring_callback():
     """The ``expiring`` callback of ``orders.expire_due``: each order's site's ``order_expiring`` hooks,
     failing closed; None when no installed plugin implements the hook."""
-    plugins = instance_plugins()
-    if plugins is None or not plugins.pm.hook.order_expiring.get_hookimpls():
+    if not instance_plugins().pm.hook.order_expiring.get_hookimpls():
         return None
     relays = {}
 
     def expiring(order):
         if order.site_id not in relays:
             relays[order.site_id] = site_hook(order.site_id)
-        relay = relays[order.site_id]
-        if relay is None:
-            return
-        call_isolated(relay.order_expiring, "order_expiring", site_id=order.site_id, fail_closed=True, order=order)
+        call_isolated(relays[order.site_id].order_expiring, "order_expiring", site_id=order.site_id,
+                      fail_closed=True, order=order)
 
     return expiring
 
 
 def site_hook(site_id: int):
-    """The hook relay for ``site_id``'s enabled plugins, or None when no plugin host is reachable."""
+    """The hook relay for ``site_id``'s enabled plugins (the core plugins only if its folder is unreadable)."""
     from flask import current_app, has_app_context
 
     if has_app_context():
         site = current_app.extensions.get("kamengsite.site")
         if site is not None and site.site_id == site_id:
             return current_app.extensions["kamengsite.hook"]
-    plugins, registry = _plugins_and_registry()
-    if plugins is None:
-        return None
-    enabled = _enabled_plugins(site_id, registry)
-    return plugins.hook_for(enabled)
-
-
-def _enabled_plugins(site_id: int, registry) -> tuple:
-    if registry is None:
-        return ()
-    from .models import Site
-
-    try:
-        slug = Site.get_by_id(site_id).slug
-        return tuple(registry.load(slug).plugins)
-    except Exception:  # noqa: BLE001 - an unreadable site folder: core plugins only, and say so
-        log.exception("site %s's plugins could not be read; calling the core plugins only", site_id)
-        return ()
+    config = site_config(site_id)
+    return instance_plugins().hook_for(tuple(config.plugins) if config is not None else ())
 
 
 def site_config(site_id: int):
-    """The ``SiteConfig`` of ``site_id`` (the current site's inside its requests), or None."""
+    """The ``SiteConfig`` of ``site_id`` (the current site's inside its requests), or None (logged)."""
     from flask import current_app, has_app_context
 
     if has_app_context():
@@ -128,8 +98,8 @@ def site_config(site_id: int):
 
     try:
         return registry.load(Site.get_by_id(site_id).slug)
-    except Exception:  # noqa: BLE001
-        log.exception("site %s's folder could not be read", site_id)
+    except Exception:  # noqa: BLE001 - an unreadable folder: the caller falls back, and it is said here
+        log.exception("site %s's folder could not be read; only the core plugins are called for it", site_id)
         return None
 
 
@@ -172,8 +142,6 @@ def record_closed_failure(exc: BaseException, site_id: int | None = None) -> boo
 def notify(hook: str, order, **kwargs) -> list:
     """Call an order lifecycle hook (``order_created``, ``order_paid``, …) for the order's site, isolated."""
     relay = site_hook(order.site_id)
-    if relay is None:
-        return []
     if "site" in _argnames(hook) and "site" not in kwargs:
         kwargs["site"] = site_config(order.site_id)
     return call_isolated(getattr(relay, hook), hook, site_id=order.site_id, order=order, **kwargs)

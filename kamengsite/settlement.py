@@ -148,20 +148,13 @@ def _commissions(order, margin_fen: int) -> list[tuple[int, int]]:
 def _commission_hook(order):
     """The hook relay of the plugins the *selling* site enables (payments are recorded inside a
     request, but a gateway's notification may arrive on another site's domain)."""
-    from flask import current_app, has_app_context
+    from flask import has_app_context
 
     if not has_app_context():
         return None
-    from .app import current_site
+    from . import hooks
 
-    if order.site_id == current_site().site_id:
-        return current_app.extensions.get("kamengsite.hook")
-    plugins = current_app.extensions.get("kamengsite.plugins")
-    if plugins is None:
-        return None
-    from .storefront import selling_site_config
-
-    return plugins.hook_for(tuple(selling_site_config(order).plugins))
+    return hooks.site_hook(order.site_id)
 
 
 # -- commissions: frozen → wallet, and back on refund ------------------------------------------

@@ -327,19 +327,9 @@ def after_payment(result, order=None):
 
 
 def selling_site_config(order):
-    """The selling site's config: a notification may arrive on another domain of the instance."""
-    here = current_site()
-    if order.site_id == here.site_id:
-        return here.config
-    try:
-        from .config import read_site_config
-
-        slug = Site.get_by_id(order.site_id).slug
-        return read_site_config(here.instance.sites_dir / slug, base_domain=here.instance.base_domain,
-                                main_site=here.instance.main_site)
-    except Exception:  # noqa: BLE001
-        current_app.logger.exception("site of order %s could not be read; using %s", order.order_no, here.slug)
-        return here.config
+    """The selling site's config: a notification may arrive on another domain of the instance
+    (this site's config if the seller's folder cannot be read; ``hooks.site_config`` logged why)."""
+    return hooks.site_config(order.site_id) or current_site().config
 
 
 @bp.route("/lookup", methods=["GET", "POST"])
