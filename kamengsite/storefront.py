@@ -125,22 +125,28 @@ def _hook():
     return current_app.extensions["kamengsite.hook"]
 
 
+def _per_app(key: str, build):
+    """What ``build()`` returns, computed once per site app (a site's plugins are fixed while its app lives)."""
+    cache = current_app.extensions.setdefault("kamengsite.storefront", {})
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
+def _plugin_answers(hook: str, kind) -> list:
+    """The ``kind`` objects the site's plugins return from a list-returning hook about the site."""
+    site = current_site()
+    answers = hooks.call_isolated(getattr(_hook(), hook), hook, site_id=site.site_id, site=site.config)
+    return [item for answer in answers for item in answer or () if isinstance(item, kind)]
+
+
 def _checkout_inputs() -> list:
-    """The extra buy-form inputs the site's plugins declare (``checkout_inputs``), cached per app."""
-    cache = current_app.extensions.setdefault("kamengsite.checkout_inputs", {})
-    if "inputs" not in cache:
-        declared = [i for answer in hooks.call_isolated(_hook().checkout_inputs, "checkout_inputs",
-                                                        site_id=current_site().site_id, site=current_site().config)
-                    for i in answer or () if isinstance(i, checkouts.CheckoutInput)]
-        cache["inputs"] = declared
-    return cache["inputs"]
+    """The extra buy-form inputs the site's plugins declare (``checkout_inputs``)."""
+    return _per_app("inputs", lambda: _plugin_answers("checkout_inputs", checkouts.CheckoutInput))
 
 
 def _uses_pipeline() -> bool:
-    cache = current_app.extensions.setdefault("kamengsite.checkout_inputs", {})
-    if "pipeline" not in cache:
-        cache["pipeline"] = checkouts.has_pipeline(_hook())
-    return cache["pipeline"]
+    return _per_app("pipeline", lambda: checkouts.has_pipeline(_hook()))
 
 
 def _checkout(item, sku_id: int, quote, quantity: int, inputs: dict, *, preview: bool, contact: str = "") -> checkouts.Checkout:
@@ -363,13 +369,8 @@ def healthz():
 
 
 def _site_sections() -> list:
-    """The theme sections the site's plugins offer (``theme_sections``), gathered once per app."""
-    cache = current_app.extensions.setdefault("kamengsite.sections", {})
-    if "all" not in cache:
-        site = current_site()
-        answers = hooks.call_isolated(_hook().theme_sections, "theme_sections", site_id=site.site_id, site=site.config)
-        cache["all"] = [s for answer in answers for s in answer or () if isinstance(s, Section)]
-    return cache["all"]
+    """The theme sections the site's plugins offer (``theme_sections``)."""
+    return _per_app("sections", lambda: _plugin_answers("theme_sections", Section))
 
 
 def plugin_sections(page: str, product=None, only=None):
