@@ -17,7 +17,7 @@ from kamengsite.models import utcnow
 from kamengsite.orders import Order, Payment, expire_due
 from kamengsite.payments import PaymentError, PayRequest, Profile, check_payments_config
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import buy, csrf_token, open_channel_shop, snapshot
+from kamengsite.testing import buy, csrf_token, open_channel_shop, sign_in_member, snapshot
 from kamengsite_balance import BalanceChannel, plugin
 
 PRICE_FEN = 1500
@@ -48,12 +48,7 @@ class Shop:
         return self.channel_shop.counter.orders
 
     def login(self, email):
-        client = base.SiteClient(self.host, SHOP1)
-        page = client.get("/member/login")
-        signed_in = client.post("/member/login", data={"csrf_token": csrf_token(page), "email": email,
-                                                       "password": PASSWORD})
-        assert signed_in.status_code == 302
-        return client
+        return sign_in_member(base.SiteClient(self.host, SHOP1), email, PASSWORD)
 
     def order(self, client=None, pay="balance/default") -> str:
         created = buy(client or self.client, self.product, pay)

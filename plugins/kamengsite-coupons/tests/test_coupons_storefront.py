@@ -8,14 +8,14 @@ import re
 
 import pytest
 
-from kamengsite import levels, orders, pricing
+from kamengsite import levels, orders
 from kamengsite.accounts import create_account
 from kamengsite.cardkeys import import_keys
 from kamengsite.catalog import create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site, utcnow
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import csrf_token, open_plugin_site, sign_in_console, sign_in_member
 from kamengsite_coupons import rules
 from kamengsite_coupons.models import Coupon, FlashSale, NewcomerPrice, QuantityTier
 
@@ -32,14 +32,7 @@ def product(host):
 
 
 def _shop(host, plugins=("coupons",), settings=None) -> int:
-    host.registry.create("shopx", template="gaming")
-    changes = {"level": "silver", "plugins": list(plugins)}
-    if settings is not None:
-        changes["settings"] = settings
-    host.registry.update("shopx", **changes)
-    site_id = Site.get(Site.slug == "shopx").id
-    pricing.set_rule(site_id, "all", markup_percent_bp=2000)
-    return site_id
+    return open_plugin_site(host, "shopx", plugins, settings=settings)
 
 
 def _post_buy(client, product, code):
@@ -94,12 +87,7 @@ def test_the_flash_section_shows_running_sales_unless_switched_off(host, client_
 
 def _owner(host, client_for, shop):
     create_account(shop, "owner", PASSWORD)
-    client = client_for(HOST)
-    page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"csrf_token": csrf_token(page), "username": "owner",
-                                                 "password": PASSWORD})
-    assert response.status_code == 302
-    return client
+    return sign_in_console(client_for(HOST), "owner", PASSWORD)
 
 
 def test_the_owner_creates_and_disables_promotions_in_the_console(host, client_for, product):
@@ -189,9 +177,7 @@ def test_a_signed_in_newcomer_sees_and_pays_the_newcomer_price(host, client_for,
     rules.set_newcomer_price(shop, product.skus[0].id, 9900)
     members.register(shop, "new@example.com", PASSWORD)
     client = client_for(HOST)
-    page = client.get("/member/login")
-    assert client.post("/member/login", data={"csrf_token": csrf_token(page), "email": "new@example.com",
-                                              "password": PASSWORD}).status_code == 302
+    sign_in_member(client, "new@example.com", PASSWORD)  # asserts the 302
     text = client.get(f"/p/{product.id}").get_data(as_text=True)
     assert "新人专享价" in text and "99.00" in text
     assert "新人专享价" not in client_for(HOST).get(f"/p/{product.id}").get_data(as_text=True)  # guests

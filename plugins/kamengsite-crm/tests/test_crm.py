@@ -23,7 +23,7 @@ from kamengsite.members import Member
 from kamengsite.models import Site, utcnow
 from kamengsite.orders import Order, create_order, mark_paid
 from kamengsite.tenancy import acting_for, all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import csrf_token, sign_in_console, sign_in_member
 from kamengsite_crm import campaigns, segments
 from kamengsite_crm.campaigns import CrmError
 from kamengsite_crm.models import CampaignDelivery, MemberSegment, Message
@@ -451,13 +451,6 @@ def test_two_concurrent_runs_reach_each_member_once(db_host):
 # -- pages ----------------------------------------------------------------------------------
 
 
-def _sign_in(client, email):
-    page = client.get("/member/login")
-    response = client.post("/member/login", data={"csrf_token": csrf_token(page), "email": email,
-                                                  "password": PASSWORD})
-    assert response.status_code == 302
-
-
 def test_member_pages_need_a_login_and_show_only_the_members_own_messages(shop, client_for):
     s = shop.site1
     a = shop.member(s, "alice")
@@ -474,7 +467,7 @@ def test_member_pages_need_a_login_and_show_only_the_members_own_messages(shop, 
         assert response.status_code == 302 and "/member/login" in response.headers["Location"]
 
     alice = client_for("shop1.localhost")
-    _sign_in(alice, "alice@example.com")
+    sign_in_member(alice, "alice@example.com", PASSWORD)
     page = alice.get("/member/messages")
     html = page.get_data(as_text=True)
     assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
@@ -485,7 +478,7 @@ def test_member_pages_need_a_login_and_show_only_the_members_own_messages(shop, 
     assert 'data-section="crm_inbox"' in account and "/member/messages" in account
 
     bob = client_for("shop1.localhost")
-    _sign_in(bob, "bob@example.com")
+    sign_in_member(bob, "bob@example.com", PASSWORD)
     assert "好久不见" not in bob.get("/member/messages").get_data(as_text=True)
     token = csrf_token(bob.get("/member/profile"))
     bob.post("/member/messages/read", data={"csrf_token": token, "message_id": str(mine.id)})
@@ -508,7 +501,7 @@ def test_a_member_sets_their_birthday_on_the_profile_page(shop, client_for):
     s = shop.site1
     a = shop.member(s, "alice")
     client = client_for("shop1.localhost")
-    _sign_in(client, "alice@example.com")
+    sign_in_member(client, "alice@example.com", PASSWORD)
     page = client.get("/member/profile")
     assert page.status_code == 200
     response = client.post("/member/profile", data={"csrf_token": csrf_token(page), "birthday": "1995-08-16"})
@@ -537,12 +530,7 @@ def test_a_site_without_the_plugin_has_no_crm_pages(host, client_for):
 def _console(shop, client_for, slug="shop1"):
     site_id = shop.site1 if slug == "shop1" else shop.site2
     accounts.create_account(site_id, f"owner-{slug}", PASSWORD)
-    client = client_for(f"{slug}.localhost")
-    page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"csrf_token": csrf_token(page), "username": f"owner-{slug}",
-                                                 "password": PASSWORD})
-    assert response.status_code == 302
-    return client
+    return sign_in_console(client_for(f"{slug}.localhost"), f"owner-{slug}", PASSWORD)
 
 
 def test_the_owner_console_lists_segments_and_manages_tags_and_campaigns(shop, client_for):

@@ -14,13 +14,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kamengsite import ledger, levels, members, orders, pricing, refunds
+from kamengsite import ledger, levels, members, orders, refunds
 from kamengsite.cardkeys import import_keys
 from kamengsite.catalog import create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import buy, csrf_token
+from kamengsite.testing import buy, csrf_token, open_plugin_site, sign_in_member, site_id
 from kamengsite_distribution import referrals
 from kamengsite_distribution.referrals import Referral, ReferralRefused
 
@@ -30,20 +30,9 @@ PASSWORD = "secret-pass-1"
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _site(slug) -> int:
-    return Site.get(Site.slug == slug).id
-
-
 def _shop(host, slug="shopx", plugins=("distribution",), settings=None) -> int:
     """A silver sub-site selling main's goods at +20 %; ``plugins`` enabled."""
-    host.registry.create(slug, template="gaming")
-    changes = {"level": "silver", "plugins": list(plugins)}
-    if settings is not None:
-        changes["settings"] = settings
-    host.registry.update(slug, **changes)
-    site_id = _site(slug)
-    pricing.set_rule(site_id, "all", markup_percent_bp=2000)
-    return site_id
+    return open_plugin_site(host, slug, plugins, settings=settings)
 
 
 @pytest.fixture
@@ -95,12 +84,6 @@ def _chain(site_id, *emails):
     return [m.id for m in made]
 
 
-def _sign_in(client, email):
-    page = client.get("/member/login")
-    response = client.post("/member/login", data={"csrf_token": csrf_token(page), "email": email, "password": PASSWORD})
-    assert response.status_code == 302
-
-
 # -- the chain, end to end ----------------------------------------------------------------
 
 
@@ -115,7 +98,7 @@ def test_an_invite_chain_earns_its_share_of_the_sellers_margin_and_gives_it_back
     assert referrals.upline(shop, c.id, 3) == [b.id, a.id]
 
     buyer = client_for("shopx.localhost")
-    _sign_in(buyer, "c@example.com")
+    sign_in_member(buyer, "c@example.com", PASSWORD)
     order_no = _buy_and_pay(buyer, product)
     with all_sites():
         order = orders.find_order(order_no)
@@ -135,12 +118,12 @@ def test_the_invite_page_shows_the_link_the_team_and_the_earnings(host, client_f
     shop = _shop(host)
     a_id, b_id, c_id = _chain(shop, "alice@example.com", "bob@example.com", "carol@example.com")
     buyer = client_for("shopx.localhost")
-    _sign_in(buyer, "carol@example.com")
+    sign_in_member(buyer, "carol@example.com", PASSWORD)
     order_no = _buy_and_pay(buyer, product)
 
     client = client_for("shopx.localhost")
     assert client.get("/member/invite").status_code == 302  # signed out: to the login page
-    _sign_in(client, "alice@example.com")
+    sign_in_member(client, "alice@example.com", PASSWORD)
     assert "/member/invite" in client.get("/member/").get_data(as_text=True)  # linked from the account page
     response = client.get("/member/invite")
     page = response.get_data(as_text=True)
@@ -156,7 +139,7 @@ def test_a_member_who_buys_without_a_referrer_pays_nobody(host, client_for, prod
     shop = _shop(host)
     (a_id,) = _chain(shop, "a@example.com")
     buyer = client_for("shopx.localhost")
-    _sign_in(buyer, "a@example.com")
+    sign_in_member(buyer, "a@example.com", PASSWORD)
     _buy_and_pay(buyer, product)
     assert _held(shop, a_id) == 0 and _frozen(shop) == 1800 and ledger.check() == []
 
@@ -172,7 +155,7 @@ def test_a_site_that_does_not_enable_the_plugin_pays_no_commissions(host, client
     plain = _shop(host, "plain", plugins=())
     a_id, b_id, c_id = _chain(plain, "a@example.com", "b@example.com", "c@example.com")
     buyer = client_for("plain.localhost")
-    _sign_in(buyer, "c@example.com")
+    sign_in_member(buyer, "c@example.com", PASSWORD)
     _buy_and_pay(buyer, product)
     assert (_held(plain, a_id), _held(plain, b_id)) == (0, 0) and _frozen(plain) == 1800
     assert client_for("plain.localhost").get("/member/invite").status_code == 404
@@ -183,7 +166,7 @@ def test_the_sites_rates_apply_up_to_three_levels(host, client_for, product):
     shop = _shop(host, settings={"distribution": {"rates": [20, 10, 5]}})
     ids = _chain(shop, "a@example.com", "b@example.com", "c@example.com", "d@example.com", "e@example.com")
     buyer = client_for("shopx.localhost")
-    _sign_in(buyer, "e@example.com")
+    sign_in_member(buyer, "e@example.com", PASSWORD)
     _buy_and_pay(buyer, product)
     # e's chain: d 20 %, c 10 %, b 5 % of 1800; a is four levels up and gets nothing
     assert [_held(shop, m) for m in ids] == [0, 90, 180, 360, 0]
@@ -221,7 +204,7 @@ def test_rates_longer_than_three_are_refused_on_a_live_site(host, client_for, pr
     ids = _chain(shop, "a@example.com", "b@example.com", "c@example.com", "d@example.com", "e@example.com")
     buyer = client_for("shopx.localhost")
     with caplog.at_level(logging.ERROR):
-        _sign_in(buyer, "e@example.com")
+        sign_in_member(buyer, "e@example.com", PASSWORD)
         _buy_and_pay(buyer, product)
     assert any("[settings.distribution]" in r.getMessage() for r in caplog.records)
     assert [_held(shop, m) for m in ids] == [0, 0, 90, 180, 0]  # the defaults: two levels, 10 % and 5 %
@@ -281,7 +264,7 @@ def test_an_unknown_ref_is_not_kept(host, client_for):
 
 def test_bonds_and_commissions_on_every_backend(db_host):
     """The same rules on SQLite, PostgreSQL and MariaDB: codes unique per site, chain walk, refusals."""
-    main = _site("main")
+    main = site_id("main")
     a_id, b_id, c_id = _chain(main, "a@example.com", "b@example.com", "c@example.com")
     codes = {referrals.invite_code(main, m) for m in (a_id, b_id, c_id)}
     assert len(codes) == 3 and referrals.invite_code(main, a_id) in codes

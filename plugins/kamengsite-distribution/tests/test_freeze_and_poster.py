@@ -22,7 +22,7 @@ from kamengsite.catalog import Product, create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site, utcnow
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import buy, csrf_token
+from kamengsite.testing import buy, csrf_token, open_plugin_site, sign_in_member
 import kamengsite_distribution
 from kamengsite_distribution import poster as posters
 from kamengsite_distribution import referrals
@@ -35,14 +35,7 @@ DAY = datetime.timedelta(days=1)
 
 
 def _shop(host, slug="shopx", settings=None) -> int:
-    host.registry.create(slug, template="gaming")
-    changes = {"level": "silver", "plugins": ["distribution"]}
-    if settings is not None:
-        changes["settings"] = settings
-    host.registry.update(slug, **changes)
-    site_id = Site.get(Site.slug == slug).id
-    pricing.set_rule(site_id, "all", markup_percent_bp=2000)
-    return site_id
+    return open_plugin_site(host, slug, ["distribution"], settings=settings)
 
 
 def _product(h, name="分销测试卡", keys=10):
@@ -62,12 +55,6 @@ def _chain(site_id, *emails):
     for referrer, member in zip(made, made[1:]):
         referrals.bind(site_id, member.id, referrer.id)
     return [m.id for m in made]
-
-
-def _sign_in(client, email):
-    page = client.get("/member/login")
-    response = client.post("/member/login", data={"csrf_token": csrf_token(page), "email": email, "password": PASSWORD})
-    assert response.status_code == 302
 
 
 def _buy_and_pay(client, product) -> str:
@@ -97,7 +84,7 @@ def _buyer_chain(host, client_for, product, settings=None):
     shop = _shop(host, settings=settings)
     ids = _chain(shop, "a@example.com", "b@example.com", "c@example.com")
     buyer = client_for("shopx.localhost")
-    _sign_in(buyer, "c@example.com")
+    sign_in_member(buyer, "c@example.com", PASSWORD)
     return shop, ids, _buy_and_pay(buyer, product)
 
 
@@ -172,7 +159,7 @@ def test_a_refund_after_the_release_takes_it_back_from_the_wallet_and_leaves_oth
     shop, (a, b, c), first = _buyer_chain(host, client_for, product)
     settlement.release_commissions(first)  # the first order's freeze period is over
     buyer = client_for("shopx.localhost")
-    _sign_in(buyer, "c@example.com")
+    sign_in_member(buyer, "c@example.com", PASSWORD)
     second = _buy_and_pay(buyer, product)
     assert (_held(shop, b), _wallet(shop, b)) == (180, 180)
 
@@ -217,7 +204,7 @@ def test_rates_adding_up_to_100_percent_pay_the_whole_margin_and_not_a_fen_more(
 def test_the_invite_page_shows_frozen_and_available_and_a_poster_link_per_product(host, client_for, product):
     shop, (a, b, c), order_no = _buyer_chain(host, client_for, product)
     page_client = client_for("shopx.localhost")
-    _sign_in(page_client, "b@example.com")
+    sign_in_member(page_client, "b@example.com", PASSWORD)
     page = page_client.get("/member/invite").get_data(as_text=True)
     assert "待结算佣金" in page and "可用余额" in page and "¥1.80" in page and "待结算（约" in page
     assert f'/member/invite/poster/{product.id}.png' in page and "生成海报" in page
@@ -241,7 +228,7 @@ def test_the_poster_is_a_png_with_the_members_product_link_in_its_qr_code(host, 
     shop = _shop(host)
     (a,) = _chain(shop, "a@example.com")
     client = client_for("shopx.localhost")
-    _sign_in(client, "a@example.com")
+    sign_in_member(client, "a@example.com", PASSWORD)
     response = client.get(f"/member/invite/poster/{product.id}.png")
     assert response.status_code == 200 and response.mimetype == "image/png"
     assert response.headers["Cache-Control"].startswith("private")
@@ -264,7 +251,7 @@ def test_no_poster_for_a_product_not_on_sale_on_this_site(host, client_for, prod
     shop = _shop(host)
     _chain(shop, "a@example.com")
     client = client_for("shopx.localhost")
-    _sign_in(client, "a@example.com")
+    sign_in_member(client, "a@example.com", PASSWORD)
     assert client.get("/member/invite/poster/99999.png").status_code == 404
     off = _product(host, "下架卡")
     Product.update(status="off").where(Product.id == off.id).execute()
@@ -318,7 +305,7 @@ def test_freeze_release_and_refund_on_every_backend(db_host):
     shop = _shop(db_host)
     a, b, c = _chain(shop, "a@example.com", "b@example.com", "c@example.com")
     buyer = SiteClient(db_host, "shopx.localhost")
-    _sign_in(buyer, "c@example.com")
+    sign_in_member(buyer, "c@example.com", PASSWORD)
     first, second = _buy_and_pay(buyer, product), _buy_and_pay(buyer, product)
     assert (_held(shop, b), _held(shop, a)) == (360, 180)
 

@@ -13,7 +13,7 @@ from kamengsite.catalog import Sku, create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import csrf_token, open_plugin_site, sign_in_console
 from kamengsite_groupbuy import groups
 from kamengsite_groupbuy.groups import Group, GroupOffer
 
@@ -36,10 +36,7 @@ def _text(response) -> str:
 
 
 def _login(client):
-    page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"csrf_token": csrf_token(page), "username": "boss",
-                                                 "password": PASSWORD})
-    assert response.status_code == 302
+    sign_in_console(client, "boss", PASSWORD)
 
 
 def _buy(client, product, groupbuy: str, contact: str):
@@ -153,9 +150,7 @@ def test_a_sub_site_cannot_offer_a_group_price_below_its_cost(site, host):
 
     main, product = site
     levels.seed_default_levels()
-    host.registry.create("shopx", template="gaming")
-    host.registry.update("shopx", level="silver", plugins=["groupbuy"])
-    shop = Site.get(Site.slug == "shopx").id  # silver: cost 9000 of a 10000 product
+    shop = open_plugin_site(host, "shopx", ["groupbuy"], markup_bp=None)  # silver: cost 9000 of a 10000 product
     with pytest.raises(groups.OfferError, match="不能低于本站成本"):
         groups.create_offer(shop, product.skus[0].id, group_size=2, group_price_fen=8999, window_minutes=30)
     offer = groups.create_offer(shop, product.skus[0].id, group_size=2, group_price_fen=9500, window_minutes=30)

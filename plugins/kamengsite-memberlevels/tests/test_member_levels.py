@@ -19,7 +19,7 @@ from kamengsite.checkout import Checkout
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import csrf_token, open_plugin_site, sign_in_console, sign_in_member
 from kamengsite_memberlevels import adjust_price, order_paid, order_refunded
 from kamengsite_memberlevels import levels
 from kamengsite_memberlevels.levels import Config, Level, MemberLevel
@@ -34,19 +34,8 @@ def host(db_host):
     return db_host
 
 
-def _site(slug) -> int:
-    return Site.get(Site.slug == slug).id
-
-
 def _shop(host, slug="shopx", plugins=("member_levels",), settings=None) -> int:
-    host.registry.create(slug, template="gaming")
-    changes = {"level": "silver", "plugins": list(plugins)}
-    if settings is not None:
-        changes["settings"] = settings
-    host.registry.update(slug, **changes)
-    site_id = _site(slug)
-    pricing.set_rule(site_id, "all", markup_percent_bp=2000)
-    return site_id
+    return open_plugin_site(host, slug, plugins, settings=settings)
 
 
 @pytest.fixture
@@ -76,11 +65,6 @@ def _checkout(host, site_id, member_id, unit=10800, floor=9000, quantity=1, slug
     return Checkout(site_id=site_id, site=host.registry.load(slug), product=SimpleNamespace(id=1, name="x"), sku_id=1,
                     quantity=quantity, list_unit_fen=unit, floor_unit_fen=floor, member_id=member_id)
 
-
-def _sign_in(client, email):
-    page = client.get("/member/login")
-    response = client.post("/member/login", data={"csrf_token": csrf_token(page), "email": email, "password": PASSWORD})
-    assert response.status_code == 302
 
 
 # -- levels from spend --------------------------------------------------------------------
@@ -285,7 +269,7 @@ def test_the_member_page_shows_level_spend_and_next_level(host, client_for, prod
     _paid(shop, product, a.id, quantity=2)  # 21600: 银卡
     client = client_for("shopx.localhost")
     assert client.get("/member/level").status_code == 302
-    _sign_in(client, "a@example.com")
+    sign_in_member(client, "a@example.com", PASSWORD)
     response = client.get("/member/level")
     page = response.get_data(as_text=True)
     assert response.status_code == 200 and response.headers["Cache-Control"] == "no-store"
@@ -307,7 +291,7 @@ def test_a_member_buys_at_the_level_price_through_the_storefront(host, client_fo
     a = members.register(shop, "a@example.com", PASSWORD)
     _paid(shop, product, a.id, quantity=5)  # 金卡
     client = client_for("shopx.localhost")
-    _sign_in(client, "a@example.com")
+    sign_in_member(client, "a@example.com", PASSWORD)
     page = client.get(f"/p/{product.id}")
     if "list-price" not in page.get_data(as_text=True):
         pytest.skip("the storefront's checkout pipeline has not landed")
@@ -333,12 +317,7 @@ def _operator(client_for, site_id, slug):
     from kamengsite.accounts import create_account
 
     create_account(site_id, f"owner-{slug}", PASSWORD)
-    client = client_for(f"{slug}.localhost")
-    page = client.get("/admin/login")
-    response = client.post("/admin/login", data={"csrf_token": csrf_token(page), "username": f"owner-{slug}",
-                                                 "password": PASSWORD})
-    assert response.status_code == 302
-    return client
+    return sign_in_console(client_for(f"{slug}.localhost"), f"owner-{slug}", PASSWORD)
 
 
 def test_the_owner_lists_members_and_grants_a_level(host, client_for, product):

@@ -20,7 +20,7 @@ from kamengsite.catalog import create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites, site_scope
-from kamengsite.testing import csrf_token
+from kamengsite.testing import open_plugin_site, sign_in_member, site_id
 from kamengsite_recommend import (SESSION_VISITOR, render_bought_together, render_recently_viewed, settings,
                                   theme_sections)
 from kamengsite_recommend import data
@@ -42,19 +42,8 @@ def _fresh_cache():
     data.clear_cache()
 
 
-def _site(slug) -> int:
-    return Site.get(Site.slug == slug).id
-
-
 def _shop(host, slug="shopx", plugins=("recommendations",), settings=None) -> int:
-    host.registry.create(slug, template="gaming")
-    changes = {"level": "silver", "plugins": list(plugins)}
-    if settings is not None:
-        changes["settings"] = settings
-    host.registry.update(slug, **changes)
-    site_id = _site(slug)
-    pricing.set_rule(site_id, "all", markup_percent_bp=2000)
-    return site_id
+    return open_plugin_site(host, slug, plugins, settings=settings)
 
 
 @pytest.fixture
@@ -75,7 +64,7 @@ def goods(host):
 def _page(host, slug, visitor_token=None, member_id=None):
     """A request of ``slug``'s app, as a guest with ``visitor_token`` in the session (or a member)."""
     app = host.app_for(slug)
-    with app.test_request_context("/", headers={"Host": f"{slug}.localhost"}), site_scope(_site(slug)):
+    with app.test_request_context("/", headers={"Host": f"{slug}.localhost"}), site_scope(site_id(slug)):
         from flask import g, session
 
         if visitor_token is not None:
@@ -83,7 +72,7 @@ def _page(host, slug, visitor_token=None, member_id=None):
         if member_id is not None:
             from kamengsite.members import get_member
 
-            g.kamengsite_member = get_member(_site(slug), member_id)  # see member_routes' request cache
+            g.kamengsite_member = get_member(site_id(slug), member_id)  # see member_routes' request cache
         yield
 
 
@@ -144,8 +133,7 @@ def test_a_members_views_follow_the_member(host, client_for, goods):
     shop = _shop(host)
     member = members.register(shop, "a@example.com", PASSWORD)
     client = client_for("shopx.localhost")
-    page = client.get("/member/login")
-    client.post("/member/login", data={"csrf_token": csrf_token(page), "email": "a@example.com", "password": PASSWORD})
+    sign_in_member(client, "a@example.com", PASSWORD)
     client.get(f"/p/{goods[3].id}")
     assert data.recent_views(shop, f"m{member.id}") == [goods[3].id]
     with _page(host, "shopx", member_id=member.id):

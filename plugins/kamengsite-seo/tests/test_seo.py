@@ -125,14 +125,13 @@ def test_owners_edit_the_seo_settings_in_the_console(shop, host, client_for, sit
     import re
 
     from kamengsite.accounts import create_account
+    from kamengsite.testing import sign_in_console
 
     site = Site.get(Site.slug == "shop1")
     create_account(site.id, "owner1", "correct horse battery")
     client = client_for("shop1.localhost")
     token = re.compile(r'name="csrf_token" (?:type="hidden" )?value="([^"]+)"')
-    page = client.get("/admin/login")
-    client.post("/admin/login", data={"csrf_token": token.search(text(page)).group(1), "username": "owner1",
-                                      "password": "correct horse battery"})
+    sign_in_console(client, "owner1", "correct horse battery")
     form = client.get("/admin/plugins/seo/settings")
     assert "网站标题" in text(form)
     data = {"csrf_token": token.search(text(form)).group(1), "title": "新标题", "description": "",
