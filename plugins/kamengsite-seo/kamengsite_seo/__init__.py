@@ -38,14 +38,22 @@ SETTINGS_SCHEMA = {
             {"type": "string", "maxLength": 300},
             {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 30},
         ]},
-        "og_image": {"type": "string", "maxLength": 500, "title": "分享图片地址（https:// 或 /static/…）", "pattern": r"^(https?://[^\s<>\"]+|/[^\s<>\"]*)\Z"},
+        "og_image": {"type": "string", "maxLength": 500, "title": "分享图片地址（https:// 或 /static/…）",
+                     "pattern": r"^(https?://[^\s<>\"]+|/[^\s<>\"]*)\Z"},
         "robots_disallow": {"type": "array", "title": "禁止搜索引擎抓取的路径（多个用逗号分隔，如 /lookup）",
                             "items": {"type": "string", "maxLength": 200, "pattern": _PATH},
                             "maxItems": 100},
+        "products": {"type": "array", "maxItems": 500, "title": "单个商品的搜索设置（商品编号见商品链接 /p/编号）",
+                     "items": {"type": "object", "required": ["product_id"], "additionalProperties": False,
+                               "properties": {
+                                   "product_id": {"type": "integer", "minimum": 1, "title": "商品编号"},
+                                   "title": {"type": "string", "maxLength": 120, "title": "标题"},
+                                   "description": {"type": "string", "maxLength": 500, "title": "描述"},
+                                   "keywords": {"type": "string", "maxLength": 300, "title": "关键词"}}}},
     },
     "additionalProperties": False,
 }
-DEFAULTS = {"title": "", "description": "", "keywords": "", "og_image": "", "robots_disallow": []}
+DEFAULTS = {"title": "", "description": "", "keywords": "", "og_image": "", "robots_disallow": [], "products": []}
 
 
 # -- settings ---------------------------------------------------------------------------
@@ -75,6 +83,7 @@ def load_settings(site) -> dict:
         merged["keywords"] = ", ".join(k.strip() for k in merged["keywords"] if k.strip())
     merged["title"] = merged["title"] or site.name
     merged["description"] = merged["description"] or site.tagline
+    merged["products"] = {entry["product_id"]: entry for entry in merged["products"]}
     return merged
 
 
@@ -175,13 +184,16 @@ def head_tags(site) -> Markup:
     settings = _settings(site)
     canonical = request.base_url  # the request URL without its query string
     product = _product_safely()
-    title = storefront.pricer().display_name(product) if product else settings["title"]
-    description = (product.summary if product and product.summary else settings["description"])
+    own = settings["products"].get(product.id, {}) if product else {}  # the owner's words for this product
+    title = own.get("title") or (storefront.pricer().display_name(product) if product else settings["title"])
+    description = own.get("description") or (product.summary if product and product.summary
+                                              else settings["description"])
+    keywords = own.get("keywords") or settings["keywords"]
     tags = [Markup('<link rel="canonical" href="{}">').format(canonical)]
     if description:
         tags.append(Markup('<meta name="description" content="{}">').format(description))
-    if settings["keywords"]:
-        tags.append(Markup('<meta name="keywords" content="{}">').format(settings["keywords"]))
+    if keywords:
+        tags.append(Markup('<meta name="keywords" content="{}">').format(keywords))
     og = [("og:title", title), ("og:description", description), ("og:url", canonical),
           ("og:type", "product" if product else "website"), ("og:site_name", site.name)]
     if settings["og_image"]:

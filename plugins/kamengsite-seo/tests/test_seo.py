@@ -116,7 +116,7 @@ def test_a_broken_setting_is_logged_and_the_site_keeps_serving_with_defaults(sho
 def test_settings_default_to_the_site_and_helpers_never_use_floats(tmp_path):
     site = SiteConfig(slug="shop9", path=tmp_path, name="九号店", theme="light", tagline="秒发")
     assert load_settings(site) == {
-        "title": "九号店", "description": "秒发", "keywords": "", "og_image": "", "robots_disallow": []}
+        "title": "九号店", "description": "秒发", "keywords": "", "og_image": "", "robots_disallow": [], "products": {}}
     assert yuan(1500) == "15.00" and yuan(7) == "0.07"
     assert json_for_script({"n": "<&>"}) == '{"n": "\\u003c\\u0026\\u003e"}'
 
@@ -135,10 +135,28 @@ def test_owners_edit_the_seo_settings_in_the_console(shop, host, client_for, sit
     form = client.get("/admin/plugins/seo/settings")
     assert "网站标题" in text(form)
     data = {"csrf_token": token.search(text(form)).group(1), "title": "新标题", "description": "",
-            "keywords": "点卡, 月卡", "og_image": "javascript:alert(1)", "robots_disallow": "/lookup, /member/"}
+            "keywords": "点卡, 月卡", "og_image": "javascript:alert(1)", "robots_disallow": "/lookup, /member/",
+            "products": [str(shop["card"].id), "月卡特价", "", "", "", "", "", ""]}
     refused = client.post("/admin/plugins/seo/settings", data=data)
     assert refused.status_code == 200 and "新标题" not in str(site_files.read("shop1").get("settings", {}))
     assert client.post("/admin/plugins/seo/settings", data={**data, "og_image": "/static/share.png"}).status_code == 302
     assert site_files.read("shop1")["settings"]["seo"]["title"] == "新标题"
     assert site_files.read("shop1")["settings"]["seo"]["robots_disallow"] == ["/lookup", "/member/"]
+    assert site_files.read("shop1")["settings"]["seo"]["products"] == [{"product_id": shop["card"].id, "title": "月卡特价"}]
     assert '<meta property="og:title" content="新标题">' in text(client_for("shop1.localhost").get("/"))
+
+
+def test_a_product_gets_its_own_title_description_and_keywords_on_one_site(shop, host, client_for, site_files):
+    card = shop["card"]
+    settings = site_files.read("shop1")["settings"]
+    settings["seo"]["products"] = [{"product_id": card.id, "title": "月卡 <限时>", "description": "秒发的月卡",
+                                    "keywords": "月卡, 秒发"}]
+    site_files.edit("shop1", settings=settings)
+    site_files.edit("shop2", plugins=["seo"])
+    page = text(client_for("shop1.localhost").get(f"/p/{card.id}"))
+    assert '<meta property="og:title" content="月卡 &lt;限时&gt;">' in page
+    assert '<meta name="description" content="秒发的月卡">' in page and '<meta name="keywords" content="月卡, 秒发">' in page
+    other = text(client_for("shop1.localhost").get(f"/p/{shop['other'].id}"))
+    assert '<meta name="keywords" content="点卡, 月卡">' in other  # other products keep the site's words
+    elsewhere = text(client_for("shop2.localhost").get(f"/p/{card.id}"))
+    assert "秒发的月卡" not in elsewhere and '<meta property="og:title" content="测试月卡">' in elsewhere
