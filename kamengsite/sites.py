@@ -70,7 +70,7 @@ class SiteRegistry:
         return self.root / check_slug(slug)
 
     def version(self, slug: str):
-        """A token that changes whenever the site's config or content files change; None if gone."""
+        """A token that changes whenever the site's config changes; None if gone."""
         # Plain string paths: this runs on every request, and pathlib's joins cost more than the stat()s.
         folder = f"{self._root_prefix}{slug}"
         try:
@@ -78,12 +78,10 @@ class SiteRegistry:
             c = os.stat(f"{folder}/{SITE_FILE}")
         except (FileNotFoundError, NotADirectoryError):
             return None
-        try:
-            p = os.stat(f"{folder}/pages").st_mtime_ns
-        except (FileNotFoundError, NotADirectoryError):
-            p = 0
+        # Layouts and theme settings are not part of it: they are cached per file inside the app
+        # (kamengsite/layouts.py), so publishing a page does not rebuild the site's app.
         # ctime too: an in-place rewrite that keeps size and mtime (cp -p, tar) still changes it.
-        return (d.st_mtime_ns, c.st_mtime_ns, c.st_ctime_ns, c.st_size, c.st_ino, p)
+        return (d.st_mtime_ns, c.st_mtime_ns, c.st_ctime_ns, c.st_size, c.st_ino)
 
     def load(self, slug: str) -> SiteConfig:
         return read_site_config(self.folder(slug), base_domain=self.base_domain,

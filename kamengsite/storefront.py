@@ -16,9 +16,9 @@ from flask_wtf.csrf import CSRFProtect
 from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
-from . import alerts, checkout as checkouts, hooks, orders, payment_routes, topup
+from . import alerts, checkout as checkouts, hooks, layouts, orders, payment_routes, topup
 from .app import current_site, site_secret
-from .catalog import product_on_sale, sku_stock, skus_on_sale, storefront_products
+from .catalog import Category, Product, product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
 from .models import Site
@@ -118,7 +118,87 @@ def _owns(order_no: str) -> bool:
 
 @bp.get("/")
 def home():
-    return render_template("home.html", products=pricer().listing(storefront_products(catalog_owners())))
+    """The home page: the site's published layout (or the theme's default), section by section."""
+    context = _section_context("home")
+    html = [part for _, part in layouts.render_layout_sections(
+        current_app.jinja_env, layouts.site_layouts().layout("home"), context)]
+    return render_template("home.html", page_sections=Markup("\n").join(html))
+
+
+def _listed_products() -> list:
+    return pricer().listing(storefront_products(catalog_owners()))
+
+
+def _section_context(page: str, product=None) -> dict:
+    """What section templates see: the template context of the site, and ``_section_extras``."""
+    context = _section_extras(page, product)
+    current_app.update_template_context(context)  # site, theme, plugin_sections, plugins' context
+    return context
+
+
+def _section_extras(page: str, product=None) -> dict:
+    """The page, its product, and the catalogue, fetched only if a section asks."""
+    data = layouts.PageData({"products": _listed_products})
+    data.loaders["category_of"] = lambda: _categories_of([p["id"] for p in data.products])
+    data.loaders["categories"] = lambda: _listed_categories(data.category_of)
+    category = request.args.get("category", type=int)
+
+    def grid_products(chosen, count):
+        items = data.products
+        wanted = chosen or category
+        if wanted:
+            items = [p for p in items if data.category_of.get(p["id"]) == wanted]
+        return items[:count]
+
+    return {"page": page, "product": product, "data": data, "grid_products": grid_products,
+            "request_category": category}
+
+
+def _categories_of(product_ids) -> dict:
+    if not product_ids:
+        return {}
+    return dict(Product.select(Product.id, Product.category).where(Product.id.in_(product_ids)).tuples())
+
+
+def _listed_categories(category_of: dict) -> list:
+    """The visible categories that have a product listed on this site, in the catalogue's order."""
+    ids = {c for c in category_of.values() if c}
+    if not ids:
+        return []
+    return list(Category.select(Category.id, Category.name).where(Category.id.in_(ids) & Category.visible)
+                .order_by(Category.sort, Category.id))
+
+
+def _product_layout(product) -> tuple[Markup, Markup]:
+    """The product page's sections before and after its own content (the ``main_product`` section)."""
+    layout = layouts.site_layouts().layout("product")
+    if not layout.sections:
+        return Markup(""), Markup("")
+    ids = [s.id for s in layout.sections]
+    main = next((i for i, s in enumerate(layout.sections) if s.type == "main_product"), -1)
+    before, after = [], []
+    for section, html in layouts.render_layout_sections(current_app.jinja_env, layout,
+                                                        _section_context("product", product)):
+        if section.type != "main_product":  # the product's own content: drawn by the page itself
+            (after if ids.index(section.id) > main else before).append(html)
+    return Markup("").join(before), Markup("").join(after)
+
+
+def render_section(site_app, page: str, section_id: str, layout=None, product=None) -> Markup:
+    """One section of ``page`` alone (for an editor's live preview); within a request of the site's app.
+
+    ``layout``: a candidate layout dict (checked leniently, as stored layouts are), else the published one.
+    """
+    store = layouts.site_layouts(site_app)
+    if layout is None:
+        placed = store.layout(page)
+    else:
+        placed, _ = layouts.check_layout(store.theme.section_types, page, layout, f"layouts/{page}.json", strict=False)
+        if placed is None:
+            return Markup("")
+    parts = layouts.render_layout_sections(site_app.jinja_env, placed, _section_context(page, product),
+                                           only=[section_id])
+    return parts[0][1] if parts else Markup("")
 
 
 def _hook():
@@ -195,7 +275,9 @@ def product(product_id):
                 return redirect(url_for("storefront.order", order_no=order.order_no))
     prices = {sku_id: q.unit_price_fen for sku_id, q in quotes.items()}
     prices.update({sku_id: c.goods_fen // c.quantity for sku_id, c in previews.items()})
+    layout_before, layout_after = _product_layout(item)
     return render_template("storefront/product.html", product=item, skus=skus, form=form,
+                           layout_before=layout_before, layout_after=layout_after,
                            topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors,
                            pay_options=pay_options, prices=prices,
                            list_prices={sku_id: q.unit_price_fen for sku_id, q in quotes.items()},

@@ -1,20 +1,24 @@
-"""Themes: ``themes/<name>/`` with a ``theme.json`` manifest, templates and static files.
+"""Themes: ``themes/<name>/`` with a ``theme.json`` manifest, templates, sections and static files.
 
 One Jinja environment per theme, shared by every site that uses it: compiled
-templates are cached once, not once per site.
+templates are cached once, not once per site. A theme's sections (``sections/``),
+its theme-wide ``settings_schema`` and its default page layouts (``templates/<page>.json``)
+are checked on load with the manifest (see ``kamengsite/layouts.py``): a theme with any
+error is reported in ``ThemeRegistry.errors`` and not offered.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jinja2
 import jsonschema
 
 from .config import SLUG_RE
+from . import layouts
 from .errors import ConfigError
 
 HOST_TEMPLATES = Path(__file__).parent / "templates"
@@ -27,6 +31,7 @@ MANIFEST_SCHEMA = {
         "version": {"type": "string", "pattern": r"^\d+\.\d+(\.\d+)?$"},
         "label": {"type": "object", "additionalProperties": {"type": "string"}},
         "description": {"type": "object", "additionalProperties": {"type": "string"}},
+        "settings_schema": {"type": "array"},  # checked by layouts.SETTINGS_SCHEMA
     },
 }
 
@@ -37,6 +42,13 @@ class Theme:
     version: str
     label: dict
     path: Path
+    #: Theme-wide setting specs (flattened ``settings_schema`` groups) and the groups as written.
+    settings_schema: tuple = ()
+    settings_groups: tuple = ()
+    #: type -> ``layouts.SectionType``: the host's shared sections and the theme's own.
+    section_types: dict = field(default_factory=dict, compare=False)
+    #: page -> ``layouts.Layout``: the theme's default layouts.
+    layouts: dict = field(default_factory=dict, compare=False)
 
     @property
     def static_dir(self) -> Path:
@@ -62,6 +74,8 @@ class ThemeRegistry:
         self.scan()
 
     def scan(self):
+        """(Re)read every theme folder. A theme that loaded before and is broken now keeps its
+        last good version (sites using it keep serving) and is reported in ``errors``."""
         themes, errors = {}, {}
         if self.root.is_dir():
             for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
@@ -69,6 +83,8 @@ class ThemeRegistry:
                     themes[folder.name] = load_theme(folder)
                 except ConfigError as exc:
                     errors[folder.name] = exc
+                    if folder.name in self.themes:
+                        themes[folder.name] = self.themes[folder.name]
         self.themes, self.errors = themes, errors
         self._environments.clear()
 
@@ -76,7 +92,8 @@ class ThemeRegistry:
         return name in self.themes
 
     def names(self) -> list[str]:
-        return sorted(self.themes)
+        """The themes offered: loaded and without a current error."""
+        return sorted(name for name in self.themes if name not in self.errors)
 
     def get(self, name: str) -> Theme:
         return self.themes[name]
@@ -103,8 +120,12 @@ class ThemeRegistry:
         from flask import get_flashed_messages, url_for
 
         env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader([str(theme.templates_dir), str(HOST_TEMPLATES),
-                                            *map(str, self.plugin_template_dirs)]),
+            # "sections/<type>.html" comes from the theme's sections/ first, then the host's shared ones.
+            loader=jinja2.ChoiceLoader([
+                jinja2.PrefixLoader({"sections": jinja2.FileSystemLoader(str(theme.path / "sections"))}),
+                jinja2.FileSystemLoader([str(theme.templates_dir), str(HOST_TEMPLATES),
+                                         *map(str, self.plugin_template_dirs)]),
+            ]),
             autoescape=True,
             auto_reload=self.auto_reload,
             cache_size=800,
@@ -114,7 +135,17 @@ class ThemeRegistry:
         env.globals.update(url_for=url_for, get_flashed_messages=get_flashed_messages)
         env.filters["yuan"] = format_fen
         env.filters["mask_key"] = mask_key
+        env.globals["theme_settings"] = _current_theme_settings
         return env
+
+
+def _current_theme_settings() -> dict:
+    """The current site's theme-wide values (template global ``theme_settings()``)."""
+    from flask import current_app, has_app_context
+
+    if not has_app_context() or "kamengsite.site" not in current_app.extensions:
+        return {}
+    return layouts.site_layouts(current_app).theme_settings()
 
 
 def format_fen(fen: int) -> str:
@@ -149,4 +180,11 @@ def load_theme(folder: Path) -> Theme:
         raise ConfigError(manifest, "name", f"{data['name']!r} must match the folder name {folder.name!r}")
     if not (folder / "templates").is_dir():
         raise ConfigError(folder / "templates", None, "missing: a theme needs a templates folder")
-    return Theme(name=data["name"], version=data["version"], label=data["label"], path=folder)
+    settings_schema = layouts.load_settings_schema(manifest, data.get("settings_schema"))
+    section_types = layouts.load_section_types(folder)
+    for kind in section_types:
+        if not ((folder / "sections" / f"{kind}.html").is_file() or (layouts.HOST_SECTIONS / f"{kind}.html").is_file()):
+            raise ConfigError(folder / "sections" / f"{kind}.html", None, f"missing: the template of section {kind!r}")
+    return Theme(name=data["name"], version=data["version"], label=data["label"], path=folder,
+                 settings_schema=settings_schema, settings_groups=tuple(data.get("settings_schema") or ()),
+                 section_types=section_types, layouts=layouts.load_theme_layouts(folder, section_types))

@@ -67,7 +67,7 @@ def test_create_copies_the_template(host):
     assert written["theme"] == template["theme"] == config.theme
     assert written["tagline"] == template["tagline"]
     assert written["template"] == "wholesale" and written["parent"] == "main"
-    for extra in ("assets", "pages"):
+    for extra in ("assets", "layouts"):
         assert (folder / extra).is_dir()
     assert not [p for p in folder_listing(host) if p.startswith(".")]  # no staging folder left
     assert site_row("shop1").parent.slug == "main"
