@@ -52,11 +52,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(instance: Instance, port: int, *, workers=2, threads=8, env=None) -> subprocess.Popen:
+def start_server(instance: Instance, port: int, *, workers=2, threads=8, env=None, extra_args=()) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "kamengsite", "--instance", str(instance.path), "serve",
-           "--port", str(port), "--workers", str(workers), "--threads", str(threads)]
+           "--port", str(port), "--workers", str(workers), "--threads", str(threads), *extra_args]
+    return start_process(cmd, port, env=env)
+
+
+def start_process(cmd, port: int, *, env=None, cwd=None) -> subprocess.Popen:
+    """Start a server command and wait (30 s at most) until it accepts connections on ``port``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, **(env or {})}, cwd=str(ROOT))
+                            env={**os.environ, **(env or {})}, cwd=str(cwd or ROOT))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -64,7 +69,7 @@ def start_server(instance: Instance, port: int, *, workers=2, threads=8, env=Non
                 return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}")
+                raise RuntimeError(f"server exited with {proc.returncode}: {' '.join(map(str, cmd))}")
             time.sleep(0.1)
     proc.kill()
     raise RuntimeError("server did not start within 30 s")
