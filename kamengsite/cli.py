@@ -330,6 +330,7 @@ def _register_more_commands():
         ("kamengsite.ledger_cli", ("ledger",)),
         ("kamengsite.members_cli", ("member",)),
         ("kamengsite.plugins_cli", ("plugins",)),
+        ("kamengsite.themes_cli", ("theme",)),
         ("kamengsite.sites_cli", ("level",)),  # its `site …` commands join the `site` group on import
     ):
         try:

@@ -43,8 +43,14 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 HOST_SECTIONS = Path(__file__).parent / "templates" / "sections"
-#: The pages a layout can be stored for (this change renders ``home`` and ``product``).
-PAGES = ("home", "product")
+#: The page types a layout can be stored for. ``custom`` is the type of every custom page
+#: (page key ``custom/<handle>``); each other type is one page (``member``: login, register, account).
+PAGES = ("home", "category", "product", "checkout", "order", "lookup", "member", "custom")
+#: The section type that marks where a page draws its own content (none on ``home``: all sections).
+MAIN_SECTIONS = {page: f"main_{page}" for page in PAGES if page != "home"}
+CUSTOM_PREFIX = "custom/"
+HANDLE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+TITLE_LIMIT = 100
 SETTING_TYPES = ("text", "textarea", "richtext", "number", "range", "select", "checkbox", "color",
                  "image", "url", "product", "category")
 LAYOUTS_DIR = "layouts"
@@ -133,6 +139,7 @@ LAYOUT_SCHEMA = {
             },
         },
         "order": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+        "title": {"type": "string", "maxLength": TITLE_LIMIT, "pattern": r"^[^\r\n]*$"},  # a custom page's
     },
     "additionalProperties": False,
 }
@@ -267,7 +274,8 @@ def check_settings(specs, values, *, problem, strict: bool) -> dict:
     """The cleaned values of ``specs`` from ``values`` (defaults where missing).
 
     ``problem(setting, reason, fix)`` records each value that does not fit; it falls back
-    to the default. Unknown keys are reported only when ``strict`` (a stored file keeps them).
+    to the default. An unknown key is refused when ``strict``; in a stored file (a theme upgrade
+    renamed or removed the setting) it is kept in the file, unused, and reported.
     """
     values = values if isinstance(values, dict) else {}
     clean = {}
@@ -287,6 +295,9 @@ def check_settings(specs, values, *, problem, strict: bool) -> dict:
         if sid not in known:
             if strict:
                 problem(sid, "is not a setting of this type", "remove it")
+            else:
+                problem(sid, "is no longer a setting of this type (the theme renamed or removed it)",
+                        "its stored value is kept in the file but not used; set the new setting and save")
     return clean
 
 
@@ -441,6 +452,12 @@ class Layout:
     sections: tuple  # in order; disabled ones included (an editor shows them)
     source: str  # the file it came from
     problems: tuple = ()
+    title: str = ""  # a custom page's title
+
+    def main(self):
+        """The section marking where the page draws its own content (``main_<page>``), or None."""
+        kind = MAIN_SECTIONS.get(self.page)
+        return next((s for s in self.sections if s.type == kind), None) if kind else None
 
     def shown(self):
         return [s for s in self.sections if not s.disabled]
@@ -518,25 +535,70 @@ def check_layout(types: dict, page: str, data, file: str, *, strict: bool) -> tu
             if sid not in data["order"]:
                 problems.append(Problem(file, "section is missing from order", section=sid,
                                         type=data["sections"][sid].get("type"), fix="add it to order or remove it"))
-    return Layout(page=page, sections=tuple(sections), source=file, problems=tuple(problems)), problems
+        problems.extend(_main_section_problems(page, sections, file))
+    return Layout(page=page, sections=tuple(sections), source=file, problems=tuple(problems),
+                  title=data.get("title", "")), problems
+
+
+def _main_section_problems(page: str, sections, file: str) -> list[Problem]:
+    """A page other than home needs its ``main_<page>`` section exactly once (its own content goes there)."""
+    kind = MAIN_SECTIONS.get(page)
+    if kind is None:
+        return []
+    mains = [s for s in sections if s.type == kind]
+    if not mains:
+        return [Problem(file, f"the page has no {kind!r} section (where its own content goes)", type=kind,
+                        fix=f"add the {kind!r} section back")]
+    return [Problem(file, f"a page has only one {kind!r} section", section=s.id, type=kind, fix="remove this one")
+            for s in mains[1:]]
+
+
+def page_type(page_key: str) -> str:
+    """The page type of a page key: ``custom`` for ``custom/<handle>``, else the key itself (a ``PAGES`` entry).
+
+    ``ValueError`` for anything else (an unknown page, a bad handle): keys become file names.
+    """
+    if page_key.startswith(CUSTOM_PREFIX):
+        if not HANDLE_RE.match(page_key[len(CUSTOM_PREFIX):]):
+            raise ValueError(f"bad custom page handle in {page_key!r}: lowercase letters, digits and -, "
+                             "starting with a letter or digit, at most 40")
+        return "custom"
+    if page_key not in PAGES or page_key == "custom":
+        raise ValueError(f"unknown page {page_key!r}")
+    return page_key
 
 
 def validate_layout(theme, page: str, data) -> list[Problem]:
-    """Every problem of a candidate layout for ``page`` of ``theme`` (empty: it can be saved)."""
-    if page not in PAGES:
-        return [Problem(f"{page}.json", f"unknown page {page!r}")]
-    _, problems = check_layout(theme.section_types, page, data, f"layouts/{page}.json", strict=True)
+    """Every problem of a candidate layout for page key ``page`` of ``theme`` (empty: it can be saved)."""
+    try:
+        kind = page_type(page)
+    except ValueError as exc:
+        return [Problem(f"layouts/{page}.json", str(exc))]
+    _, problems = check_layout(theme.section_types, kind, data, f"layouts/{page}.json", strict=True)
     return problems
 
 
+def fallback_layout(page: str, types: dict) -> Layout:
+    """A page's layout when its theme ships none: just the page's own content (a theme made for fewer pages)."""
+    kind = MAIN_SECTIONS.get(page)
+    if kind is None or kind not in types:
+        return Layout(page=page, sections=(), source="(none)")
+    return Layout(page=page, sections=(PlacedSection(id="main", type=kind, settings=types[kind].defaults(),
+                                                     blocks=()),), source="(built in)")
+
+
 def load_theme_layouts(folder: Path, types: dict) -> dict:
-    """The theme's default layouts (``templates/<page>.json``), checked strictly: ``ConfigError`` on any problem."""
+    """The theme's default layouts (``templates/<page>.json``), checked strictly: ``ConfigError`` on any problem.
+
+    Only ``home`` is required; a missing page gets ``fallback_layout`` (its own content, no sections).
+    """
     layouts = {}
     for page in PAGES:
         path = Path(folder) / "templates" / f"{page}.json"
         if not path.is_file():
             if page == "home":
                 raise ConfigError(path, None, "missing: a theme needs a default home layout")
+            layouts[page] = fallback_layout(page, types)
             continue
         layout, problems = check_layout(types, page, read_json(path), str(path), strict=True)
         if problems:
@@ -549,8 +611,8 @@ def load_theme_layouts(folder: Path, types: dict) -> dict:
 
 
 def layout_path(site_folder, page: str, *, draft: bool = False) -> Path:
-    if page not in PAGES:
-        raise ValueError(f"unknown page {page!r}")
+    """Where page key ``page`` (``home`` … or ``custom/<handle>``) is stored in the site folder."""
+    page_type(page)  # a ValueError for anything that is not a page key
     return Path(site_folder) / LAYOUTS_DIR / (f"{page}.draft.json" if draft else f"{page}.json")
 
 
@@ -572,21 +634,27 @@ def _read_stored(path: Path):
         return None, Problem(str(path), f"cannot be read: {exc}", fix="check the file's permissions")
 
 
-def resolve_layout(theme, site_folder, page: str) -> Layout:
-    """The layout ``page`` shows: the site's published one (leniently checked), else the theme's default."""
-    path = layout_path(site_folder, page)
-    default = theme.layouts.get(page) or Layout(page=page, sections=(), source="(none)")
+def resolve_layout(theme, site_folder, page: str, *, draft: bool = False) -> Layout:
+    """The layout page key ``page`` shows: the site's published one (leniently checked), else the theme's default.
+
+    ``draft``: the draft if there is one (an owner's preview), else the same as published.
+    """
+    kind = page_type(page)
+    path = layout_path(site_folder, page, draft=True) if draft else None
+    if path is None or not path.is_file():
+        path = layout_path(site_folder, page)
+    default = theme.layouts.get(kind) or fallback_layout(kind, theme.section_types)
     if not path.is_file():
         return default
     data, problem = _read_stored(path)
     if problem is not None:
         log.warning("layout %s", problem)
-        return Layout(page=page, sections=default.sections, source=default.source, problems=(problem,))
-    layout, problems = check_layout(theme.section_types, page, data, str(path), strict=False)
+        return Layout(page=kind, sections=default.sections, source=default.source, problems=(problem,))
+    layout, problems = check_layout(theme.section_types, kind, data, str(path), strict=False)
     for p in problems:
         log.warning("layout %s", p)
     if layout is None:
-        return Layout(page=page, sections=default.sections, source=default.source, problems=tuple(problems))
+        return Layout(page=kind, sections=default.sections, source=default.source, problems=tuple(problems))
     return layout
 
 
@@ -617,6 +685,7 @@ class SiteLayouts:
         self._cache: dict = {}
         self._lock = threading.Lock()
         self.loads = 0  # how often a file was actually read and checked (tests, diagnostics)
+        self._stamp_paths: dict = {}
 
     def _cached(self, name, path, build):
         key = (_stat_key(path), self.theme.version)
@@ -629,9 +698,31 @@ class SiteLayouts:
             self._cache[name] = (key, value)
         return value
 
-    def layout(self, page: str) -> Layout:
+    def layout(self, page: str, draft: bool = False) -> Layout:
+        """Page key ``page``'s published layout; with ``draft``, its draft if it has one (never shown otherwise)."""
+        if draft:
+            path = layout_path(self.folder, page, draft=True)
+            if _stat_key(path) is not None:
+                return self._cached(("draft", page), path,
+                                    lambda: resolve_layout(self.theme, self.folder, page, draft=True))
         return self._cached(("layout", page), layout_path(self.folder, page),
                             lambda: resolve_layout(self.theme, self.folder, page))
+
+    def stamp(self, page: str) -> tuple:
+        """A cheap key that changes whenever ``page``'s published layout, the theme settings or the theme change.
+
+        Two ``stat()`` calls, no file read (a page cache keys rendered pages by it).
+        """
+        paths = self._stamp_paths.get(page)
+        if paths is None:  # built once per page: path joins cost more than the stat() calls
+            paths = self._stamp_paths[page] = (layout_path(self.folder, page), self.folder / THEME_SETTINGS_FILE)
+        return (page, self.theme.name, self.theme.version, _stat_key(paths[0]), _stat_key(paths[1]))
+
+    def has_page(self, page: str, draft: bool = False) -> bool:
+        """Whether the site stored page key ``page`` (a custom page exists only once stored)."""
+        if draft and _stat_key(layout_path(self.folder, page, draft=True)) is not None:
+            return True
+        return _stat_key(layout_path(self.folder, page)) is not None
 
     def theme_settings(self) -> dict:
         return self._cached("settings", self.folder / THEME_SETTINGS_FILE,
@@ -639,7 +730,7 @@ class SiteLayouts:
 
     def problems(self) -> list[Problem]:
         found = []
-        for page in PAGES:
+        for page in page_keys(self.folder):
             found.extend(self.layout(page).problems)
         found.extend(self._cached("settings", self.folder / THEME_SETTINGS_FILE,
                                   lambda: resolve_theme_settings(self.theme, self.folder))[1])
@@ -670,11 +761,79 @@ def layout_problems(site) -> list[Problem]:
     return SiteLayouts(site.theme, site.config.path).problems()
 
 
-def save_layout(site_folder, page: str, data, *, theme, publish: bool) -> Path:
-    """Validate ``data`` strictly and write it as the page's draft or published layout (atomically).
+def page_keys(site_folder) -> list[str]:
+    """Every page key of a site: the fixed pages and its custom pages."""
+    return [p for p in PAGES if p != "custom"] + [CUSTOM_PREFIX + h for h, _ in custom_pages(site_folder)]
 
-    Raises ``ConfigError`` (file, section, setting) for the first problem; nothing is written then.
-    Publishing also removes the draft.
+
+def custom_pages(site_folder) -> list[tuple[str, str]]:
+    """The site's custom pages as (handle, title), by handle; a page only drafted so far is listed too."""
+    folder = Path(site_folder) / LAYOUTS_DIR / "custom"
+    if not folder.is_dir():
+        return []
+    handles = {p.name.split(".", 1)[0] for p in folder.glob("*.json") if not p.name.startswith(".")}
+    found = []
+    for handle in sorted(h for h in handles if HANDLE_RE.match(h)):
+        path = folder / f"{handle}.json"
+        data, _ = _read_stored(path if path.is_file() else folder / f"{handle}.draft.json")
+        title = data.get("title") if isinstance(data, dict) else None
+        found.append((handle, title if isinstance(title, str) and title else handle))
+    return found
+
+
+def create_custom_page(site_folder, handle: str, title: str, *, theme) -> Path:
+    """A new custom page ``/pages/<handle>``, published with the theme's default custom layout and ``title``.
+
+    ``ConfigError`` when the handle is not valid or already taken, or the title does not fit.
+    """
+    key = CUSTOM_PREFIX + handle
+    if not isinstance(handle, str) or not HANDLE_RE.match(handle):
+        raise ConfigError(f"layouts/{key}.json", "handle",
+                          "lowercase letters, digits and -, starting with a letter or digit, at most 40")
+    if not isinstance(title, str) or not title.strip() or len(title) > TITLE_LIMIT or "\n" in title:
+        raise ConfigError(f"layouts/{key}.json", "title", f"one line of 1-{TITLE_LIMIT} characters")
+    if layout_path(site_folder, key).exists() or layout_path(site_folder, key, draft=True).exists():
+        raise ConfigError(f"layouts/{key}.json", "handle", f"a page {handle!r} already exists")
+    default = theme.layouts.get("custom") or fallback_layout("custom", theme.section_types)
+    data = dict(layout_data(default), title=title.strip())
+    return save_layout(site_folder, key, data, theme=theme, publish=True)
+
+
+def delete_custom_page(site_folder, handle: str) -> bool:
+    """Remove custom page ``handle`` (published and draft); False if there was none."""
+    key = CUSTOM_PREFIX + handle
+    removed = False
+    for draft in (False, True):
+        try:
+            os.remove(layout_path(site_folder, key, draft=draft))
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def layout_data(layout: Layout) -> dict:
+    """A ``Layout`` back as the JSON a layout file holds (e.g. to start an owner's page from a theme default)."""
+    data = {"sections": {}, "order": []}
+    for s in layout.sections:
+        entry = {"type": s.type, "settings": dict(s.settings)}
+        if s.blocks:
+            entry["blocks"] = {b.id: {"type": b.type, "settings": dict(b.settings)} for b in s.blocks}
+            entry["block_order"] = [b.id for b in s.blocks]
+        if s.disabled:
+            entry["disabled"] = True
+        data["sections"][s.id] = entry
+        data["order"].append(s.id)
+    if layout.title:
+        data["title"] = layout.title
+    return data
+
+
+def save_layout(site_folder, page: str, data, *, theme, publish: bool) -> Path:
+    """Validate ``data`` strictly and write it as page key ``page``'s draft or published layout (atomically).
+
+    ``page``: ``home`` …, or ``custom/<handle>``. Raises ``ConfigError`` (file, section, setting) for the
+    first problem; nothing is written then. Publishing also removes the draft.
     """
     problems = validate_layout(theme, page, data)
     if problems:

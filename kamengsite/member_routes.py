@@ -142,6 +142,14 @@ def _safe_next(target: str | None) -> str:
 # -- pages ---------------------------------------------------------------------------------
 
 
+def _layout() -> dict:
+    """The ``member`` page layout's sections around the page (login, register and account share it)."""
+    from .storefront import page_layout  # storefront imports this module
+
+    parts = page_layout("member")
+    return {"layout_before": parts["layout_before"], "layout_after": parts["layout_after"]}
+
+
 @bp.after_request
 def _private(response):
     response.headers["Cache-Control"] = "no-store"  # orders and balances of one person
@@ -163,7 +171,7 @@ def register():
             _log_in(member)
             flash("注册成功，欢迎！", "ok")
             return redirect(_safe_next(request.args.get("next")))
-    return render_template("member/register.html", form=form)
+    return render_template("member/register.html", form=form, **_layout())
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -178,7 +186,7 @@ def login():
             _log_in(member)
             return redirect(_safe_next(request.args.get("next")))
         form.password.errors.append("邮箱或密码错误")
-    return render_template("member/login.html", form=form)
+    return render_template("member/login.html", form=form, **_layout())
 
 
 @bp.post("/logout")
@@ -206,7 +214,7 @@ def account():
     return render_template("member/account.html", member=member, orders=my_orders,
                            balance_fen=members.wallet_balance(site_id, member.id),
                            history=members.wallet_history(site_id, member.id, limit=HISTORY_SHOWN),
-                           logout_form=ActionForm(formdata=None))
+                           logout_form=ActionForm(formdata=None), **_layout())
 
 
 @bp.get("/order/<order_no>")

@@ -1,8 +1,8 @@
 """Theme sections that plugins offer (``theme_sections`` hook): named blocks of HTML on a site's pages.
 
-A theme (or, later, a page layout) places sections by name; pages without a
-layout show every offered section at their foot, in plugin order. A section
-that raises is logged and left out: a broken widget never breaks the page.
+A page layout places them with its ``plugin`` section (one named section, or all of
+them in plugin order); a section appears only on the page types in its ``pages``.
+A section that raises is logged and left out: a broken widget never breaks the page.
 """
 
 from __future__ import annotations
@@ -13,10 +13,12 @@ from typing import Callable
 
 from markupsafe import Markup
 
+from . import layouts
+
 log = logging.getLogger(__name__)
 
-#: The pages a section may appear on.
-PAGES = ("home", "product", "member")
+#: The page types a section may name in ``pages``.
+PAGES = layouts.PAGES
 
 
 @dataclass(frozen=True)

@@ -116,32 +116,90 @@ def _owns(order_no: str) -> bool:
     return order_no in session.get(OWNED_ORDERS, [])
 
 
+def _draft() -> bool:
+    """Whether this request previews the owner's drafts (set only by the editor, contract 2)."""
+    return bool(g.get("layout_draft"))
+
+
 @bp.get("/")
 def home():
     """The home page: the site's published layout (or the theme's default), section by section."""
     context = _section_context("home")
     html = [part for _, part in layouts.render_layout_sections(
-        current_app.jinja_env, layouts.site_layouts().layout("home"), context)]
+        current_app.jinja_env, layouts.site_layouts().layout("home", draft=_draft()), context)]
     return render_template("home.html", page_sections=Markup("\n").join(html))
+
+
+@bp.get("/c/<int:category_id>")
+def category(category_id):
+    """A category's products on this site, in its prices, among the category page's sections."""
+    found = _shown_category(category_id)
+    parts = page_layout("category", category=found)
+    wanted = _category_family(found)
+    data = parts["data"]
+    products = [p for p in data.products if data.category_of.get(p["id"]) in wanted]
+    return render_template("storefront/category.html", category=found, products=products, **parts)
+
+
+def _shown_category(category_id: int):
+    """The category if this site shows it: of a catalogue it sells, visible, not hidden by the owner; else 404."""
+    found = Category.get_or_none(Category.id == category_id)
+    if found is None or not found.visible or found.site_id not in catalog_owners():
+        abort(404)
+    rule = pricer().rules.get(("category", found.id))
+    if rule is not None and getattr(rule, "hidden", False):
+        abort(404)
+    return found
+
+
+def _category_family(found) -> set:
+    """The category and its visible subcategories (a parent's page lists its children's products too)."""
+    children = Category.select(Category.id).where((Category.parent == found.id) & Category.visible)
+    return {found.id, *(c.id for c in children)}
+
+
+def page_layout(page: str, *, product=None, category=None) -> dict:
+    """The sections of page key ``page`` around the page's own content, for ``render_template``.
+
+    ``layout_before``/``layout_after``: the sections before and after the ``main_<page>`` section,
+    the page's own content (its template's ``body`` block) sitting between them in that section's
+    wrapper (base.html prints them around the body). Also ``data``/``grid_products``: the catalogue as
+    the sections saw it. Without a main section every section goes after the content.
+    """
+    layout = layouts.site_layouts().layout(page, draft=_draft())
+    context = _section_context(layouts.page_type(page), product, category)
+    rendered = layouts.render_layout_sections(current_app.jinja_env, layout, context)
+    main = layout.main()
+    position = {s.id: i for i, s in enumerate(layout.sections)}
+    cut = position[main.id] if main is not None else -1
+    before = [html for section, html in rendered if position[section.id] < cut]
+    after = [html for section, html in rendered if position[section.id] > cut]
+    opening = closing = Markup("")
+    if main is not None:
+        opening = Markup('<section id="section-{0}" class="section section-{1}" data-section-id="{0}" '
+                         'data-section-type="{1}">').format(main.id, main.type)
+        closing = Markup("</section>")
+    return {"layout_before": Markup("").join(before) + opening, "layout_after": closing + Markup("").join(after),
+            "data": context["data"], "grid_products": context["grid_products"]}
 
 
 def _listed_products() -> list:
     return pricer().listing(storefront_products(catalog_owners()))
 
 
-def _section_context(page: str, product=None) -> dict:
+def _section_context(page: str, product=None, category=None) -> dict:
     """What section templates see: the template context of the site, and ``_section_extras``."""
-    context = _section_extras(page, product)
+    context = _section_extras(page, product, category)
     current_app.update_template_context(context)  # site, theme, plugin_sections, plugins' context
     return context
 
 
-def _section_extras(page: str, product=None) -> dict:
-    """The page, its product, and the catalogue, fetched only if a section asks."""
+def _section_extras(page: str, product=None, category_row=None) -> dict:
+    """The page, its product or category, and the catalogue, fetched only if a section asks."""
     data = layouts.PageData({"products": _listed_products})
     data.loaders["category_of"] = lambda: _categories_of([p["id"] for p in data.products])
     data.loaders["categories"] = lambda: _listed_categories(data.category_of)
-    category = request.args.get("category", type=int)
+    category = category_row.id if category_row is not None else request.args.get("category", type=int)
 
     def grid_products(chosen, count):
         items = data.products
@@ -151,7 +209,7 @@ def _section_extras(page: str, product=None) -> dict:
         return items[:count]
 
     return {"page": page, "product": product, "data": data, "grid_products": grid_products,
-            "request_category": category}
+            "request_category": category, "category": category_row}
 
 
 def _categories_of(product_ids) -> dict:
@@ -169,34 +227,21 @@ def _listed_categories(category_of: dict) -> list:
                 .order_by(Category.sort, Category.id))
 
 
-def _product_layout(product) -> tuple[Markup, Markup]:
-    """The product page's sections before and after its own content (the ``main_product`` section)."""
-    layout = layouts.site_layouts().layout("product")
-    if not layout.sections:
-        return Markup(""), Markup("")
-    ids = [s.id for s in layout.sections]
-    main = next((i for i, s in enumerate(layout.sections) if s.type == "main_product"), -1)
-    before, after = [], []
-    for section, html in layouts.render_layout_sections(current_app.jinja_env, layout,
-                                                        _section_context("product", product)):
-        if section.type != "main_product":  # the product's own content: drawn by the page itself
-            (after if ids.index(section.id) > main else before).append(html)
-    return Markup("").join(before), Markup("").join(after)
-
-
 def render_section(site_app, page: str, section_id: str, layout=None, product=None) -> Markup:
-    """One section of ``page`` alone (for an editor's live preview); within a request of the site's app.
+    """One section of page key ``page`` alone (for an editor's live preview); within a request of the site's app.
 
-    ``layout``: a candidate layout dict (checked leniently, as stored layouts are), else the published one.
+    ``layout``: a candidate layout dict (checked leniently, as stored layouts are), else the published one
+    (the draft when the request previews drafts).
     """
     store = layouts.site_layouts(site_app)
+    kind = layouts.page_type(page)
     if layout is None:
-        placed = store.layout(page)
+        placed = store.layout(page, draft=_draft())
     else:
-        placed, _ = layouts.check_layout(store.theme.section_types, page, layout, f"layouts/{page}.json", strict=False)
+        placed, _ = layouts.check_layout(store.theme.section_types, kind, layout, f"layouts/{page}.json", strict=False)
         if placed is None:
             return Markup("")
-    parts = layouts.render_layout_sections(site_app.jinja_env, placed, _section_context(page, product),
+    parts = layouts.render_layout_sections(site_app.jinja_env, placed, _section_context(kind, product),
                                            only=[section_id])
     return parts[0][1] if parts else Markup("")
 
@@ -275,9 +320,9 @@ def product(product_id):
                 return redirect(url_for("storefront.order", order_no=order.order_no))
     prices = {sku_id: q.unit_price_fen for sku_id, q in quotes.items()}
     prices.update({sku_id: c.goods_fen // c.quantity for sku_id, c in previews.items()})
-    layout_before, layout_after = _product_layout(item)
+    parts = page_layout("product", product=item)
     return render_template("storefront/product.html", product=item, skus=skus, form=form,
-                           layout_before=layout_before, layout_after=layout_after,
+                           layout_before=parts["layout_before"], layout_after=parts["layout_after"],
                            topup_fields=topup_fields, topup_values=topup_values, topup_errors=topup_errors,
                            pay_options=pay_options, prices=prices,
                            list_prices={sku_id: q.unit_price_fen for sku_id, q in quotes.items()},
@@ -365,7 +410,10 @@ def order(order_no):
     if found is None:
         abort(404)
     keys = orders.delivered_keys(found, _cipher(), found.product) if _owns(order_no) else []
+    # Unpaid: the pay page (the "checkout" layout); afterwards the result and the keys (the "order" layout).
+    parts = page_layout("checkout" if found.status == "created" else "order")
     return render_template("storefront/order.html", order=found, product=found.product, keys=keys,
+                           layout_before=parts["layout_before"], layout_after=parts["layout_after"],
                            owner=_owns(order_no), demo_pay=_demo_payable(found),
                            pay_options=payment_routes.order_pay_options(found) if found.status == "created" else [])
 
@@ -442,7 +490,22 @@ def lookup():
             flash("请输入订单号，或联系方式加查询密码", "error")
         if found == []:
             flash("没有找到订单，请检查输入", "error")
-    return render_template("storefront/lookup.html", form=form, found=found)
+    parts = page_layout("lookup")
+    return render_template("storefront/lookup.html", form=form, found=found,
+                           layout_before=parts["layout_before"], layout_after=parts["layout_after"])
+
+
+@bp.get("/pages/<handle>")
+def custom_page(handle):
+    """An owner's own page (``sites/<slug>/layouts/custom/<handle>.json``); 404 until it is stored."""
+    key = layouts.CUSTOM_PREFIX + handle
+    store = layouts.site_layouts()
+    if not layouts.HANDLE_RE.match(handle) or not store.has_page(key, draft=_draft()):
+        abort(404)
+    parts = page_layout(key)
+    title = store.layout(key, draft=_draft()).title or handle
+    return render_template("storefront/custom.html", page_title=title,
+                           layout_before=parts["layout_before"], layout_after=parts["layout_after"])
 
 
 @bp.get("/healthz")

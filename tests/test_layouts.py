@@ -239,7 +239,7 @@ def test_the_category_list_and_a_category_grid(shop):
 
 
 def test_theme_settings_come_from_the_site_folder(shop):
-    assert "--accent:#1769ff" in page(shop)
+    assert "--accent:#0f62fe" in page(shop)
     layouts.save_theme_settings(folder(shop), {"accent": "#ff0066", "font": "serif"}, theme=theme_of(shop))
     html = page(shop)
     assert "--accent:#ff0066" in html and "Songti SC" in html
@@ -343,7 +343,7 @@ def test_xss_in_every_setting_type_renders_inert(shop):
     assert_inert(html)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # text, textarea: escaped
     assert "<p>ok</p>" in html  # rich text keeps its harmless markup
-    assert "测试月卡" in html and "--accent:#1769ff" in html
+    assert "测试月卡" in html and "--accent:#0f62fe" in html
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -436,3 +436,95 @@ def test_a_plugin_section_shows_the_chosen_plugin_section(shop):
     layouts.save_layout(folder(shop), "home", data, theme=theme_of(shop), publish=True)
     html = page(shop)
     assert "组件二" in html and "组件一" not in html
+
+
+def test_owner_content_on_every_page_survives_a_theme_upgrade(shop, themes_dir, caplog):
+    """An upgrade that removes a section type, renames and removes settings and changes defaults."""
+    shop.registry.update("main", theme="business")
+    theme = theme_of(shop)
+    site = folder(shop)
+    games = Category.get(Category.name == "游戏点卡")
+    category = layouts.layout_data(theme.layouts["category"])
+    category["sections"]["table"] = {"type": "wholesale_table", "settings": {"heading": "店主价目表"}}
+    category["sections"]["contact"]["settings"] = {"heading": "店主客服", "qq": "123456", "hours": "全天营业"}
+    category["order"] = ["contact", "main", "table", "trust"]
+    layouts.save_layout(site, "category", category, theme=theme, publish=True)
+    layouts.create_custom_page(site, "about", "关于本店", theme=theme)
+    custom = layouts.layout_data(theme.layouts["custom"])
+    custom.update(title="关于本店")
+    custom["sections"]["content"]["settings"]["content"] = "<p>店主的介绍</p>"
+    layouts.save_layout(site, "custom/about", custom, theme=theme, publish=True)
+    before = page(shop, f"/c/{games.id}")
+    assert "店主价目表" in before and "123456" in before and "全天营业" in before
+    stored = {p: p.read_bytes() for p in (site / "layouts").rglob("*.json")}
+
+    # v2 of the theme: wholesale_table is gone; the contact section's "qq" is renamed "qq_number",
+    # "hours" removed, the "wechat" default changed; its default layouts follow (they must stay valid).
+    business = themes_dir / "business"
+    for name in ("wholesale_table.json", "wholesale_table.html"):
+        (business / "sections" / name).unlink()
+    contact = json.loads((layouts.HOST_SECTIONS / "contact.json").read_text(encoding="utf-8"))
+    contact["settings"] = [s for s in contact["settings"] if s["id"] != "hours"]
+    for spec in contact["settings"]:
+        if spec["id"] == "qq":
+            spec["id"] = "qq_number"
+        if spec["id"] == "wechat":
+            spec["default"] = "新默认微信"
+    contact["presets"] = [{"name": "联系客服", "settings": {"qq_number": "10000"}}]
+    write_json(business / "sections" / "contact.json", contact)
+    (business / "sections" / "contact.html").write_text(
+        '<p class="contact">{{ section.settings.heading }}|{{ section.settings.qq_number }}|'
+        '{{ section.settings.wechat }}</p>', encoding="utf-8")
+    for path in (business / "templates").glob("*.json"):
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for sid, placed in list(data["sections"].items()):
+            if placed["type"] == "wholesale_table":
+                placed.update(type="product_grid", settings={"heading": placed["settings"].get("heading", "")})
+            if placed["type"] == "contact":
+                settings = placed["settings"]
+                settings.pop("hours", None)
+                if "qq" in settings:
+                    settings["qq_number"] = settings.pop("qq")
+        write_json(path, data)
+    manifest = json.loads((business / "theme.json").read_text(encoding="utf-8"))
+    write_json(business / "theme.json", dict(manifest, version="2.0.0"))
+
+    upgraded = Host(shop.instance)  # the next deploy
+    assert upgraded.themes.get("business").version == "2.0.0" and not upgraded.themes.errors
+    with caplog.at_level(logging.WARNING, logger="kamengsite.layouts"):
+        html = page(upgraded, f"/c/{games.id}")
+    assert "店主客服" in html and "新默认微信" in html  # the owner's text kept; an unset setting takes the new default
+    assert "123456" not in html and "全天营业" not in html  # values of settings the theme no longer has
+    assert "店主价目表" not in html and "table" not in section_ids(html)  # its type is gone: skipped
+    assert section_ids(html) == ["contact", "main", "trust"] and "测试月卡" in html
+    assert "店主的介绍" in page(upgraded, "/pages/about")
+    assert {p: p.read_bytes() for p in (site / "layouts").rglob("*.json")} == stored  # nothing rewritten or dropped
+    problems = layouts.layout_problems(upgraded.app_for("main"))
+    by_place = {(p.file.rsplit("/", 1)[-1], p.section, p.setting): p for p in problems}
+    assert set(by_place) == {("category.json", "table", None), ("category.json", "contact", "qq"),
+                             ("category.json", "contact", "hours")}, problems
+    assert all(p.fix for p in problems)
+    assert "no section of this type" in by_place[("category.json", "table", None)].reason
+    assert "renamed or removed" in by_place[("category.json", "contact", "qq")].reason
+    assert "table" in caplog.text
+
+
+def test_theme_check_lists_what_to_fix(cli):
+    assert cli("init").exit_code == 0
+    checked = cli("theme", "check")
+    assert checked.exit_code == 0, checked.output
+    assert "no problems" in checked.output
+    listed = cli("theme", "list")
+    assert listed.exit_code == 0 and "清爽明亮" in listed.output and "business" in listed.output
+    data = home_default()
+    data["sections"]["products"]["settings"]["count"] = 500
+    data["sections"]["ghost"] = {"type": "no_such_type"}
+    data["order"].append("ghost")
+    write_json(cli.instance_path / "sites" / "main" / "layouts" / "home.json", data)
+    checked = cli("theme", "check", "--site", "main")
+    assert checked.exit_code == 1
+    lines = checked.output.splitlines()
+    count = next(line for line in lines if "'count'" in line)
+    assert "layouts/home.json" in count and "section 'products'" in count and "default is used" in count
+    assert any("'ghost'" in line and "no section of this type" in line for line in lines)
+    assert cli("theme", "check", "--site", "nosuch").exit_code == 1

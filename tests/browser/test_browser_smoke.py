@@ -59,6 +59,18 @@ def test_buy_pay_and_see_the_key_in_a_real_browser(live_server, page, catalogue)
     assert page.js_errors == []
 
 
+#: The narrowest phone the themes support (the issue: responsive from 360px to desktop).
+NARROW_PHONE = {"width": 360, "height": 740}
+
+
+def assert_fits(page, theme, what):
+    # Compare with the screen, not innerWidth: a mobile Chromium zooms out to fit a page wider than the
+    # screen (innerWidth grows with it), and lays out a page without <meta name=viewport> 980px wide.
+    screen = page.viewport_size["width"]
+    width = page.evaluate("document.scrollingElement.scrollWidth")
+    assert width <= screen, f"theme {theme}: {what} is {width}px wide on a {screen}px phone"
+
+
 @pytest.mark.parametrize("theme", sorted(THEME_SITES))
 def test_home_page_fits_a_phone_screen(theme, host, live_server, phone_page, catalogue):
     slug = THEME_SITES[theme]
@@ -67,9 +79,58 @@ def test_home_page_fits_a_phone_screen(theme, host, live_server, phone_page, cat
     response = phone_page.goto(live_server.url(f"{slug}1"))
     assert response.status == 200
     assert "浏览器测试月卡" in phone_page.content()
-    # Compare with the screen, not innerWidth: a mobile Chromium zooms out to fit a page wider than the
-    # screen (innerWidth grows with it), and lays out a page without <meta name=viewport> 980px wide.
-    screen = phone_page.viewport_size["width"]
-    assert screen == 375
-    width = phone_page.evaluate("document.scrollingElement.scrollWidth")
-    assert width <= screen, f"theme {theme}: home page is {width}px wide on a {screen}px phone"
+    assert phone_page.viewport_size["width"] == 375
+    assert_fits(phone_page, theme, "home page")
+
+
+@pytest.mark.parametrize("theme", sorted(THEME_SITES))
+def test_every_page_fits_a_narrow_phone(theme, host, live_server, browser, catalogue):
+    """Each page of each theme, walked as a buyer does on a 360px phone: nothing wider than the screen."""
+    from kamengsite import layouts
+    from kamengsite.catalog import Category
+
+    slug = f"{THEME_SITES[theme]}2"
+    site = host.registry.create(slug, template=THEME_SITES[theme])
+    assert site.theme == theme
+    games = Category.create(site=Site.get(Site.slug == "main"), name="手机测试分类")
+    catalogue.category = games
+    catalogue.save()
+    layouts.create_custom_page(host.registry.folder(slug), "help", "购物帮助与售后说明", theme=host.themes.get(theme))
+    context = browser.new_context(locale="zh-CN", viewport=NARROW_PHONE, is_mobile=True, has_touch=True,
+                                  device_scale_factor=2)
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    try:
+        def visit(path, what, text):
+            response = page.goto(live_server.url(slug, path))
+            assert response.status == 200, (theme, path, response.status)
+            assert text in page.content(), (theme, path, text)
+            assert_fits(page, theme, what)
+
+        visit("/", "home page", "浏览器测试月卡")
+        visit(f"/c/{games.id}", "category page", "手机测试分类")
+        visit(f"/p/{catalogue.id}", "product page", "立即购买")
+        page.get_by_role("radio", name=re.compile("季卡")).check()
+        page.get_by_label("联系方式").fill("phone@example.com")
+        page.get_by_label("查询密码").fill("pass1234")
+        page.get_by_role("button", name="立即购买").click()
+        page.wait_for_url(re.compile(r"/order/[^/]+$"))
+        assert "待支付" in page.content()
+        assert_fits(page, theme, "checkout page")
+        page.get_by_role("button", name=re.compile("模拟支付")).click()
+        page.wait_for_load_state()
+        assert "已发货" in page.content()
+        page.locator("details.keys summary").click()  # the revealed keys must fit too
+        assert_fits(page, theme, "order page with its keys")
+        visit("/lookup", "lookup page", "查询密码")
+        visit("/member/login", "login page", "会员登录")
+        visit("/member/register", "register page", "注册会员")
+        page.get_by_label("邮箱").fill("phone-member@example.com")
+        page.get_by_label("密码（至少").fill("member-pass-1")
+        page.get_by_label("再次输入密码").fill("member-pass-1")
+        page.get_by_role("button", name="注册").click()
+        page.wait_for_url(re.compile(r"/member/$"))
+        assert_fits(page, theme, "account page")
+        visit("/pages/help", "custom page", "购物帮助与售后说明")
+    finally:
+        context.close()
