@@ -14,13 +14,14 @@ import json
 import peewee
 
 from .db import Statement, arg
-from .models import BaseModel, Site, utcnow
+from .models import Site, utcnow
+from .pagecache import StampedModel  # every write moves the page cache's catalogue stamp
 
 KINDS = ("card", "topup", "manual")  # 卡密自动发货 / 代充 / 人工发货
 DELIVERY_ORDERS = ("fifo", "random")
 
 
-class Category(BaseModel):
+class Category(StampedModel):
     site = peewee.ForeignKeyField(Site, on_delete="CASCADE")
     parent = peewee.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
     name = peewee.CharField(max_length=60)
@@ -29,7 +30,7 @@ class Category(BaseModel):
     created_at = peewee.DateTimeField(default=utcnow)
 
 
-class Product(BaseModel):
+class Product(StampedModel):
     site = peewee.ForeignKeyField(Site, on_delete="CASCADE")
     category = peewee.ForeignKeyField(Category, null=True, backref="products", on_delete="SET NULL")
     name = peewee.CharField(max_length=120)
@@ -52,7 +53,7 @@ class Product(BaseModel):
     updated_at = peewee.DateTimeField(default=utcnow)
 
 
-class Sku(BaseModel):
+class Sku(StampedModel):
     product = peewee.ForeignKeyField(Product, backref="skus", on_delete="CASCADE")
     name = peewee.CharField(max_length=60, default="")
     price_fen = peewee.BigIntegerField()

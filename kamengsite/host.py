@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response
 from .app import create_site_app
 from .db import database, init_database
 from .errors import ConfigError
-from . import hooks
+from . import hooks, pagecache
 from .plugins import PluginHost
 from .sites import SiteRegistry, normalize_host
 from .themes import HOST_TEMPLATES, ThemeRegistry
@@ -47,6 +47,7 @@ class Host:
         hooks.bind(self.plugins, self.registry)  # for hooks called outside a site request (jobs, CLI)
         self.themes.add_template_dirs(self.plugins.template_dirs())
         self.cache_size = instance.app_cache_size
+        pagecache.configure(instance)  # the process's page cache: page_cache_mb, page_cache_ttl
         self._apps: OrderedDict[str, tuple[object, object]] = OrderedDict()
         self._lock = threading.Lock()
         self._build_locks: dict[str, threading.Lock] = {}

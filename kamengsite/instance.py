@@ -34,6 +34,9 @@ ALLOWED_KEYS = {
     "templates_dir": str,
     "production": bool,
     "app_cache_size": int,
+    # the storefront's page cache per process (kamengsite/pagecache.py, docs/performance.md)
+    "page_cache_mb": int,
+    "page_cache_ttl": int,
     # mail and background jobs (KAMENGSITE_SMTP_URL, KAMENGSITE_MAIL_FROM, KAMENGSITE_OPERATOR_EMAIL, REDIS_URL override)
     "smtp_url": str,
     "mail_from": str,
@@ -64,6 +67,8 @@ class Instance:
     templates_dir: Path = field(default=None)
     production: bool = False
     app_cache_size: int = 256
+    page_cache_mb: int = 64
+    page_cache_ttl: int = 60
     card_key_keys: list = field(default_factory=list)
     rate_limits: dict = field(default_factory=dict)
     order_ttl_minutes: int = 10
@@ -152,6 +157,9 @@ def _check_types(config_file, values):
             raise ConfigError(config_file, key, f"must be a {expected.__name__}, got {type(value).__name__}")
     if values.get("app_cache_size", 1) < 1:
         raise ConfigError(config_file, "app_cache_size", f"must be at least 1, got {values['app_cache_size']}")
+    for key, low, high in (("page_cache_mb", 1, 4096), ("page_cache_ttl", 1, 3600)):
+        if not low <= values.get(key, low) <= high:
+            raise ConfigError(config_file, key, f"must be between {low} and {high}, got {values[key]}")
     base_domain = values.get("base_domain")
     if base_domain is not None and base_domain != "localhost" and not DOMAIN_RE.match(base_domain):
         raise ConfigError(config_file, "base_domain",

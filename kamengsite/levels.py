@@ -25,7 +25,8 @@ import peewee
 from .catalog import Sku
 from .db import database
 from .errors import KamengsiteError
-from .models import BaseModel, utcnow
+from .models import utcnow
+from .pagecache import StampedModel  # a level's cost rules are in every sub-site's prices
 
 CODE_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}\Z")
 #: Basis points: 10000 = 100 %.
@@ -36,7 +37,7 @@ class LevelError(KamengsiteError):
     """A level cannot be saved as given; the message names the field."""
 
 
-class Level(BaseModel):
+class Level(StampedModel):
     code = peewee.CharField(max_length=32, unique=True)
     name = peewee.CharField(max_length=32)
     sort = peewee.IntegerField(default=0)
@@ -63,7 +64,7 @@ class Level(BaseModel):
         return f"{self.name} ({self.code})"
 
 
-class LevelPrice(BaseModel):
+class LevelPrice(StampedModel):
     """An explicit cost of one SKU for sites of one level (a 价格模板 row); beats the percent rule."""
 
     level = peewee.ForeignKeyField(Level, backref="prices", on_delete="CASCADE")

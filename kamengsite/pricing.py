@@ -27,6 +27,7 @@ from .errors import KamengsiteError
 from .levels import BP, Level, LevelPrice
 from .db import Statement, arg
 from .models import Site, utcnow
+from .pagecache import StampedModel
 from .tenancy import TenantModel, all_sites, site_scope
 
 SCOPES = ("all", "category", "product", "children")
@@ -38,7 +39,7 @@ class PricingError(KamengsiteError):
     """A price rule cannot be saved as given; the message names the field."""
 
 
-class PriceRule(TenantModel):
+class PriceRule(TenantModel, StampedModel):
     """An owner's markup and display choice for everything, a category, a product, or (scope
     ``children``) what the site's child sites pay on top of its own cost."""
 

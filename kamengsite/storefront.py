@@ -17,6 +17,7 @@ from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
 from . import alerts, checkout as checkouts, hooks, layouts, orders, payment_routes, topup
+from .pagecache import cached_page
 from .app import current_site, site_secret
 from .catalog import Category, Product, product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
@@ -122,6 +123,7 @@ def _draft() -> bool:
 
 
 @bp.get("/")
+@cached_page("home")
 def home():
     """The home page: the site's published layout (or the theme's default), section by section."""
     context = _section_context("home")
@@ -131,6 +133,7 @@ def home():
 
 
 @bp.get("/c/<int:category_id>")
+@cached_page("category")
 def category(category_id):
     """A category's products on this site, in its prices, among the category page's sections."""
     found = _shown_category(category_id)

@@ -262,3 +262,20 @@ def test_order_ttl_is_bounded_and_named(tmp_path):
     assert Instance.create(tmp_path / "a").order_ttl_minutes == 10
     with pytest.raises(ConfigError, match="order_ttl_minutes"):
         Instance.create(tmp_path / "b", order_ttl_minutes=0)
+
+
+@pytest.mark.parametrize("key, bad", [("page_cache_mb", 0), ("page_cache_ttl", 7200)])
+def test_page_cache_settings_are_bounded_and_named(tmp_path, key, bad):
+    from kamengsite import pagecache
+    from kamengsite.errors import ConfigError
+    from kamengsite.instance import Instance
+
+    instance = Instance.create(tmp_path / "a", page_cache_mb=8, page_cache_ttl=5)
+    assert (instance.page_cache_mb, instance.page_cache_ttl) == (8, 5)
+    pagecache.configure(instance)
+    try:
+        assert (pagecache.PAGES.max_bytes, pagecache.PAGES.ttl) == (8 * 2**20, 5.0)
+    finally:
+        pagecache.configure(Instance.create(tmp_path / "c"))
+    with pytest.raises(ConfigError, match=key):
+        Instance.create(tmp_path / "b", **{key: bad})
