@@ -23,7 +23,8 @@ ENTRY_POINT_GROUP = "kamengsite"
 #: Modules that are plugins of the host itself; always enabled on every site.
 CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", "kamengsite.payment_routes",
                 "kamengsite.admin_payments", "kamengsite.member_routes", "kamengsite.opening_routes",
-                "kamengsite.admin_sites", "kamengsite.admin_money", "kamengsite.admin_plugins")
+                "kamengsite.admin_sites", "kamengsite.admin_money", "kamengsite.admin_plugins",
+                "kamengsite.admin_theme")
 
 
 class PluginHost:

@@ -1,0 +1,189 @@
+"""The page editor in a real browser: drag a section with the mouse, edit a setting, publish, undo, restore.
+
+A sub-site owner signs in to their own console on ``shop1.localhost`` (the dark theme's default
+home: announcement, hero, categories, products, …), works in ``/admin/theme/`` and checks the
+storefront after each step. The editor page must run without a CSP violation or a script error.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from kamengsite.accounts import create_account
+from kamengsite.catalog import create_product
+from kamengsite.models import Site
+from kamengsite.testing import site_id
+
+PASSWORD = "correct horse battery staple"
+NEW_TEXT = "浏览器里写的公告"
+#: Records CSP violations in every frame (the editor and its preview) where the test can read them.
+WATCH_CSP = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__csp.push(e.violatedDirective + " " + e.blockedURI + " at " + location.pathname);
+});
+"""
+
+
+@pytest.fixture
+def shop(host, live_server):
+    host.registry.create("shop1", template="gaming")
+    create_product(Site.get(Site.slug == host.instance.main_site), "浏览器测试月卡", 1500)
+    create_account(site_id("shop1"), "owner", PASSWORD)
+    return live_server
+
+
+@pytest.fixture
+def console_errors(page):
+    found = []
+
+    def record(msg):
+        where = (msg.location or {}).get("url", "")
+        if msg.type == "error" and not where.endswith("/favicon.ico"):  # the browser asks every site for one
+            found.append(f"{msg.text} at {where}")
+
+    page.on("console", record)
+    page.add_init_script(WATCH_CSP)
+    return found
+
+
+def sign_in(page, server):
+    page.goto(server.url("shop1", "/admin/login"))
+    page.get_by_label("用户名").fill("owner")
+    page.get_by_label("密码").fill(PASSWORD)
+    page.get_by_role("button", name="登录").click()
+    page.wait_for_url(re.compile(r"/admin/$"))
+
+
+def open_editor(page, server):
+    page.goto(server.url("shop1", "/admin/theme/?page=home"))
+    page.locator("#section-list li").first.wait_for()
+    page.frame_locator("#preview").locator("[data-section-id]").first.wait_for()
+
+
+def section_order(page) -> list[str]:
+    return page.locator("#section-list > li").evaluate_all("items => items.map(li => li.dataset.id)")
+
+
+def storefront_order(page, server) -> list[str]:
+    page.goto(server.url("shop1"))
+    return page.locator("[data-section-id]").evaluate_all("nodes => nodes.map(n => n.dataset.sectionId)")
+
+
+def wait_saved(page):
+    page.locator("#status", has_text="草稿已保存").wait_for()
+
+
+def drag(page, source, target):
+    """A real mouse drag: press on ``source``, move in small steps onto the top edge of ``target``, release."""
+    start, end = source.bounding_box(), target.bounding_box()
+    page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 2)
+    page.mouse.down()
+    steps = 12
+    for i in range(1, steps + 1):
+        page.mouse.move(start["x"] + start["width"] / 2,
+                        start["y"] + (end["y"] + 4 - start["y"]) * i / steps)
+        page.wait_for_timeout(30)
+    page.mouse.up()
+
+
+def csp_violations(page) -> list[str]:
+    found = []
+    for frame in page.frames:
+        try:
+            found.extend(frame.evaluate("window.__csp || []"))
+        except Exception:  # noqa: BLE001 - a frame navigating away has nothing to report
+            pass
+    return found
+
+
+def test_drag_edit_publish_undo_and_restore(shop, page, console_errors):
+    sign_in(page, shop)
+    open_editor(page, shop)
+    before = section_order(page)
+    assert before.index("hero") < before.index("products")
+
+    # Drag "热门商品" (products) above the banner (hero) by its handle, with the mouse.
+    drag(page, page.locator("li[data-id=products] .handle"), page.locator("li[data-id=hero]"))
+    wait_saved(page)
+    order = section_order(page)
+    assert order.index("products") < order.index("hero"), order
+
+    # Edit the announcement's text in its settings form: the preview re-renders that section.
+    page.locator("li[data-id=announcement] .toggle").click()
+    page.get_by_label("公告文字").fill(NEW_TEXT)
+    wait_saved(page)
+    preview = page.frame_locator("#preview")
+    preview.locator("[data-section-id=announcement]").filter(has_text=NEW_TEXT).wait_for()
+
+    # Phone-sized preview.
+    page.get_by_role("button", name="手机").click()
+    assert page.locator("#preview").bounding_box()["width"] == pytest.approx(390, abs=1)
+    assert page.get_by_role("button", name="手机").get_attribute("aria-pressed") == "true"
+    page.get_by_role("button", name="电脑").click()
+    assert page.locator("#preview").bounding_box()["width"] > 390
+
+    # Nothing is public before publishing.
+    editor_violations = csp_violations(page)
+    public = storefront_order(page, shop)
+    assert public.index("hero") < public.index("products")
+    assert NEW_TEXT not in page.content()
+
+    open_editor(page, shop)
+    page.get_by_role("button", name="发布").click()
+    page.locator(".flash-ok", has_text="已发布").wait_for()
+    editor_violations += csp_violations(page)
+    public = storefront_order(page, shop)
+    assert public.index("products") < public.index("hero"), public
+    assert NEW_TEXT in page.locator("[data-section-id=announcement]").inner_text()
+
+    # A wrong step, undone with Ctrl+Z (focus outside any text field).
+    open_editor(page, shop)
+    page.locator("li[data-id=announcement] .toggle").click()
+    page.get_by_label("公告文字").fill("写错了的公告")
+    wait_saved(page)
+    page.locator("#sections-heading").click()
+    page.keyboard.press("Control+z")
+    page.locator(".flash-ok", has_text="已撤销").wait_for()
+    page.locator("li[data-id=announcement] .toggle").click()
+    assert page.get_by_label("公告文字").input_value() == NEW_TEXT
+    editor_violations += csp_violations(page)
+
+    # Restore the version shown before the first publish (the theme's default): published again.
+    versions = page.locator("ol.versions > li")
+    assert versions.count() == 2
+    versions.last.get_by_role("button", name=re.compile("^恢复")).click()
+    page.locator(".flash-ok", has_text="已恢复").wait_for()
+    assert page.locator("ol.versions > li").count() == 3  # the restore is a version too: it can be undone
+    editor_violations += csp_violations(page)
+    public = storefront_order(page, shop)
+    assert public.index("hero") < public.index("products"), public
+    assert NEW_TEXT not in page.content()
+
+    assert editor_violations == []
+    assert console_errors == []
+    assert page.js_errors == []
+
+
+def test_keyboard_reordering_and_adding_a_section(shop, page, console_errors):
+    sign_in(page, shop)
+    open_editor(page, shop)
+    # Move "products" up with its button, keyboard only.
+    up = page.get_by_role("button", name=re.compile(r"^上移 商品列表"))
+    up.focus()
+    page.keyboard.press("Enter")
+    wait_saved(page)
+    order = section_order(page)
+    assert order.index("products") == order.index("categories") - 1
+    # Add an announcement bar from its preset: it appears last and in the preview.
+    page.get_by_label("添加区块").select_option(label="公告栏")
+    page.get_by_role("button", name="添加区块").click()
+    wait_saved(page)
+    added = section_order(page)[-1]
+    assert added.startswith("announcement_")
+    page.frame_locator("#preview").locator(f"[data-section-id={added}]").wait_for()
+    assert csp_violations(page) == []
+    assert console_errors == []
+    assert page.js_errors == []
