@@ -5,15 +5,15 @@ BIN    := $(VENV)/bin
 PORT   ?= 8000
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo test install clean-demo browser-deps bench-deps bench-storefront
+.PHONY: demo test install clean-demo browser-deps bench-deps bench-storefront screenshots
 
 # $(call apt_install,FILE,PACKAGE): Debian's PACKAGE unless FILE is there; as root, or with
 # password-less sudo; otherwise say how. (Playwright's own browser download does not work here.)
-apt_install = if [ -x "$(1)" ]; then :; \
+apt_install = if [ -e "$(1)" ]; then :; \
   elif [ "$$(id -u)" = 0 ]; then SUDO=; \
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
   else echo "$(1) is missing: install it with  sudo apt-get update && sudo apt-get install -y $(2)"; exit 0; fi; \
-  [ -x "$(1)" ] || { echo "apt-get install $(2)"; \
+  [ -e "$(1)" ] || { echo "apt-get install $(2)"; \
     $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; }
 
 PLUGIN_PROJECTS := $(wildcard plugins/*/pyproject.toml)
@@ -51,6 +51,12 @@ bench-deps: install
 ## make bench-storefront: storefront home vs a bare Flask "hello" under the same server; one JSON line
 bench-storefront: bench-deps
 	$(BIN)/python bench/storefront.py
+
+## make screenshots: docs/screenshots/*.png, each theme's home and product page, phone and desktop
+screenshots: browser-deps
+	@$(call apt_install,/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc,fonts-noto-cjk)
+	@$(call apt_install,/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf,fonts-noto-color-emoji)
+	$(BIN)/python docs/screenshots/take.py
 
 clean-demo:
 	rm -rf instance
