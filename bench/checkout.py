@@ -19,7 +19,8 @@ import threading
 import time
 import urllib.parse
 
-from _common import fresh_server_database, free_port, percentile, start_server, stop_server, temp_instance
+from _common import (fresh_server_database, free_port, percentile, run_concurrently, start_server, stop_server,
+                     temp_instance)
 
 TOKEN_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
 SKU_RE = re.compile(r'name="sku" value="(\d+)"')
@@ -108,13 +109,7 @@ def run_load(port, product_id, buyers: int, seconds: float):
                 else:
                     errors.append(detail)
 
-    threads = [threading.Thread(target=work) for _ in range(buyers)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
+    wall = run_concurrently(work, buyers)
     return {
         "orders": len(latencies),
         "orders_per_s": round(len(latencies) / wall, 1),

@@ -33,8 +33,8 @@ import threading
 import time
 from pathlib import Path
 
-from _common import (fresh_server_database, free_port, percentile, start_process, start_server, stop_server,
-                     temp_instance)
+from _common import (fresh_server_database, free_port, percentile, run_concurrently, start_process, start_server,
+                     stop_server, temp_instance)
 
 SUBSITE = "shop1"
 CATEGORIES = 5  # the home's category list has something to show
@@ -182,13 +182,7 @@ def load_python(port: int, host_name: str, seconds: float, connections: int) -> 
             latencies.extend(mine)
             errors.append(failed)
 
-    threads = [threading.Thread(target=client) for _ in range(connections)]
-    t0 = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.monotonic() - t0
+    wall = run_concurrently(client, connections)
     return {
         "rps": round(len(latencies) / wall, 1),
         "requests": len(latencies),
