@@ -32,11 +32,12 @@ from markupsafe import Markup
 from werkzeug.routing import BuildError
 from wtforms.validators import ValidationError
 
-from . import admin, layout_history, layouts, opening
+from . import admin, assets, layout_history, layouts, opening
 from .app import current_site
 from .catalog import Category
 from .errors import ConfigError, KamengsiteError
 from .hookspecs import hookimpl
+from .ratelimit import limited
 
 bp = Blueprint("admin_theme", __name__, url_prefix="/admin/theme",
                static_folder="static/editor", static_url_path="/assets")
@@ -149,7 +150,7 @@ def _json_body() -> dict:
 
 @bp.errorhandler(CSRFError)
 def _csrf_refused(exc):
-    if request.is_json:
+    if request.is_json or request.accept_mimetypes.best == "application/json":  # the editor's fetch()es
         return jsonify(error="页面已过期，请刷新后重试"), 400
     return "页面已过期，请刷新后重试", 400
 
@@ -540,6 +541,67 @@ def theme_settings():
     return render_template("admin/theme_settings.html", theme=theme, groups=theme.settings_groups, values=values,
                            errors=errors, action=admin.ActionForm(), products=_products(),
                            categories=_categories(), theme_label=_label(theme))
+
+
+# -- uploaded images (kamengsite/assets.py) ------------------------------------------------------------
+
+
+def _csrf_checked():
+    """A write from the editor's script: the token in the form or in ``X-CSRFToken`` (else 400)."""
+    try:
+        validate_csrf(request.form.get("csrf_token") or request.headers.get("X-CSRFToken", ""))
+    except ValidationError:
+        raise CSRFError("CSRF token missing or invalid") from None
+
+
+@bp.errorhandler(413)
+def _too_large(exc):
+    """Over the size limit: an image upload (``assets._limit_upload``) or a layout (``MAX_JSON``)."""
+    if request.endpoint == assets.UPLOAD_ENDPOINT:
+        return jsonify(error=f"文件太大，图片不能超过 {assets.MAX_BYTES // (1024 * 1024)} MB"), 413
+    return jsonify(error="请求太大"), 413
+
+
+@bp.get("/images")
+@_json_operator_required
+def images():
+    """The site's uploaded images, newest first; ``used`` when a page or the theme settings show it."""
+    folder = _folder()
+    used = assets.images_in_use(folder)
+    return jsonify(images=[dict(image, used=used.get(image["name"], [])) for image in assets.list_images(folder)])
+
+
+@bp.post("/images")
+@_json_operator_required
+@limited("image-upload", "30/minute")  # each upload decodes up to 4096×4096 pixels
+def upload_image():
+    """One image (multipart field ``image``) → ``{"url": "/assets/<name>"}``, or 400 with the reason."""
+    _csrf_checked()
+    upload = request.files.get("image")
+    if upload is None or not upload.filename:
+        return jsonify(error="请选择一张图片"), 400
+    data = upload.stream.read(assets.MAX_BYTES + 1)  # one byte more: "too large" is told, not truncated
+    try:
+        url = assets.store_image(_folder(), data, upload.filename)
+    except ConfigError as exc:
+        return jsonify(error=exc.reason), 400
+    return jsonify(url=url, name=url.rsplit("/", 1)[1])
+
+
+@bp.post("/images/<name>/delete")
+@_json_operator_required
+def delete_image(name):
+    """Delete an uploaded image no page uses (a used one would leave a broken image on the shop)."""
+    _csrf_checked()
+    if not assets.NAME_RE.match(name):
+        abort(404)
+    folder = _folder()
+    used = assets.images_in_use(folder).get(name)
+    if used:
+        return jsonify(error="这张图片正在使用（" + "、".join(used) + "），请先在页面里换掉它再删除", used=used), 409
+    if not assets.delete_image(folder, name):
+        abort(404)
+    return jsonify(ok=True)
 
 
 # -- plugin -------------------------------------------------------------------------------------------

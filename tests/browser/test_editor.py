@@ -187,3 +187,54 @@ def test_keyboard_reordering_and_adding_a_section(shop, page, console_errors):
     assert csp_violations(page) == []
     assert console_errors == []
     assert page.js_errors == []
+
+
+def test_upload_an_image_for_a_banner_and_publish_it(shop, page, console_errors, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "banner.png"
+    Image.new("RGB", (320, 120), (20, 120, 220)).save(picture)
+    sign_in(page, shop)
+    open_editor(page, shop)
+
+    # Add an image banner, upload a picture through its file input: the URL lands in the field.
+    page.get_by_label("添加区块").select_option(label="图片横幅")
+    page.get_by_role("button", name="添加区块").click()
+    wait_saved(page)
+    banner = page.locator("#section-list > li").last
+    banner_id = banner.get_attribute("data-id")
+    assert banner_id.startswith("image_banner_")
+    banner.get_by_label("上传图片").set_input_files(str(picture))
+    banner.locator(".upload-status", has_text="已上传").wait_for()
+    url = banner.get_by_label("图片地址").input_value()
+    assert re.fullmatch(r"/assets/[0-9a-f]{16}\.png", url), url
+    preview = page.frame_locator("#preview")
+    preview.locator(f"[data-section-id={banner_id}] img[src='{url}']").wait_for()
+
+    # The hero's background picks the same image from the uploaded ones.
+    hero = page.locator("li[data-id=hero]")
+    hero.locator(".toggle").click()
+    hero = page.locator("li[data-id=hero]")
+    hero.get_by_role("button", name="选择已上传的图片").click()
+    hero.get_by_role("button", name=re.compile("^使用图片 1")).click()
+    assert hero.get_by_label("背景图片地址").input_value() == url
+    wait_saved(page)
+
+    page.get_by_role("button", name="发布").click()
+    page.locator(".flash-ok", has_text="已发布").wait_for()
+    editor_violations = csp_violations(page)
+
+    # A visitor's page shows it: the image's request answers 200 and it has a width.
+    answers = []
+    page.on("response", lambda r: answers.append((r.url, r.status)) if "/assets/" in r.url else None)
+    page.goto(shop.url("shop1"))
+    image = page.locator(f"[data-section-id={banner_id}] img")
+    assert image.get_attribute("src") == url
+    image.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    assert image.evaluate("img => img.naturalWidth") == 320
+    assert (shop.url("shop1", url), 200) in answers
+    assert url in (page.locator("[data-section-id=hero] .hero").get_attribute("style") or "")
+    assert editor_violations + csp_violations(page) == []
+    assert console_errors == []
+    assert page.js_errors == []

@@ -248,6 +248,7 @@
       input.addEventListener("input", function () { shown.textContent = input.value + (spec.unit || ""); });
       wrap.appendChild(shown);
     }
+    if (spec.type === "image" && imagesUrl) wrap.appendChild(imageTools(input, id));
     if (spec.info) wrap.appendChild(el("small", {"class": "hint"}, spec.info));
     wrap.appendChild(el("span", {"class": "error", role: "alert"}));
     var typed = ["text", "textarea", "richtext", "url", "image", "number"].indexOf(spec.type) >= 0;
@@ -257,6 +258,108 @@
     });
     if (typed) input.addEventListener("change", function () { flush(); });
     return wrap;
+  }
+
+  // -- uploaded images (image settings) -------------------------------------------------------
+  // An upload goes to /admin/theme/images (the server checks and re-encodes it) and its URL is put
+  // in the field as if typed, so the usual save, validation and preview follow.
+
+  var imagesUrl = root.getAttribute("data-images");
+
+  function useImage(input, url) {
+    input.value = url;
+    input.dispatchEvent(new Event("input"));
+    input.dispatchEvent(new Event("change"));  // saves at once, as leaving a text field does
+  }
+
+  function answerOf(response) {
+    return response.json().catch(function () { return {}; }).then(function (answer) {
+      if (!response.ok && !answer.error) {
+        answer.error = response.status === 429 ? "操作太频繁，请稍后再试" : "失败（" + response.status + "），请刷新页面后重试";
+      }
+      return answer;
+    });
+  }
+
+  function tell(node, text, bad) {
+    node.textContent = text;
+    node.classList.toggle("bad", !!bad);
+  }
+
+  function imageTools(input, id) {
+    var box = el("div", {"class": "image-tools"});
+    var fileId = id + "-file";
+    var pickerId = id + "-picker";
+    var file = el("input", {id: fileId, type: "file", accept: "image/png,image/jpeg,image/webp,image/gif"});
+    var note = el("span", {"class": "upload-status", role: "status", "aria-live": "polite"});
+    var picker = el("div", {"class": "image-picker", id: pickerId, role: "group", "aria-label": "已上传的图片", hidden: true});
+    box.appendChild(el("label", {"for": fileId, "class": "upload-label"}, "上传图片"));
+    box.appendChild(file);
+    var toggle = button("选择已上传的图片", function () {
+      var show = picker.hidden;
+      picker.hidden = !show;
+      toggle.setAttribute("aria-expanded", show ? "true" : "false");
+      if (show) fillPicker(picker, input, note);
+    }, {"aria-expanded": "false", "aria-controls": pickerId});
+    box.appendChild(toggle);
+    box.appendChild(note);
+    box.appendChild(picker);
+
+    file.addEventListener("change", function () {
+      if (!file.files.length) return;
+      var data = new FormData();
+      data.append("image", file.files[0]);
+      tell(note, "正在上传…");
+      fetch(imagesUrl, {method: "POST", credentials: "same-origin",
+                        headers: {"X-CSRFToken": csrf, "Accept": "application/json"}, body: data})
+        .then(answerOf).then(function (answer) {
+          if (answer.url) {
+            tell(note, "已上传");
+            useImage(input, answer.url);
+            if (!picker.hidden) fillPicker(picker, input, note);
+          } else {
+            tell(note, "未上传：" + answer.error, true);
+          }
+        })
+        .catch(function () { tell(note, "网络错误：图片未上传", true); })
+        .then(function () { file.value = ""; });
+    });
+    return box;
+  }
+
+  function fillPicker(picker, input, note) {
+    picker.textContent = "";
+    picker.appendChild(el("p", {"class": "muted"}, "正在读取…"));
+    fetch(imagesUrl, {credentials: "same-origin", headers: {"Accept": "application/json"}})
+      .then(answerOf).then(function (answer) {
+        picker.textContent = "";
+        var images = answer.images || [];
+        if (answer.error) picker.appendChild(el("p", {"class": "error"}, answer.error));
+        else if (!images.length) picker.appendChild(el("p", {"class": "muted"}, "还没有上传过图片。"));
+        images.forEach(function (image, index) {
+          var item = el("figure", {"class": "image-choice"});
+          var choose = button("", function () {
+            useImage(input, image.url);
+            tell(note, "已选择图片");
+          }, {"class": "thumb", "aria-label": "使用图片 " + (index + 1) + "（" + image.name + "）",
+              "aria-pressed": input.value === image.url ? "true" : "false"});
+          choose.appendChild(el("img", {src: image.url, alt: "", width: 64, height: 64, loading: "lazy"}));
+          item.appendChild(choose);
+          var used = image.used && image.used.length;
+          item.appendChild(button("删除", function () {
+            if (!window.confirm("删除这张图片？删除后不能恢复。")) return;
+            fetch(imagesUrl + "/" + encodeURIComponent(image.name) + "/delete", {
+              method: "POST", credentials: "same-origin", headers: {"X-CSRFToken": csrf, "Accept": "application/json"}
+            }).then(answerOf).then(function (result) {
+              if (result.ok) { tell(note, "图片已删除"); fillPicker(picker, input, note); }
+              else tell(note, "未删除：" + result.error, true);
+            }).catch(function () { tell(note, "网络错误：图片未删除", true); });
+          }, {"aria-label": "删除图片 " + (index + 1), disabled: !!used,
+              title: used ? "正在使用：" + image.used.join("、") : false}));
+          picker.appendChild(item);
+        });
+      })
+      .catch(function () { picker.textContent = ""; tell(note, "网络错误：无法读取图片列表", true); });
   }
 
   // -- the section list -----------------------------------------------------------------------
