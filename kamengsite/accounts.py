@@ -7,8 +7,11 @@ raised later without invalidating stored hashes. ``session_version`` is copied
 into the login session; bumping it (new password, log-out) voids every session
 of the account, since the session cookie itself cannot be revoked.
 
-Only the ``operator`` role exists for now; roles, 2FA and audit come with the
-full admin.
+Each console login is also a ``console_session`` row (``account_security``): the rows can be
+listed and ended one by one; ``end_sessions`` and a new password end them all. Two-step login
+(TOTP), recovery codes and login throttling live in ``account_security`` too.
+
+Only the ``operator`` role exists for now; staff roles come with the full admin.
 """
 
 from __future__ import annotations
@@ -161,6 +164,8 @@ def set_password(site_id: int, username: str, password: str) -> Account:
     with acting_for(site_id):
         Account.update(password_hash=hash_password(password),
                        session_version=Account.session_version + 1).where(Account.id == account.id).execute()
+    _end_session_rows(site_id, account.id)
+    with acting_for(site_id):
         return Account.get_by_id(account.id)
 
 
@@ -178,6 +183,13 @@ def authenticate(site_id: int, username: str, password: str) -> Account | None:
 
 
 def end_sessions(site_id: int, account_id: int):
-    """Void every session of the account (log-out; later: "sign out everywhere")."""
+    """Void every session of the account ("sign out everywhere"): the version in every cookie and every session row."""
     with acting_for(site_id):
         Account.update(session_version=Account.session_version + 1).where(Account.id == account_id).execute()
+    _end_session_rows(site_id, account_id)
+
+
+def _end_session_rows(site_id: int, account_id: int):
+    from .account_security import end_all_sessions  # it builds on this module
+
+    end_all_sessions(site_id, account_id)

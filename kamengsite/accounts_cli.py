@@ -91,3 +91,25 @@ def account_set_password(ctx, username, password_stdin, slug):
     click.echo(f"password of {changed.username!r} changed; its open sessions are signed out")
     if generated:
         click.echo(f"password: {password}")
+
+
+@account.command("reset-2fa")
+@click.argument("username")
+@SITE_OPTION
+@pass_ctx
+@_fail_cleanly
+def account_reset_2fa(ctx, username, slug):
+    """Turn off two-step login of USERNAME (lost phone and recovery codes); signs out its sessions."""
+    from .account_security import clear_failures, reset_two_factor
+    from .accounts import AccountError, end_sessions, find_account, normalize_username
+
+    instance = ctx.instance()
+    with _console_site(instance, slug) as site_id:
+        found = find_account(site_id, username)
+        if found is None:
+            raise AccountError(f"no account {normalize_username(username)!r}")
+        reset_two_factor(site_id, found.id)
+        clear_failures(site_id, found.username)  # a locked-out owner may sign in at once
+        end_sessions(site_id, found.id)
+    click.echo(f"two-step login of {found.username!r} is off; its open sessions are signed out")
+    click.echo("(the owner can turn it on again in 账号安全 after signing in with the password)")

@@ -5,13 +5,15 @@ every other. The catalogue pages below — the main site's operators manage cate
 products and SKUs and import card keys by pasting or uploading a .txt/.csv file — are
 ``catalogue_required``: on a sub-site they are a 404 unless its level lets it list goods of its own
 (sub-sites sell the main catalogue; those own goods come on top).
-This is the seed of the full admin (roles, 2FA, audit, i18n): accounts live in ``accounts.py``,
-every view here goes through ``operator_required``, every write is a Flask-WTF
-form (CSRF), and no page ever shows a card key's plaintext.
+Accounts live in ``accounts.py`` (two-step login, throttling and sessions in
+``account_security.py``); every view here goes through ``operator_required``, every write is a
+Flask-WTF form (CSRF) and is recorded by ``audit.py``; no page shows a card key's plaintext except
+the audited 查看卡密 page (``admin_orders_keys.py``).
 
-Sessions: the login stores the account id, its ``session_version`` and the
-login time; a new password or a log-out bumps the version and so voids every
-copy of the cookie, and a session older than ``SESSION_HOURS`` is refused.
+Sessions: the login stores the account id, its ``session_version`` and the login time, and
+creates a ``console_session`` row; a new password or ``accounts.end_sessions`` bumps the version
+and so voids every copy of the cookie, a log-out ends this session's row, and a session older
+than ``SESSION_HOURS`` is refused.
 """
 
 from __future__ import annotations
@@ -426,14 +428,23 @@ def _raise_upload_limits():
 @bp.route("/login", methods=["GET", "POST"])
 @limited("login", "10/minute")
 def login():
+    # Throttling, the second step (TOTP) and the session row: admin_account / account_security.
+    from . import account_security, admin_account
+
     form = LoginForm()
     if form.validate_on_submit():
-        account = accounts.authenticate(_site_id(), form.username.data, form.password.data)
-        if account is not None and account.role in CONSOLE_ROLES:
-            session.clear()  # nothing from before the login survives (fixation); a fresh CSRF token too
-            session[SESSION_KEY] = {"id": account.id, "v": account.session_version, "t": _now()}
-            return redirect(_safe_next(request.args.get("next")))
-        form.password.errors.append("用户名或密码错误")
+        check = account_security.check_password_login(_site_id(), form.username.data, form.password.data,
+                                                      request.remote_addr or "-")
+        if check.wait_until is not None:
+            form.password.errors.append(account_security.wait_message(check.wait_until))
+        elif check.ok and check.account.role in CONSOLE_ROLES:
+            target = _safe_next(request.args.get("next"))
+            if account_security.two_factor_enabled(_site_id(), check.account.id):
+                return admin_account.ask_for_code(check.account, target)
+            admin_account.sign_in(check.account)
+            return redirect(target)
+        else:
+            form.password.errors.append("用户名或密码错误")
     elif _current_operator() is not None and request.method == "GET":
         return redirect(url_for("admin.products"))
     return render_template("admin/login.html", form=form)
@@ -443,9 +454,11 @@ def login():
 def logout():
     form = ActionForm()
     if form.validate_on_submit():
-        account = _current_operator()
-        if account is not None:
-            accounts.end_sessions(_site_id(), account.id)  # copies of this cookie die with it
+        from .account_security import end_token
+
+        data = session.get(SESSION_KEY)
+        if isinstance(data, dict):
+            end_token(_site_id(), data.get("s"))  # copies of this cookie die with its session row
         session.clear()
         flash("已退出登录", "ok")
     return redirect(url_for("admin.login"))
