@@ -331,6 +331,7 @@ def _register_more_commands():
         ("kamengsite.members_cli", ("member",)),
         ("kamengsite.plugins_cli", ("plugins",)),
         ("kamengsite.themes_cli", ("theme",)),
+        ("kamengsite.audit_cli", ("audit",)),
         ("kamengsite.sites_cli", ("level",)),  # its `site …` commands join the `site` group on import
     ):
         try:

@@ -24,7 +24,9 @@ ENTRY_POINT_GROUP = "kamengsite"
 CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", "kamengsite.payment_routes",
                 "kamengsite.admin_payments", "kamengsite.member_routes", "kamengsite.opening_routes",
                 "kamengsite.admin_sites", "kamengsite.admin_money", "kamengsite.admin_plugins",
-                "kamengsite.admin_theme", "kamengsite.assets", "kamengsite.admin_dashboard", "kamengsite.admin_account")
+                "kamengsite.admin_theme", "kamengsite.assets",
+                "kamengsite.admin_dashboard", "kamengsite.audit",
+                "kamengsite.admin_account")
 
 
 class PluginHost:
