@@ -82,6 +82,11 @@ def csrf_token(response) -> str:
     return TOKEN_RE.search(response.get_data(as_text=True)).group(1)
 
 
+def form_errors(response) -> list[str]:
+    """The field errors a form page shows (``<… class="error">message<``), in page order."""
+    return re.findall(r'class="error">([^<]*)<', response.get_data(as_text=True))
+
+
 def site_id(slug: str) -> int:
     """The id of the site named ``slug``."""
     return Site.get(Site.slug == slug).id

@@ -6,6 +6,8 @@ import io
 import re
 
 import pytest
+
+from kamengsite.testing import form_errors as errors
 from flask import session as flask_session
 
 from kamengsite.accounts import Account, create_account, set_password
@@ -28,9 +30,6 @@ def token(response) -> str:
 def text(response) -> str:
     return response.get_data(as_text=True)
 
-
-def errors(response) -> list[str]:
-    return re.findall(r'class="error">([^<]*)<', text(response))
 
 
 def report(response) -> dict:

@@ -20,7 +20,7 @@ from kamengsite.catalog import Category, create_product
 from kamengsite.crypto import CardKeyCipher
 from kamengsite.models import Site, utcnow
 from kamengsite.tenancy import all_sites, site_scope
-from kamengsite.testing import SiteClient, csrf_token
+from kamengsite.testing import form_errors as errors, SiteClient, csrf_token
 
 BASE = 10000  # ¥100.00 on the main site, as in test_economy.make_tree
 PASSWORD = "correct horse battery staple"
@@ -129,9 +129,6 @@ def rule_form(page, scope, **fields) -> dict:
 def bal(kind, site_id=None, channel="") -> int:
     return ledger.balance(ledger.account(kind, site=site_id, channel=channel))
 
-
-def errors(response) -> list[str]:
-    return re.findall(r'class="error">([^<]*)<', text(response))
 
 
 # -- parsing at the form boundary ------------------------------------------------------------------

@@ -10,7 +10,7 @@ from kamengsite import account_security as security
 from kamengsite.accounts import create_account, end_sessions
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import form_errors as errors, csrf_token
 
 PASSWORD = "correct horse battery staple"
 MAIN = "main.localhost"
@@ -19,9 +19,6 @@ MAIN = "main.localhost"
 def text(response) -> str:
     return response.get_data(as_text=True)
 
-
-def errors(response) -> list[str]:
-    return re.findall(r'class="error">([^<]*)<', text(response))
 
 
 @pytest.fixture

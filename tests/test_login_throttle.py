@@ -14,15 +14,12 @@ from kamengsite.accounts import Account, create_account
 from kamengsite.db import init_database, release_connections
 from kamengsite.models import Site, utcnow
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import form_errors as errors, csrf_token
 
 PASSWORD = "correct horse battery staple"
 MAIN = "main.localhost"
 LOCKED = re.compile(r"登录失败次数过多，请在 \d\d:\d\d（北京时间，约 (\d+) 分钟后）再试")
 
-
-def errors(response) -> list[str]:
-    return re.findall(r'class="error">([^<]*)<', response.get_data(as_text=True))
 
 
 class Clock:

@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from kamengsite.testing import form_errors as errors
+
 from kamengsite import ledger, members
 from kamengsite.cardkeys import import_keys
 from kamengsite.catalog import create_product
@@ -32,9 +34,6 @@ def token(response) -> str:
 def text(response) -> str:
     return response.get_data(as_text=True)
 
-
-def errors(response) -> list[str]:
-    return re.findall(r'class="error">([^<]*)<', text(response))
 
 
 @pytest.fixture

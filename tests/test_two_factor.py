@@ -11,7 +11,7 @@ from kamengsite import account_security as security
 from kamengsite.accounts import create_account, find_account
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import form_errors as errors, csrf_token
 
 PASSWORD = "correct horse battery staple"
 MAIN = "main.localhost"
@@ -20,9 +20,6 @@ MAIN = "main.localhost"
 def text(response) -> str:
     return response.get_data(as_text=True)
 
-
-def errors(response) -> list[str]:
-    return re.findall(r'class="error">([^<]*)<', text(response))
 
 
 class Clock:
