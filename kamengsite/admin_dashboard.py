@@ -90,11 +90,6 @@ def dashboard_page():
 
 
 @hookimpl
-def admin_menu(site):
-    return [("数据概览", "admin_dashboard.dashboard_page")]
-
-
-@hookimpl
 def prepare_site_app(app, site):
     if app.extensions.get("kamengsite.site") is None:
         return
