@@ -30,7 +30,8 @@ from .ratelimit import limited
 from .sections import Section, render_sections
 from .tenancy import all_sites
 
-bp = Blueprint("storefront", __name__)
+# The host's shared storefront stylesheet (sections.css), under a path no theme or site uses.
+bp = Blueprint("storefront", __name__, static_folder="static/storefront", static_url_path="/_kamengsite")
 csrf = CSRFProtect()
 
 CONTACT_RE = r"^(?:[^@\s]+@[^@\s]+\.[^@\s]+|1\d{10})$"

@@ -147,6 +147,11 @@ def test_every_theme_renders_every_page(store, theme_name, caplog, undefined_log
         visit("member", "/member/", "我的账户", "我的订单", "余额")
         visit("custom", "/pages/about-us", "关于我们")
     assert "<title>关于我们" in seen["/pages/about-us"]
+    for path, html in seen.items():  # the host's shared styles first, the theme's after them
+        links = re.findall(r'<link rel="stylesheet" href="([^"]+)"', html)
+        assert links[:2] == ["/_kamengsite/sections.css", "/static/theme.css"], (theme_name, path, links)
+    shared = client.get("/_kamengsite/sections.css")
+    assert shared.status_code == 200 and shared.mimetype == "text/css" and b".faq-item" in shared.data
     noisy = [r for r in caplog.records if r.name == UNDEFINED_LOG or
              (r.name.startswith("kamengsite") and r.levelno >= logging.WARNING)]
     assert noisy == [], [r.getMessage() for r in noisy]
