@@ -30,6 +30,7 @@ $(BIN)/kamengsite: pyproject.toml $(PLUGIN_PROJECTS)
 	@touch $@
 
 install: $(BIN)/kamengsite
+	@$(BIN)/kamengsite i18n compile >/dev/null  # the zh_CN and en catalogs (.po → .mo)
 
 ## make demo: set up the demo instance on SQLite and serve it on http://main.localhost:$(PORT)/
 demo: install

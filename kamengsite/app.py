@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from flask import Flask, g, render_template
 from flask.sessions import SecureCookieSessionInterface
 
-from . import csp, pagecache
+from . import csp, i18n, pagecache
 from .config import SiteConfig
 from .db import database, is_sqlite
 from .tenancy import _scope
@@ -107,6 +107,7 @@ def create_site_app(config: SiteConfig, *, site_id: int, instance, themes, plugi
     def _server_error(exc):
         return render_template("500.html"), 500
 
+    i18n.install(app, plugins, themes)
     csp.install(app)  # before the plugins: their after_request (console, editor) set their own policy first
     app.wsgi_app = pagecache.FrontDoor(app, app.wsgi_app)  # cached anonymous pages skip Flask's request
     hook.prepare_site_app(app=app, site=config)

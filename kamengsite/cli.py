@@ -332,6 +332,7 @@ def _register_more_commands():
         ("kamengsite.plugins_cli", ("plugins",)),
         ("kamengsite.themes_cli", ("theme",)),
         ("kamengsite.audit_cli", ("audit",)),
+        ("kamengsite.i18n_cli", ("i18n",)),
         ("kamengsite.sites_cli", ("level",)),  # its `site …` commands join the `site` group on import
     ):
         try:

@@ -39,6 +39,7 @@ SITE_SCHEMA = {
         },
         "theme": {"type": "string", "pattern": SLUG_RE.pattern},
         "locale": {"enum": list(LOCALES)},
+        "timezone": {"type": "string", "maxLength": 64},
         "currency": {"enum": ["CNY"]},
         "parent": {"type": "string", "pattern": SLUG_RE.pattern},
         "level": {"type": "string", "maxLength": 32},
@@ -63,6 +64,7 @@ class SiteConfig:
     tagline: str = ""
     domains: tuple = ()
     locale: str = "zh_CN"
+    timezone: str = "Asia/Shanghai"  # dates are stored in UTC and shown in this zone
     currency: str = "CNY"
     parent: str | None = None
     level: str = ""
@@ -127,6 +129,9 @@ def validate_site_config(raw: dict, folder: Path, *, base_domain: str, main_site
         parent = parent or main_site
         if parent == slug:
             raise ConfigError(config_file, "parent", "a site cannot be its own parent")
+    timezone = raw.get("timezone", "Asia/Shanghai")
+    if not _known_timezone(timezone):
+        raise ConfigError(config_file, "timezone", f"unknown time zone {timezone!r} (an IANA name such as 'Asia/Shanghai')")
     theme = raw["theme"]
     if themes is not None and not themes.has(theme):
         raise ConfigError(config_file, "theme", f"unknown theme {theme!r} (available: {', '.join(themes.names()) or 'none'})")
@@ -138,6 +143,7 @@ def validate_site_config(raw: dict, folder: Path, *, base_domain: str, main_site
         domains=domains,
         theme=theme,
         locale=raw.get("locale", "zh_CN"),
+        timezone=timezone,
         currency=raw.get("currency", "CNY"),
         parent=parent or None,
         level=raw.get("level", ""),
@@ -147,6 +153,16 @@ def validate_site_config(raw: dict, folder: Path, *, base_domain: str, main_site
         settings=raw.get("settings", {}),
         template=raw.get("template", ""),
     )
+
+
+def _known_timezone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _key_path(error) -> str:

@@ -71,14 +71,21 @@ class PluginHost:
 
     def template_dirs(self) -> list:
         """The ``templates/`` folders next to the loaded plugins' modules (a theme may override their files)."""
+        return self._plugin_folders("templates")
+
+    def translation_dirs(self) -> list:
+        """The ``translations/`` folders (gettext catalogs) next to the loaded plugins' modules."""
+        return self._plugin_folders("translations")
+
+    def _plugin_folders(self, name: str) -> list:
         from pathlib import Path
 
         folders = []
-        for name, plugin in self.pm.list_name_plugin():
+        for plugin_name, plugin in self.pm.list_name_plugin():
             source = getattr(plugin, "__file__", None)
-            if name in self.core or not source:
+            if plugin_name in self.core or not source:
                 continue
-            folder = Path(source).parent / "templates"
+            folder = Path(source).parent / name
             if folder.is_dir() and folder not in folders:
                 folders.append(folder)
         return folders
