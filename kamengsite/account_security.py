@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .accounts import Account, _dummy_hash, find_account, normalize_username, verify_password
 from .errors import KamengsiteError
+from .i18n import _, _n
 from .models import BaseModel, utcnow
 from .tenancy import TenantModel, acting_for
 
@@ -170,7 +171,7 @@ def two_factor_enabled(site_id: int, account_id: int) -> bool:
 def begin_setup(site_id: int, account: Account, cipher: TotpCipher) -> str:
     """A new secret awaiting confirmation (replacing an unconfirmed one); refuses while 2FA is on."""
     if two_factor_enabled(site_id, account.id):
-        raise SecurityError("两步验证已开启")
+        raise SecurityError(_("Two-step verification is already on"))
     secret = pyotp.random_base32()
     with acting_for(site_id), _db().atomic():
         AccountTotp.delete().where(AccountTotp.account == account.id).execute()
@@ -194,15 +195,15 @@ def confirm_setup(site_id: int, account_id: int, code: str, cipher: TotpCipher, 
     """Turn 2FA on if ``code`` matches the pending secret; return the new recovery codes (shown once)."""
     secret = pending_secret(site_id, account_id, cipher)
     if secret is None:
-        raise SecurityError("请先开始设置两步验证")
+        raise SecurityError(_("Start setting up two-step verification first"))
     step = matching_step(secret, code, now)
     if step is None:
-        raise SecurityError("验证码不正确，请检查手机时间后重试")
+        raise SecurityError(_("Wrong code: check the time on your phone and try again"))
     with acting_for(site_id), _db().atomic():
         done = AccountTotp.update(enabled_at=utcnow(), last_step=step).where(
             (AccountTotp.account == account_id) & AccountTotp.enabled_at.is_null()).execute()
         if not done:
-            raise SecurityError("两步验证已开启")
+            raise SecurityError(_("Two-step verification is already on"))
         return _new_recovery_codes(site_id, account_id, cipher)
 
 
@@ -228,8 +229,8 @@ def _recovery_digest(code: str, cipher: TotpCipher) -> str:
 
 def _new_recovery_codes(site_id: int, account_id: int, cipher: TotpCipher) -> list[str]:
     codes = []
-    for _ in range(RECOVERY_CODES):
-        raw = "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(10))
+    for _count in range(RECOVERY_CODES):
+        raw = "".join(secrets.choice(_RECOVERY_ALPHABET) for _pos in range(10))
         codes.append(f"{raw[:5]}-{raw[5:]}")
     with acting_for(site_id), _db().atomic():
         RecoveryCode.delete().where(RecoveryCode.account == account_id).execute()
@@ -240,7 +241,7 @@ def _new_recovery_codes(site_id: int, account_id: int, cipher: TotpCipher) -> li
 
 def regenerate_recovery_codes(site_id: int, account_id: int, cipher: TotpCipher) -> list[str]:
     if not two_factor_enabled(site_id, account_id):
-        raise SecurityError("两步验证未开启")
+        raise SecurityError(_("Two-step verification is not on"))
     return _new_recovery_codes(site_id, account_id, cipher)
 
 
@@ -271,9 +272,9 @@ def use_second_factor(site_id: int, account_id: int, code: str, cipher: TotpCiph
 def disable(site_id: int, account_id: int, code: str, cipher: TotpCipher):
     """Turn 2FA off; needs a current code (or a recovery code)."""
     if not two_factor_enabled(site_id, account_id):
-        raise SecurityError("两步验证未开启")
+        raise SecurityError(_("Two-step verification is not on"))
     if not use_second_factor(site_id, account_id, code, cipher):
-        raise SecurityError("验证码不正确或已使用")
+        raise SecurityError(_("The code is wrong or has already been used"))
     reset_two_factor(site_id, account_id)
 
 
@@ -308,7 +309,7 @@ def _subjects(username: str, ip: str | None) -> list[tuple[str, int]]:
 def locked_until(site_id: int, username: str, ip: str | None, now=None) -> datetime.datetime | None:
     """When the username or the address may try again, if either has to wait now."""
     now = _naive_utc(now or utcnow())
-    names = [subject for subject, _ in _subjects(username, ip)]
+    names = [subject for subject, _threshold in _subjects(username, ip)]
     with acting_for(site_id):
         rows = LoginFailure.select().where(LoginFailure.subject.in_(names) & LoginFailure.locked_until.is_null(False))
         ends = [_naive_utc(row.locked_until) for row in rows]
@@ -386,10 +387,12 @@ def finish_login(site_id: int, account: Account):
 
 
 def wait_message(until: datetime.datetime) -> str:
-    """'尝试次数过多……' with the time (Beijing time, the console's audience) to try again."""
+    """'Too many failed sign-ins…' with the time (Beijing time, the console's audience) to try again."""
     beijing = until.replace(tzinfo=datetime.timezone.utc).astimezone(datetime.timezone(datetime.timedelta(hours=8)))
     minutes = max(1, -(-int((until - _naive_utc(utcnow())).total_seconds()) // 60))
-    return f"登录失败次数过多，请在 {beijing:%H:%M}（北京时间，约 {minutes} 分钟后）再试"
+    return _n("Too many failed sign-ins: try again at %(time)s Beijing time (in about %(num)d minute)",
+              "Too many failed sign-ins: try again at %(time)s Beijing time (in about %(num)d minutes)",
+              minutes, time=beijing.strftime("%H:%M"))
 
 
 # -- sessions --------------------------------------------------------------------------------------

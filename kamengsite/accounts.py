@@ -28,7 +28,7 @@ from .errors import KamengsiteError
 from .models import utcnow
 from .tenancy import TenantModel, acting_for
 
-ROLES = ("operator",)
+ROLES = ("operator", "staff")
 USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,31}$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 256  # scrypt hashes any length; a cap stops megabyte "passwords" from costing CPU
@@ -47,6 +47,10 @@ class Account(TenantModel):
     username = peewee.CharField(max_length=32)
     password_hash = peewee.CharField(max_length=255)
     role = peewee.CharField(max_length=16, default="operator")
+    #: A staff account's areas of the console, comma-separated (``permissions.AREAS``); unused for operators.
+    permissions = peewee.TextField(default="")
+    #: Where a password-reset link is sent; empty: the account cannot reset by mail.
+    email = peewee.CharField(max_length=254, default="")
     session_version = peewee.IntegerField(default=1)
     created_at = peewee.DateTimeField(default=utcnow)
     last_login_at = peewee.DateTimeField(null=True)

@@ -112,4 +112,4 @@ def account_reset_2fa(ctx, username, slug):
         clear_failures(site_id, found.username)  # a locked-out owner may sign in at once
         end_sessions(site_id, found.id)
     click.echo(f"two-step login of {found.username!r} is off; its open sessions are signed out")
-    click.echo("(the owner can turn it on again in 账号安全 after signing in with the password)")
+    click.echo("(the owner can turn it on again under Account security after signing in with the password)")

@@ -44,11 +44,13 @@ except ImportError:  # pragma: no cover - older WTForms
 
 from . import accounts
 from .app import current_site
+from .background import ConsoleJob
 from .cardkeys import CardKey, check_key_line, import_keys
 from .catalog import DELIVERY_ORDERS, KINDS, Category, Product, Sku, create_product
 from .crypto import CardKeyCipher, normalize_secret
 from .db import database
 from .hookspecs import hookimpl
+from .i18n import _, _l, format_money
 from .models import utcnow
 from .ratelimit import limited
 from .themes import format_fen
@@ -56,19 +58,24 @@ from .themes import format_fen
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 #: Largest key file (or pasted text) one import accepts; ``ADMIN_MAX_UPLOAD`` in the app config overrides it.
-MAX_UPLOAD = 20 * 1024 * 1024
+MAX_UPLOAD = 64 * 1024 * 1024  # a million keys of ~30 characters, with room
+#: A key file larger than this is imported by the worker (``background.py``), with a progress page;
+#: smaller ones at once, with the report on the same page.
+BACKGROUND_IMPORT_BYTES = 1024 * 1024
 FORM_OVERHEAD = 64 * 1024  # the other fields and multipart boundaries around the file
 SESSION_KEY = "operator"
 SESSION_HOURS = 12
-CONSOLE_ROLES = ("operator",)
+CONSOLE_ROLES = ("operator", "staff")  # what staff may use: permissions.py
 MAX_SKUS = 50
 MAX_PRICE_FEN = 1_000_000_000  # 10,000,000 元
 SHOW_INVALID = 100
 
-KIND_LABELS = {"card": "卡密自动发货", "topup": "代充", "manual": "人工发货"}
-DELIVERY_LABELS = {"fifo": "先进先出（先导入的先发）", "random": "随机"}
-STATUS_LABELS = {"on": "上架", "off": "下架"}
-SKU_STATUS_LABELS = {"on": "在售", "off": "停售"}
+KIND_LABELS = {"card": _l("Card keys, delivered automatically"), "topup": _l("Top-up service"),
+               "manual": _l("Manual delivery")}
+DELIVERY_LABELS = {"fifo": _l("First in, first out (first imported, first delivered)"), "random": _l("Random")}
+STATUS_LABELS = {"on": _l("Listed"), "off": _l("Unlisted")}
+SKU_STATUS_LABELS = {"on": _l("On sale"), "off": _l("Not for sale")}
+_MAX_CHARS = _l("No more than %(max)d characters")  # Length() fills in %(max)d
 
 
 # -- money -------------------------------------------------------------------------
@@ -85,22 +92,22 @@ _TOO_PRECISE = re.compile(r"^\d+\.\d{3,}$")
 def parse_yuan(text: str) -> int:
     """'15' → 1500, '15.5' → 1550, '15.50' → 1550 fen; PriceError with a message for the operator."""
     value = unicodedata.normalize("NFKC", text or "").strip()  # full-width digits and ￥ too
-    value = value.removeprefix("¥").removesuffix("元").strip()
+    value = value.removeprefix("¥").removesuffix("元").strip()  # i18n: keep - how prices are typed
     if not value:
-        raise PriceError("请填写价格")
+        raise PriceError(_("Enter a price"))
     if value.startswith("-"):
-        raise PriceError("价格不能为负数")
+        raise PriceError(_("The price cannot be negative"))
     if _TOO_PRECISE.match(value):
-        raise PriceError("价格最多两位小数（精确到分）")
+        raise PriceError(_("A price has at most two decimal places (whole fen)"))
     if not _YUAN.match(value):
-        raise PriceError("价格格式不对，请填写如 15 或 15.50")
+        raise PriceError(_("Invalid price: write it like 15 or 15.50"))
     fen = int(Decimal(value) * 100)
     if fen > MAX_PRICE_FEN:
-        raise PriceError(f"价格不能超过 {format_fen(MAX_PRICE_FEN)} 元")
+        raise PriceError(_("The price cannot exceed ¥%(amount)s", amount=format_money(MAX_PRICE_FEN)))
     return fen
 
 
-_SKU_LINE = re.compile(r"^(?P<name>.+?)[\s,，]+(?P<price>[^\s,，]+)$")
+_SKU_LINE = re.compile(r"^(?P<name>.+?)[\s,，]+(?P<price>[^\s,，]+)$")  # i18n: keep - full-width commas too
 
 
 def parse_sku_lines(text: str) -> tuple[list[tuple[str, int]], list[str]]:
@@ -112,16 +119,16 @@ def parse_sku_lines(text: str) -> tuple[list[tuple[str, int]], list[str]]:
             continue
         match = _SKU_LINE.match(line)
         if not match:
-            errors.append(f"第 {number} 行：请写成“规格名 价格”，如“季卡 42.50”")
+            errors.append(_('Line %(line)s: write it as "name price", e.g. "Quarterly 42.50"', line=number))
             continue
         name = match["name"].strip()
         if len(name) > 60:
-            errors.append(f"第 {number} 行：规格名最多 60 个字")
+            errors.append(_("Line %(line)s: a variant name has at most 60 characters", line=number))
             continue
         try:
             skus.append((name, parse_yuan(match["price"])))
         except PriceError as exc:
-            errors.append(f"第 {number} 行：{exc}")
+            errors.append(_("Line %(line)s: %(error)s", line=number, error=exc))
     return skus, errors
 
 
@@ -141,7 +148,7 @@ class YuanField(StringField):
 
     def pre_validate(self, form):
         if self.data is None and not self.process_errors:
-            raise ValidationError("请填写价格")
+            raise ValidationError(_("Enter a price"))
 
     def _value(self):
         if self.raw_data:
@@ -155,12 +162,12 @@ class WholeNumberField(IntegerField):
             text = unicodedata.normalize("NFKC", valuelist[0] or "").strip()
             self.data = None
             if not re.fullmatch(r"-?\d{1,9}", text):
-                raise ValueError("请填写一个整数")
+                raise ValueError(_("Enter a whole number"))
             self.data = int(text)
 
     def pre_validate(self, form):
         if self.data is None and not self.process_errors:
-            raise ValidationError("请填写一个整数")
+            raise ValidationError(_("Enter a whole number"))
 
     def _value(self):
         if self.raw_data:
@@ -173,23 +180,24 @@ class ChoiceField(SelectField):
         try:
             super().process_formdata(valuelist)
         except ValueError:
-            raise ValueError("请选择有效的选项") from None
+            raise ValueError(_("Choose a valid option")) from None
 
     def pre_validate(self, form):
         if self.data not in {next(iter(choice)) for choice in self.choices or ()}:
-            raise ValidationError("请选择有效的选项")
+            raise ValidationError(_("Choose a valid option"))
 
 
 def _range(low, high):
-    return NumberRange(min=low, max=high, message=f"请填写 {low} 到 {high} 之间的整数")
+    return NumberRange(min=low, max=high, message=_l("Enter a whole number from %(min)s to %(max)s"))
 
 
 # -- forms -------------------------------------------------------------------------
 
 
 class LoginForm(FlaskForm):
-    username = StringField("用户名", validators=[InputRequired("请输入用户名"), Length(max=64)])
-    password = PasswordField("密码", validators=[InputRequired("请输入密码"), Length(max=accounts.MAX_PASSWORD)])
+    username = StringField(_l("Username"), validators=[InputRequired(_l("Enter a username")), Length(max=64)])
+    password = PasswordField(_l("Password"), validators=[InputRequired(_l("Enter your password")),
+                                                         Length(max=accounts.MAX_PASSWORD)])
 
 
 class ActionForm(FlaskForm):
@@ -197,72 +205,79 @@ class ActionForm(FlaskForm):
 
 
 class CategoryForm(FlaskForm):
-    name = StringField("分类名称", validators=[InputRequired("请填写分类名称"), Length(max=60, message="最多 60 个字")])
-    parent = ChoiceField("上级分类", coerce=int, default=0)
-    sort = WholeNumberField("排序（小的在前）", default=0, validators=[_range(-9999, 9999)])
+    name = StringField(_l("Category name"), validators=[InputRequired(_l("Enter a category name")),
+                                                        Length(max=60, message=_MAX_CHARS)])
+    parent = ChoiceField(_l("Parent category"), coerce=int, default=0)
+    sort = WholeNumberField(_l("Sort order (smaller first)"), default=0, validators=[_range(-9999, 9999)])
 
     def validate_name(self, field):
         field.data = (field.data or "").strip()
         if not field.data:
-            raise ValidationError("请填写分类名称")
+            raise ValidationError(_("Enter a category name"))
 
 
 class SkuRow(Form):
     id = HiddenField()
-    name = StringField("规格名", validators=[Length(max=60, message="最多 60 个字")])
-    price = YuanField("价格（元）")
-    stock = WholeNumberField("库存", default=0, validators=[_range(0, 10_000_000)])
+    name = StringField(_l("Variant name"), validators=[Length(max=60, message=_MAX_CHARS)])
+    price = YuanField(_l("Price (¥)"))
+    stock = WholeNumberField(_l("Stock"), default=0, validators=[_range(0, 10_000_000)])
     stock_seen = HiddenField()
-    status = ChoiceField("状态", choices=[_option(*item) for item in SKU_STATUS_LABELS.items()], default="on")
+    status = ChoiceField(_l("Status"), choices=[_option(*item) for item in SKU_STATUS_LABELS.items()], default="on")
 
 
 class ProductForm(FlaskForm):
-    name = StringField("商品名称", validators=[InputRequired("请填写商品名称"), Length(max=120, message="最多 120 个字")])
-    category = ChoiceField("分类", coerce=int, default=0)
-    kind = ChoiceField("商品类型", choices=[_option(k, KIND_LABELS[k]) for k in KINDS], default="card")
-    summary = StringField("一句话简介", validators=[Length(max=255, message="最多 255 个字")])
-    description = TextAreaField("详细说明", validators=[Length(max=20000, message="最多 20000 个字")])
+    name = StringField(_l("Product name"), validators=[InputRequired(_l("Enter a product name")),
+                                                       Length(max=120, message=_MAX_CHARS)])
+    category = ChoiceField(_l("Category"), coerce=int, default=0)
+    kind = ChoiceField(_l("Product type"), choices=[_option(k, KIND_LABELS[k]) for k in KINDS], default="card")
+    summary = StringField(_l("One-line summary"), validators=[Length(max=255, message=_MAX_CHARS)])
+    description = TextAreaField(_l("Full description"), validators=[Length(max=20000, message=_MAX_CHARS)])
     skus = FieldList(FormField(SkuRow), min_entries=1, max_entries=MAX_SKUS)
-    more_skus = TextAreaField("添加规格（每行一个：规格名 价格，如“季卡 42.50”）")
-    min_qty = WholeNumberField("最少购买数量", default=1, validators=[_range(1, 10000)])
-    max_qty = WholeNumberField("最多购买数量（0 为不限）", default=10, validators=[_range(0, 10000)])
-    per_buyer_limit = WholeNumberField("每人限购（0 为不限）", default=0, validators=[_range(0, 1_000_000)])
-    members_only = BooleanField("仅会员可买")
-    delivery_order = ChoiceField("发卡顺序", choices=[_option(d, DELIVERY_LABELS[d]) for d in DELIVERY_ORDERS],
-                                 default="fifo")
-    loop_key = BooleanField("循环卡密（一个卡密重复出售，库存为计数）")
-    low_stock_threshold = WholeNumberField("库存预警阈值（0 为关闭）", default=0, validators=[_range(0, 1_000_000)])
-    status = ChoiceField("状态", choices=[_option(*item) for item in STATUS_LABELS.items()], default="on")
+    more_skus = TextAreaField(_l('Add variants (one per line: name and price, e.g. "Quarterly 42.50")'))
+    min_qty = WholeNumberField(_l("Minimum quantity"), default=1, validators=[_range(1, 10000)])
+    max_qty = WholeNumberField(_l("Maximum quantity (0: no limit)"), default=10, validators=[_range(0, 10000)])
+    per_buyer_limit = WholeNumberField(_l("Limit per buyer (0: no limit)"), default=0,
+                                       validators=[_range(0, 1_000_000)])
+    members_only = BooleanField(_l("Members only"))
+    delivery_order = ChoiceField(_l("Key delivery order"),
+                                 choices=[_option(d, DELIVERY_LABELS[d]) for d in DELIVERY_ORDERS], default="fifo")
+    loop_key = BooleanField(_l("Loop key (one key sold again and again; the stock is a counter)"))
+    low_stock_threshold = WholeNumberField(_l("Low-stock alert threshold (0: off)"), default=0,
+                                           validators=[_range(0, 1_000_000)])
+    status = ChoiceField(_l("Status"), choices=[_option(*item) for item in STATUS_LABELS.items()], default="on")
 
     extra_skus: list = ()
 
     def validate_name(self, field):
         field.data = (field.data or "").strip()
         if not field.data:
-            raise ValidationError("请填写商品名称")
+            raise ValidationError(_("Enter a product name"))
 
     def validate_max_qty(self, field):
         if field.data and isinstance(self.min_qty.data, int) and field.data < self.min_qty.data:
-            raise ValidationError("不能小于最少购买数量")
+            raise ValidationError(_("Cannot be less than the minimum quantity"))
 
     def validate_more_skus(self, field):
         self.extra_skus, errors = parse_sku_lines(field.data)
         if errors:
-            raise ValidationError("；".join(errors[:10]) + ("……" if len(errors) > 10 else ""))
+            # i18n: joins the error messages of several lines
+            shown = _("; ").join(errors[:10])
+            raise ValidationError(_("%(errors)s…", errors=shown) if len(errors) > 10 else shown)
         if len(self.skus.entries) + len(self.extra_skus) > MAX_SKUS:
-            raise ValidationError(f"一个商品最多 {MAX_SKUS} 个规格")
+            raise ValidationError(_("A product has at most %(num)s variants", num=MAX_SKUS))
 
 
 class ImportForm(FlaskForm):
-    sku = ChoiceField("导入到规格", coerce=int)
-    text = TextAreaField("粘贴卡密（每行一个）")
-    file = FileField("或上传文件（.txt 每行一个；.csv 取第一列；UTF-8 或 GB18030）")
-    skip_header = BooleanField("文件第一行是表头，跳过")
+    sku = ChoiceField(_l("Import into variant"), coerce=int)
+    text = TextAreaField(_l("Paste card keys (one per line)"))
+    file = FileField(_l("Or upload a file (.txt: one key per line; .csv: the first column; UTF-8 or GB18030)"))
+    skip_header = BooleanField(_l("The file's first line is a header: skip it"))
 
 
 class LoopKeyForm(FlaskForm):
-    sku = ChoiceField("规格", coerce=int)
-    secret = PasswordField("循环卡密（每个买家都会收到这一个）", validators=[InputRequired("请填写卡密")])
+    sku = ChoiceField(_l("Variant"), coerce=int)
+    secret = PasswordField(_l("Loop key (every buyer receives this same key)"),
+                           validators=[InputRequired(_l("Enter the card key"))])
 
 
 # -- sessions ------------------------------------------------------------------------
@@ -355,7 +370,7 @@ def _safe_next(target: str | None) -> str:
         if (not parts.scheme and not parts.netloc and parts.path.startswith("/admin/")
                 and "\\" not in target and "//" not in target):
             return target
-    return url_for("admin.products")
+    return url_for("admin.home")
 
 
 @bp.after_request
@@ -395,8 +410,11 @@ def _plugin_menu() -> list[tuple[str, str]]:
     site = current_site()
     answers = hooks.call_isolated(current_app.extensions["kamengsite.hook"].admin_menu, "admin_menu",
                                   site_id=site.site_id, site=site.config)
+    from .permissions import allowed, area_of
+
+    views, account = current_app.view_functions, g.get("operator")
     return [(str(label), endpoint) for answer in answers for label, endpoint in answer or ()
-            if endpoint in current_app.view_functions]
+            if endpoint in views and allowed(account, area_of(endpoint, views[endpoint]))]
 
 
 @bp.errorhandler(413)
@@ -444,7 +462,7 @@ def login():
             admin_account.sign_in(check.account)
             return redirect(target)
         else:
-            form.password.errors.append("用户名或密码错误")
+            form.password.errors.append(_("Wrong username or password"))
     elif _current_operator() is not None and request.method == "GET":
         return redirect(url_for("admin.products"))
     return render_template("admin/login.html", form=form)
@@ -460,7 +478,7 @@ def logout():
         if isinstance(data, dict):
             end_token(_site_id(), data.get("s"))  # copies of this cookie die with its session row
         session.clear()
-        flash("已退出登录", "ok")
+        flash(_("You have signed out"), "ok")
     return redirect(url_for("admin.login"))
 
 
@@ -499,10 +517,12 @@ def _uses_key_rows(kind: str, loop_key: bool) -> bool:
 
 
 @bp.get("/products")
-@bp.get("/")  # the main site's console opens here; on sub-sites "/" is the owner's overview
+@bp.get("/", endpoint="home")  # the main site's console opens here (on the dashboard); on sub-sites "/" is the owner's overview
 @catalogue_required
 @operator_required
 def products():
+    if request.endpoint == "admin.home":
+        return _landing()
     items = list(Product.select().where(Product.site == _site_id()).order_by(Product.sort, Product.id).limit(1000))
     skus: dict[int, list[Sku]] = {}
     if items:
@@ -513,6 +533,15 @@ def products():
                            kinds=KIND_LABELS, statuses=STATUS_LABELS)
 
 
+def _landing():
+    """The main site's console opens on the dashboard; a staff member without it, on their first area."""
+    from .permissions import can, first_allowed_endpoint
+
+    if not can("dashboard"):
+        return redirect(first_allowed_endpoint(g.operator))
+    return current_app.view_functions["admin_dashboard.dashboard_page"]()
+
+
 @bp.route("/categories", methods=["GET", "POST"])
 @catalogue_required
 @operator_required
@@ -520,10 +549,10 @@ def categories():
     existing = _categories()
     labels = _category_labels(existing)
     form = CategoryForm()
-    form.parent.choices = [_option(0, "（无，顶级分类）")] + [_option(c.id, labels[c.id]) for c in existing]
+    form.parent.choices = [_option(0, _("(none: a top-level category)"))] + [_option(c.id, labels[c.id]) for c in existing]
     if form.validate_on_submit():
         Category.create(site=_site_id(), name=form.name.data, parent=form.parent.data or None, sort=form.sort.data)
-        flash(f"已创建分类“{form.name.data}”", "ok")
+        flash(_('Category "%(name)s" created', name=form.name.data), "ok")
         return redirect(url_for("admin.categories"))
     counts = dict(Product.select(Product.category, fn.COUNT(Product.id)).where(Product.site == _site_id())
                   .group_by(Product.category).tuples())
@@ -533,7 +562,7 @@ def categories():
 def _category_choices(form: ProductForm):
     existing = _categories()
     labels = _category_labels(existing)
-    form.category.choices = [_option(0, "（不分类）")] + [_option(c.id, labels[c.id]) for c in existing]
+    form.category.choices = [_option(0, _("(no category)"))] + [_option(c.id, labels[c.id]) for c in existing]
 
 
 def _product_fields(form: ProductForm) -> dict:
@@ -566,7 +595,7 @@ def product_new():
                 if counter:
                     changes["stock"] = row.form.stock.data
                 Sku.update(**changes).where(Sku.id == sku.id).execute()
-        flash(f"已创建商品“{product.name}”", "ok")
+        flash(_('Product "%(name)s" created', name=product.name), "ok")
         if _uses_key_rows(kind, fields["loop_key"]):
             return redirect(url_for("admin.keys", product_id=product.id))
         return redirect(url_for("admin.product_edit", product_id=product.id))
@@ -593,7 +622,7 @@ def product_edit(product_id):
     _category_choices(form)
     key_rows = _uses_key_rows(product.kind, product.loop_key)
     if form.validate_on_submit() and _save_product(product, skus, form):
-        flash(f"已保存“{form.name.data}”", "ok")
+        flash(_('Saved "%(name)s"', name=form.name.data), "ok")
         from .alerts import check_low_stock
 
         check_low_stock(product.id, instance=current_site().instance)
@@ -606,13 +635,14 @@ def _save_product(product: Product, skus: list[Sku], form: ProductForm) -> bool:
     by_id = {str(s.id): s for s in skus}
     submitted = [row.form.id.data for row in form.skus]
     if sorted(submitted) != sorted(by_id):
-        flash("规格列表在你编辑期间变了，请刷新页面后重试", "error")
+        flash(_("The variant list changed while you were editing: reload the page and try again"), "error")
         return False
     fields = _product_fields(form)
     mode_before = (product.kind, product.loop_key)
     mode_after = (fields["kind"], fields["loop_key"])
     if mode_after != mode_before and CardKey.select().where(CardKey.sku.in_([s.id for s in skus])).exists():
-        form.kind.errors.append("该商品已有卡密，不能再修改商品类型或循环卡密设置")
+        form.kind.errors.append(_("This product has card keys already: its type and loop key setting "
+                                  "can no longer change"))
         return False
     counter = not _uses_key_rows(*mode_after)
     try:
@@ -630,7 +660,9 @@ def _save_product(product: Product, skus: list[Sku], form: ProductForm) -> bool:
                         (Sku.id == sku.id) & (Sku.stock == seen)).execute()
                     if not changed:
                         now = Sku.get_by_id(sku.id).stock
-                        row.form.stock.errors.append(f"库存在你编辑期间变成了 {now}，请核对后再保存")
+                        row.form.stock.errors.append(
+                            _("The stock changed to %(stock)s while you were editing: check it and save again",
+                              stock=now))
                         raise _Refused
             if not counter and not _uses_key_rows(*mode_before):
                 # Into card-key mode with no keys yet: stock is the count of available keys, none.
@@ -654,15 +686,18 @@ def _int_or_none(text):
 
 
 _REASONS = {
-    "contains control characters": "含有控制字符",
-    "not valid UTF-8": "不是有效的 UTF-8 或 GB18030 文本",
+    "contains control characters": _l("Contains control characters"),
+    "not valid UTF-8": _l("Not valid UTF-8 or GB18030 text"),
 }
+_LONGER = re.compile(r"^longer than (\d+) characters$")
 
 
 def _reason(text: str) -> str:
-    if text.startswith("longer than "):
-        return text.replace("longer than ", "超过 ").replace(" characters", " 个字符")
-    return _REASONS.get(text, text)
+    """A reason of ``check_key_line`` / ``KeyFile`` (English, for the CLI too) in the operator's language."""
+    longer = _LONGER.match(text)
+    if longer:
+        return _("Longer than %(num)s characters", num=longer.group(1))
+    return str(_REASONS.get(text, text))
 
 
 def _cipher() -> CardKeyCipher:
@@ -721,12 +756,18 @@ def _starts_with_utf8_bom(path: Path) -> bool:
 
 
 def _import_upload(product: Product, sku: Sku, storage, skip_header: bool):
+    """The import's report, or for a file over ``BACKGROUND_IMPORT_BYTES`` the background job doing it."""
+    from . import background
     from .keys_cli import import_key_file
 
+    site = current_site()
     suffix = Path(storage.filename or "").suffix.lower()
-    with tempfile.TemporaryDirectory(prefix="kamengsite-import-") as folder:
+    with tempfile.TemporaryDirectory(prefix="kamengsite-import-", dir=background.work_dir(site.instance)) as folder:
         path = _spool_upload(storage, suffix, _upload_limit(), folder)
-        _, _, report = import_key_file(current_site().instance, product.id, path, sku_id=sku.id,
+        if path.stat().st_size > BACKGROUND_IMPORT_BYTES:
+            return background.start_key_import(site.instance, site.site_id, g.operator.id, product.id, sku.id,
+                                               path, skip_header)
+        _, _, report = import_key_file(site.instance, product.id, path, sku_id=sku.id,
                                        skip_header=skip_header, cipher=_cipher())
     return report
 
@@ -740,7 +781,8 @@ def _import_paste(product: Product, sku: Sku, text: str):
 
 
 def _sku_choices(skus) -> list[tuple[int, str]]:
-    return [_option(s.id, f"{s.name or '默认规格'}（{format_fen(s.price_fen)} 元，库存 {s.stock}）") for s in skus]
+    return [_option(s.id, _("%(name)s (¥%(price)s, stock %(stock)s)", name=s.name or _("Default variant"),
+                            price=format_money(s.price_fen), stock=s.stock)) for s in skus]
 
 
 def _loop_key_status(skus) -> dict[int, bool]:
@@ -772,20 +814,23 @@ def keys(product_id):
         upload = form.file.data
         sku = next(s for s in skus if s.id == form.sku.data)
         if upload and text.strip():
-            form.file.errors.append("请只选一种方式：粘贴或上传文件")
+            form.file.errors.append(_("Paste keys or upload a file, not both"))
         elif upload:
             suffix = Path(upload.filename or "").suffix.lower()
             if suffix not in (".txt", ".csv"):
-                form.file.errors.append("只支持 .txt 或 .csv 文件")
+                form.file.errors.append(_("Only .txt and .csv files can be imported"))
             else:
                 try:
                     report = _import_upload(product, sku, upload, bool(form.skip_header.data))
+                    if isinstance(report, ConsoleJob):  # a large file: the worker imports it, with progress
+                        return redirect(url_for("admin_jobs.show", job_id=report.id))
                 except _TooLarge:
-                    form.file.errors.append(f"文件太大：上限 {_size_label(_upload_limit())}，请拆分后分批导入")
+                    form.file.errors.append(_("File too large: the limit is %(limit)s. Split it and import the "
+                                              "parts one by one", limit=_size_label(_upload_limit())))
         elif text.strip():
             report = _import_paste(product, sku, text)
         else:
-            form.text.errors.append("请粘贴卡密，或选择要上传的文件")
+            form.text.errors.append(_("Paste card keys, or choose a file to upload"))
         if report is not None:
             skus = _skus(product.id)
             form.sku.choices = _sku_choices(skus)
@@ -801,16 +846,17 @@ def _loop_key_page(product: Product, skus: list[Sku], choices):
     status = _loop_key_status(skus)
     if form.validate_on_submit():
         secret = normalize_secret(form.secret.data or "")
-        problem = check_key_line(secret) if secret else "请填写卡密"
+        problem = check_key_line(secret) if secret else _("Enter the card key")
         if problem:
             form.secret.errors.append(_reason(problem))
         elif status.get(form.sku.data):
-            form.sku.errors.append("这个规格已经设置了循环卡密（更换会影响已售订单，将在完整后台中提供）")
+            form.sku.errors.append(_("This variant has its loop key already (changing it would affect the orders "
+                                     "sold; the full console will offer it)"))
         else:
             cipher = _cipher()
             CardKey.create(sku=form.sku.data, sealed=cipher.seal(secret, form.sku.data),
                            digest=cipher.digest(secret), batch="loop")
-            flash("循环卡密已设置", "ok")
+            flash(_("Loop key set"), "ok")
             return redirect(url_for("admin.keys", product_id=product.id))
     form.secret.data = ""
     return render_template("admin/keys.html", product=product, skus=skus, form=None, loop_form=form,

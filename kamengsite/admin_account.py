@@ -23,6 +23,7 @@ from . import account_security as security
 from . import accounts, admin
 from .app import current_site
 from .hookspecs import hookimpl
+from .i18n import _, _l, _n
 from .ratelimit import client_ip, limited
 from .tenancy import acting_for
 
@@ -33,25 +34,31 @@ PENDING_SECONDS = 300
 
 
 class CodeForm(FlaskForm):
-    code = StringField("验证码", validators=[InputRequired("请输入验证码"), Length(max=32)])
+    code = StringField(_l("Verification code"), validators=[InputRequired(_l("Enter the verification code")),
+                                                          Length(max=32)])
 
 
-class PasswordChangeForm(FlaskForm):
-    current = PasswordField("当前密码", validators=[InputRequired("请输入当前密码"),
-                                                   Length(max=accounts.MAX_PASSWORD)])
-    new = PasswordField("新密码", validators=[InputRequired("请输入新密码")])
-    again = PasswordField("再输一次新密码", validators=[InputRequired("请再输一次新密码")])
+class NewPasswordForm(FlaskForm):
+    """A new password typed twice, checked as ``accounts`` requires (also the reset-by-mail form)."""
+
+    new = PasswordField(_l("New password"), validators=[InputRequired(_l("Enter a new password"))])
+    again = PasswordField(_l("New password again"), validators=[InputRequired(_l("Enter the new password again"))])
 
     def validate_new(self, field):
         try:
             accounts.check_password_strength(field.data or "")
         except accounts.AccountError:
-            raise ValidationError(f"新密码需 {accounts.MIN_PASSWORD} 到 {accounts.MAX_PASSWORD} 个字符，"
-                                  f"且首尾不能是空格") from None
+            raise ValidationError(_("The new password needs %(min)s to %(max)s characters and must not start or "
+                                    "end with a space", min=accounts.MIN_PASSWORD, max=accounts.MAX_PASSWORD)) from None
 
     def validate_again(self, field):
         if field.data != self.new.data:
-            raise ValidationError("两次输入的新密码不一致")
+            raise ValidationError(_("The two new passwords do not match"))
+
+
+class PasswordChangeForm(NewPasswordForm):
+    current = PasswordField(_l("Current password"), validators=[InputRequired(_l("Enter your current password")),
+                                                                Length(max=accounts.MAX_PASSWORD)])
 
 
 def _site_id() -> int:
@@ -106,7 +113,7 @@ def login_code():
     account = _pending_account()
     if account is None:
         session.pop(PENDING_KEY, None)
-        flash("请重新输入用户名和密码", "error")
+        flash(_("Please enter your username and password again"), "error")
         return redirect(url_for("admin.login"))
     form = CodeForm()
     if form.validate_on_submit():
@@ -115,12 +122,12 @@ def login_code():
         if wait is not None:
             form.code.errors.append(security.wait_message(wait))
         elif security.use_second_factor(_site_id(), account.id, form.code.data, _cipher()):
-            target = session[PENDING_KEY].get("next") or url_for("admin.products")
+            target = session[PENDING_KEY].get("next") or url_for("admin.home")
             sign_in(account)
             return redirect(admin._safe_next(target))
         else:
             security.record_failure(_site_id(), account.username, ip)
-            form.code.errors.append("验证码不正确或已使用")
+            form.code.errors.append(_("The code is wrong or has already been used"))
     return render_template("admin/account_login_code.html", form=form)
 
 
@@ -156,7 +163,18 @@ def overview():
     return _render_overview()
 
 
-def _render_overview(password_form=None, **extra):
+class EmailForm(FlaskForm):
+    email = StringField(_l("E-mail (for password resets)"), validators=[Length(max=254)])
+
+    def validate_email(self, field):
+        from .mail import is_email
+
+        field.data = (field.data or "").strip().lower()
+        if field.data and not is_email(field.data):
+            raise ValidationError(_("Not an e-mail address"))
+
+
+def _render_overview(password_form=None, email_form=None, **extra):
     account, site_id = g.operator, _site_id()
     token = _token()
     sessions = security.list_sessions(site_id, account.id)
@@ -166,7 +184,9 @@ def _render_overview(password_form=None, **extra):
         codes_left=security.recovery_codes_left(site_id, account.id),
         sessions=sessions, current={row.id for row in sessions if security.is_current(row, token)},
         action=admin.ActionForm(formdata=None), code_form=CodeForm(formdata=None),
-        password_form=password_form or PasswordChangeForm(formdata=None), min_password=accounts.MIN_PASSWORD, **extra)
+        password_form=password_form or PasswordChangeForm(formdata=None),
+        email_form=email_form or EmailForm(formdata=None, data={"email": account.email}),
+        min_password=accounts.MIN_PASSWORD, **extra)
 
 
 @bp.post("/account/2fa/start")
@@ -211,9 +231,9 @@ def two_factor_disable():
         except security.SecurityError as exc:
             flash(str(exc), "error")
         else:
-            flash("已关闭两步验证", "ok")
+            flash(_("Two-step verification is off"), "ok")
     else:
-        flash("请输入验证码", "error")
+        flash(_("Enter the verification code"), "error")
     return redirect(url_for("admin_account.overview"))
 
 
@@ -225,7 +245,7 @@ def recovery_codes():
         if security.use_totp(_site_id(), g.operator.id, form.code.data, _cipher()):
             codes = security.regenerate_recovery_codes(_site_id(), g.operator.id, _cipher())
             return render_template("admin/account_recovery_codes.html", codes=codes, just_enabled=False)
-        flash("验证码不正确或已使用", "error")
+        flash(_("The code is wrong or has already been used"), "error")
     return redirect(url_for("admin_account.overview"))
 
 
@@ -234,9 +254,9 @@ def recovery_codes():
 def end_session(session_id):
     if admin.ActionForm().validate_on_submit():
         if security.end_session(_site_id(), g.operator.id, session_id[:64]):
-            flash("已退出该会话", "ok")
+            flash(_("That session is signed out"), "ok")
         else:
-            flash("没有这个会话（可能已经退出）", "error")
+            flash(_("No such session (it may already be signed out)"), "error")
     return redirect(url_for("admin_account.overview"))
 
 
@@ -245,7 +265,7 @@ def end_session(session_id):
 def end_other_sessions():
     if admin.ActionForm().validate_on_submit():
         ended = security.end_other_sessions(_site_id(), g.operator.id, _token())
-        flash(f"已退出其他 {ended} 个会话", "ok")
+        flash(_n("Signed out %(num)d other session", "Signed out %(num)d other sessions", ended), "ok")
     return redirect(url_for("admin_account.overview"))
 
 
@@ -255,14 +275,26 @@ def change_password():
     form = PasswordChangeForm()
     if form.validate_on_submit():
         if not accounts.verify_password(form.current.data, g.operator.password_hash):
-            form.current.errors.append("当前密码不正确")
+            form.current.errors.append(_("The current password is wrong"))
         else:
             # Every session ends with the old password (version and rows); this browser gets a fresh one.
             changed = accounts.set_password(_site_id(), g.operator.username, form.new.data)
             sign_in(changed)
-            flash("密码已修改，其他会话均已退出", "ok")
+            flash(_("Password changed; all other sessions are signed out"), "ok")
             return redirect(url_for("admin_account.overview"))
     return _render_overview(password_form=form), 200
+
+
+@bp.post("/account/email")
+@admin.operator_required
+def change_email():
+    form = EmailForm()
+    if not form.validate_on_submit():
+        return _render_overview(email_form=form), 400
+    with acting_for(_site_id()):
+        accounts.Account.update(email=form.email.data).where(accounts.Account.id == g.operator.id).execute()
+    flash(_("E-mail saved") if form.email.data else _("E-mail removed: resets by mail are off"), "ok")
+    return redirect(url_for("admin_account.overview"))
 
 
 # -- plugin ----------------------------------------------------------------------------------------
@@ -270,7 +302,7 @@ def change_password():
 
 @hookimpl
 def admin_menu(site):
-    return [("账号安全", "admin_account.overview")]
+    return [(_l("Account security"), "admin_account.overview")]
 
 
 @hookimpl

@@ -12,17 +12,19 @@ no script), each with a table of the same numbers.
 from __future__ import annotations
 
 from flask import flash, render_template, request
+from flask_babel import format_date
 
 from . import admin, charts, dashboard, pricing
 from .app import current_site
 from .catalog import Product
 from .hookspecs import hookimpl
+from .i18n import _, _l, _n, current_locale, format_money
 from .settlement import site_balances
-from .themes import format_fen
 
 bp = admin.console_blueprint("admin_dashboard", __name__, "/admin")
 
-BALANCE_LABELS = {"site_frozen": "冻结", "site_available": "可用", "site_payout": "提现中", "prepaid_hold": "预存占用"}
+#: The KPI label of each balance the owner's dashboard shows.
+BALANCE_LABELS = {"site_frozen": _l("Frozen balance (¥)"), "site_available": _l("Available balance (¥)")}
 
 
 def _product_names(rows, site_id: int | None) -> dict[int, str]:
@@ -41,27 +43,46 @@ def _named(rows, names):
     return [charts.Point(names.get(row.product_id, f"#{row.product_id}"), row.revenue_fen) for row in rows]
 
 
+def _day(day) -> str:
+    """A chart's day label: ``03-10`` in Chinese, ``10 Mar`` in English."""
+    return format_date(day, "MM-dd" if current_locale() == "zh_CN" else "d MMM")
+
+
+def _yuan(fen: int) -> str:
+    return _("¥%(amount)s", amount=format_money(fen))
+
+
+def _orders(count: int) -> str:
+    return _n("%(num)d order", "%(num)d orders", count)
+
+
+def _items(count: int) -> str:
+    return _n("%(num)d item", "%(num)d items", count)
+
+
 def _charts(days, by_revenue, by_quantity, names, ranking):
-    yuan = format_fen
+    money = {"fmt": format_money, "value_fmt": _yuan}
     result = {
-        "gmv": charts.line_chart([charts.Point(d.day.strftime("%m-%d"), d.gmv_fen) for d in days],
-                                 title="每日成交额", desc="按北京时间每天已支付订单的金额（元）", fmt=yuan, unit=" 元"),
-        "orders": charts.line_chart([charts.Point(d.day.strftime("%m-%d"), d.orders) for d in days],
-                                    title="每日支付订单数", desc="按北京时间每天已支付的订单数", unit=" 单"),
-        "top_revenue": charts.bar_chart(_named(by_revenue, names), title="商品销售额前 10",
-                                        desc="按已支付订单金额排序的商品", fmt=yuan, unit=" 元"),
+        "gmv": charts.line_chart([charts.Point(_day(d.day), d.gmv_fen) for d in days], title=_("Daily sales"),
+                                 desc=_("Amount of the orders paid each day, Beijing time (¥)"), **money),
+        "orders": charts.line_chart([charts.Point(_day(d.day), d.orders) for d in days],
+                                    title=_("Paid orders per day"),
+                                    desc=_("Number of orders paid each day, Beijing time"), value_fmt=_orders),
+        "top_revenue": charts.bar_chart(_named(by_revenue, names), title=_("Top 10 products by revenue"),
+                                        desc=_("Products ranked by the amount of their paid orders"), **money),
         "top_quantity": charts.bar_chart(
             [charts.Point(names.get(r.product_id, f"#{r.product_id}"), r.quantity) for r in by_quantity],
-            title="商品销量前 10", desc="按已支付数量排序的商品", unit=" 件"),
+            title=_("Top 10 products by quantity"), desc=_("Products ranked by the quantity paid for"),
+            value_fmt=_items),
     }
     if ranking is not None:
         by_gmv, by_margin = ranking
         result["sites_gmv"] = charts.bar_chart([charts.Point(r.slug, r.value_fen) for r in by_gmv],
-                                               title="分站成交额排行", desc="按已支付订单金额排序的分站",
-                                               fmt=yuan, unit=" 元")
-        result["sites_margin"] = charts.bar_chart([charts.Point(r.slug, r.value_fen) for r in by_margin],
-                                                  title="分站分润排行", desc="按账本中分站赚到的分润排序（扣除退款）",
-                                                  fmt=yuan, unit=" 元")
+                                               title=_("Sub-sites by sales"),
+                                               desc=_("Sub-sites ranked by the amount of their paid orders"), **money)
+        result["sites_margin"] = charts.bar_chart(
+            [charts.Point(r.slug, r.value_fen) for r in by_margin], title=_("Sub-sites by margin"),
+            desc=_("Sub-sites ranked by the margin they earned in the ledger (net of refunds)"), **money)
     return result
 
 

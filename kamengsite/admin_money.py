@@ -40,6 +40,7 @@ from . import admin, ledger, orders, pricing, reconcile, refunds, withdrawals
 from .app import current_site
 from .catalog import Category, Product, Sku
 from .hookspecs import hookimpl
+from .i18n import _, _l, format_money
 from .levels import BP, Level, get_level
 from .models import Site, utcnow
 from .settlement import site_balances
@@ -57,16 +58,23 @@ RECENT_ROWS = 20
 MAX_REPORT_DAYS = 366
 MAX_FIXED_FEN = 10**9  # pricing.set_rule's bound: ±10,000,000 元
 
-SCOPE_LABELS = {"all": "全部商品", "category": "分类", "product": "商品", "children": "下级分站"}
-ORDER_STATUS_LABELS = {"created": "待支付", "paid": "已支付，处理中", "delivered": "已发货", "expired": "已过期",
-                       "refund_pending": "待退款", "refunded": "已退款", "cancelled": "已取消"}
-ACCOUNT_LABELS = {"site_frozen": "冻结", "site_available": "可用", "site_payout": "提现中", "prepaid_hold": "预存占用"}
-TXN_LABELS = {"payment": "订单分润", "refund": "退款扣回", "release": "解冻", "withdrawal": "提现", "adjustment": "调整",
-              "prepay": "预存成本", "wallet_pay": "余额支付", "wallet_topup": "充值"}
-WITHDRAWAL_LABELS = {"requested": "待审核", "approved": "已批准，待打款", "paid": "已打款", "rejected": "已拒绝"}
-REFUND_STATUS_LABELS = {"pending": "处理中", "done": "已完成", "failed": "失败"}
-DESTINATION_LABELS = {"auto": "自动（能原路退回就原路，否则退到会员余额，否则人工）", "channel": "原路退回",
-                      "balance": "买家的会员余额", "manual": "人工退款（线下打款后点“确认已退款”）"}
+SCOPE_LABELS = {"all": _l("All products"), "category": _l("Category"), "product": _l("Product"),
+                "children": _l("Child sites")}
+ORDER_STATUS_LABELS = {"created": _l("Awaiting payment"), "paid": _l("Paid, processing"), "delivered": _l("Delivered"),
+                       "expired": _l("Expired"), "refund_pending": _l("Refund pending"), "refunded": _l("Refunded"),
+                       "cancelled": _l("Cancelled")}
+ACCOUNT_LABELS = {"site_frozen": _l("Frozen"), "site_available": _l("Available"), "site_payout": _l("In payout"),
+                  "prepaid_hold": _l("Prepaid hold")}
+TXN_LABELS = {"payment": _l("Order commission"), "refund": _l("Refund clawback"), "release": _l("Unfrozen"),
+              "withdrawal": _l("Withdrawal"), "adjustment": _l("Adjustment"), "prepay": _l("Prepaid cost"),
+              "wallet_pay": _l("Balance payment"), "wallet_topup": _l("Top-up")}
+WITHDRAWAL_LABELS = {"requested": _l("Awaiting review"), "approved": _l("Approved, awaiting payout"),
+                     "paid": _l("Paid out"), "rejected": _l("Rejected")}
+REFUND_STATUS_LABELS = {"pending": _l("Processing"), "done": _l("Completed"), "failed": _l("Failed")}
+DESTINATION_LABELS = {
+    "auto": _l("Automatic (back the way it was paid if possible, else to the member balance, else manual)"),
+    "channel": _l("Back the way it was paid"), "balance": _l("The buyer's member balance"),
+    "manual": _l("Manual refund (pay offline, then click “Confirm refunded”)")}
 #: The ledger accounts that belong to a site (what its owner may see).
 SITE_ACCOUNT_KINDS = tuple(ACCOUNT_LABELS)
 
@@ -84,24 +92,25 @@ def _clean_number(text: str, *units: str) -> str:
     return value
 
 
-def _hundredths(text: str, unit: str, error: str) -> int:
+def _hundredths(text: str, unit: str, error) -> int:
     """A signed decimal with at most two places, ×100 as an int ('' is 0); ValueError(error) otherwise."""
     value = _clean_number(text, unit)
     if not value:
         return 0
     if not _NUMBER.match(value):
-        raise ValueError(error)
+        raise ValueError(str(error))
     return int(Decimal(value) * 100)
 
 
 def parse_percent_bp(text: str) -> int:
     """'12.5' → 1250 basis points, '-5' → -500, '' → 0; at most two decimals (0.01 % is one basis point)."""
-    return _hundredths(text, "%", "百分比格式不对，请填写如 12.5 或 -5（最多两位小数）")
+    return _hundredths(text, "%", _l("Invalid percentage: enter e.g. 12.5 or -5 (at most two decimals)"))
 
 
 def parse_fixed_fen(text: str) -> int:
     """'1.50' → 150 fen, '-1' → -100, '' → 0; at most two decimals (to the fen)."""
-    return _hundredths(text, "元", "金额格式不对，请填写如 1.50 或 -2（元，最多两位小数）")
+    return _hundredths(text, "元",  # i18n: keep - the unit an owner may type after the number
+                       _l("Invalid amount: enter e.g. 1.50 or -2 (yuan, at most two decimals)"))
 
 
 def percent_text(bp: int) -> str:
@@ -141,31 +150,34 @@ class FixedYuanField(_ParsedField):
 
 class RuleForm(FlaskForm):
     scope = HiddenField()
-    target = StringField("对象")
-    percent = PercentField("加价（%）", default=0)
-    fixed = FixedYuanField("再加（元）", default=0)
-    rounding = admin.ChoiceField("取整", choices=[admin._option(k, v) for k, v in pricing.ROUNDINGS.items()],
+    target = StringField(_l("Target"))
+    percent = PercentField(_l("Markup (%)"), default=0)
+    fixed = FixedYuanField(_l("Fixed extra (¥)"), default=0)
+    rounding = admin.ChoiceField(_l("Rounding"), choices=[admin._option(k, v) for k, v in pricing.ROUNDINGS.items()],
                                  default="none")
-    hidden = BooleanField("在本站隐藏")
-    rename = StringField("本站显示的名称（留空用原名）", validators=[Length(max=120, message="最多 120 个字")])
+    hidden = BooleanField(_l("Hide on this site"))
+    rename = StringField(_l("Name shown on this site (blank: the original name)"),
+                         validators=[Length(max=120, message=_l("At most 120 characters"))])
 
 
 class WithdrawForm(FlaskForm):
-    amount = admin.YuanField("提现金额（元）")
-    payee = TextAreaField("收款信息（如 支付宝账号 + 实名）", validators=[
-        InputRequired("请填写收款信息"), Length(max=500, message="最多 500 个字")])
+    amount = admin.YuanField(_l("Amount to withdraw (¥)"))
+    payee = TextAreaField(_l("Payee details (e.g. Alipay account + real name)"), validators=[
+        InputRequired(_l("Please enter the payee details")), Length(max=500, message=_l("At most 500 characters"))])
 
 
 class NoteForm(FlaskForm):
-    note = StringField("备注", validators=[Length(max=500, message="备注最多 500 个字")])
+    note = StringField(_l("Note"), validators=[Length(max=500, message=_l("A note has at most 500 characters"))])
 
 
 class RefundForm(FlaskForm):
-    order_no = StringField("订单号", validators=[InputRequired("请填写订单号"), Length(max=32, message="订单号最多 32 位")])
-    destination = admin.ChoiceField("退到", default="auto", choices=[
+    order_no = StringField(_l("Order number"), validators=[
+        InputRequired(_l("Please enter the order number")),
+        Length(max=32, message=_l("An order number has at most 32 characters"))])
+    destination = admin.ChoiceField(_l("Refund to"), default="auto", choices=[
         admin._option(k, DESTINATION_LABELS[k]) for k in ("auto", "balance", "manual")])
-    absorb = BooleanField("分站余额不够退回它的分润时，由平台承担差额")
-    reason = StringField("退款原因", validators=[Length(max=500, message="最多 500 个字")])
+    absorb = BooleanField(_l("If a sub-site's balance cannot give back its commission, the platform covers the difference"))
+    reason = StringField(_l("Refund reason"), validators=[Length(max=500, message=_l("At most 500 characters"))])
 
 
 def _submitted(form) -> bool:
@@ -255,10 +267,10 @@ def _wanted_price(cost_fen: int, base_fen: int, rule) -> int:
 
 def _rule_source(pricer: pricing.Pricer, product) -> str:
     if pricer.rules.get(("product", product.id)):
-        return "商品规则"
+        return _("Product rule")
     if product.category_id and pricer.rules.get(("category", product.category_id)):
-        return "分类规则"
-    return "全部商品" if pricer.rules.get(("all", 0)) else "未加价（主站价）"
+        return _("Category rule")
+    return _("All products") if pricer.rules.get(("all", 0)) else _("No markup (main site price)")
 
 
 def _price_rows(level: Level | None, products, skus, category_labels) -> list[PriceRow]:
@@ -276,7 +288,7 @@ def _price_rows(level: Level | None, products, skus, category_labels) -> list[Pr
                 child_cost = cost + pricing.child_markup(cost, children_rule, level)
             rows.append(PriceRow(
                 product_id=product.id, name=pricer.display_name(product), original_name=product.name,
-                category=category_labels.get(product.category_id, "—"), sku_name=sku.name or "默认规格",
+                category=category_labels.get(product.category_id, "—"), sku_name=sku.name or _("Default variant"),
                 cost_fen=cost, base_fen=sku.price_fen, price_fen=quote.unit_price_fen,
                 at_cost=_wanted_price(cost, sku.price_fen, rule) < cost, hidden=not pricer.visible(product),
                 rule=_rule_source(pricer, product), child_cost_fen=child_cost))
@@ -329,10 +341,10 @@ def _check_target(form: RuleForm, products_by_id: dict, category_ids: set) -> in
         return 0
     target = _int_or_zero(form.target.data)
     if scope == "category" and target not in category_ids:
-        form.target.errors.append("请选择分类")
+        form.target.errors.append(_("Please choose a category"))
         return None
     if scope == "product" and target not in products_by_id:
-        form.target.errors.append("请选择商品")
+        form.target.errors.append(_("Please choose a product"))
         return None
     return target
 
@@ -342,13 +354,15 @@ def _check_markup(form: RuleForm, level: Level | None) -> bool:
     if form.scope.data == "children":
         cap = level.max_child_markup_bp if level else 0
         if percent < 0 or fixed < 0:
-            form.percent.errors.append("下级分站的成本不能低于本站成本：加价不能为负数")
+            form.percent.errors.append(_("A child site's cost cannot be below this site's cost: "
+                                         "the markup cannot be negative"))
         elif percent > cap:
-            form.percent.errors.append(f"当前等级最多加价 {percent_text(cap)}%")
+            form.percent.errors.append(_("Your level allows a markup of at most %(cap)s%%", cap=percent_text(cap)))
     elif not -BP <= percent <= pricing.MAX_MARKUP_BP:
-        form.percent.errors.append(f"加价请在 -100% 到 {percent_text(pricing.MAX_MARKUP_BP)}% 之间")
+        form.percent.errors.append(_("The markup must be between -100%% and %(max)s%%",
+                                     max=percent_text(pricing.MAX_MARKUP_BP)))
     if abs(fixed) > MAX_FIXED_FEN:
-        form.fixed.errors.append(f"金额不能超过 {format_fen(MAX_FIXED_FEN)} 元")
+        form.fixed.errors.append(_("The amount cannot exceed ¥%(amount)s", amount=format_money(MAX_FIXED_FEN)))
     return not (form.percent.errors or form.fixed.errors)
 
 
@@ -383,7 +397,7 @@ def prices():
     if request.method == "POST":
         submitted = RuleForm()
         if _submitted(submitted) and _save_rule(submitted, level, products_by_id, set(labels)):
-            flash(f"已保存“{SCOPE_LABELS[submitted.scope.data]}”的价格规则", "ok")
+            flash(_("Price rule saved: %(scope)s", scope=SCOPE_LABELS[submitted.scope.data]), "ok")
             return redirect(url_for("admin_money.prices"))
     rules = {(r.scope, r.target_id): r for r in pricing.PriceRule.select()}  # confined to this site
     return render_template(
@@ -406,7 +420,7 @@ def delete_rule(rule_id):
     if rule is None:
         abort(404)
     pricing.delete_rule(_site_id(), rule.scope, rule.target_id)
-    flash(f"已删除“{SCOPE_LABELS.get(rule.scope, rule.scope)}”的价格规则", "ok")
+    flash(_("Price rule deleted: %(scope)s", scope=SCOPE_LABELS.get(rule.scope, rule.scope)), "ok")
     return redirect(url_for("admin_money.prices"))
 
 
@@ -427,10 +441,10 @@ def _entry_note(txn_kind: str, reference: str, own_orders: set) -> str:
     order_no = reference.removeprefix("prepay:")
     if txn_kind in ("payment", "refund", "prepay"):
         if order_no in own_orders:
-            return f"订单 {order_no}"
-        return "下级分站的订单" if txn_kind != "prepay" else ""
+            return _("Order %(no)s", no=order_no)
+        return _("A child site's order") if txn_kind != "prepay" else ""
     if txn_kind == "withdrawal" and ":" in reference:
-        return f"提现 #{reference.rsplit(':', 1)[1]}"
+        return _("Withdrawal #%(id)s", id=reference.rsplit(":", 1)[1])
     return ""
 
 
@@ -459,12 +473,13 @@ def balance():
     if _submitted(form):
         try:
             if form.amount.data <= 0:
-                raise withdrawals.WithdrawalError("提现金额必须大于 0")
+                raise withdrawals.WithdrawalError(_("The amount must be greater than 0"))
             found = withdrawals.request_withdrawal(site_id, form.amount.data, form.payee.data)
         except withdrawals.WithdrawalError as exc:
             form.amount.errors.append(str(exc))
         else:
-            flash(f"已申请提现 ¥{format_fen(found.amount_fen)}，等待平台审核", "ok")
+            flash(_("Withdrawal of ¥%(amount)s requested; waiting for the platform's review",
+                    amount=format_money(found.amount_fen)), "ok")
             return redirect(url_for("admin_money.balance"))
     level = _level()
     return render_template(
@@ -484,15 +499,68 @@ def order_list():
     status = request.args.get("status", "")
     if status not in orders.STATUSES:
         status = ""
+    search = (request.args.get("q") or "").strip()[:120]
+    since, until = _local_day(request.args.get("from")), _local_day(request.args.get("to"))
     page = max(1, _int_or_zero(request.args.get("page")) or 1)
     query = orders.Order.select().where(orders.Order.site == site_id)  # and the request's site scope
     if status:
         query = query.where(orders.Order.status == status)
+    if search:
+        # An order number (or its start, as read off a screenshot) or the buyer's contact, exactly.
+        query = query.where(orders.Order.order_no.startswith(search.upper()) | (orders.Order.contact == search))
+    if since:
+        query = query.where(orders.Order.created_at >= since)
+    if until:
+        query = query.where(orders.Order.created_at < until + datetime.timedelta(days=1))
     found = list(query.order_by(orders.Order.id.desc()).offset((page - 1) * ORDERS_PER_PAGE).limit(ORDERS_PER_PAGE + 1))
     names = _product_names({o.product_id for o in found})
+    filters = {"status": status or None, "q": search or None, "from": request.args.get("from") if since else None,
+               "to": request.args.get("to") if until else None}
     return render_template("admin/money_orders.html", orders=found[:ORDERS_PER_PAGE], names=names, status=status,
                            statuses=ORDER_STATUS_LABELS, page=page, more=len(found) > ORDERS_PER_PAGE,
-                           main=admin.is_main_site(), refundable=refunds.REFUNDABLE)
+                           main=admin.is_main_site(), refundable=refunds.REFUNDABLE, search=search,
+                           filters=filters, action=admin.ActionForm(formdata=None))
+
+
+def _local_day(text: str | None) -> datetime.datetime | None:
+    """``YYYY-MM-DD`` as the site's day starts, in UTC (naive, as stored); None if blank or not a date."""
+    import zoneinfo
+
+    try:
+        day = datetime.date.fromisoformat((text or "").strip())
+    except ValueError:
+        return None
+    start = datetime.datetime.combine(day, datetime.time(), zoneinfo.ZoneInfo(current_site().config.timezone))
+    return start.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+
+@bp.post("/orders/<order_no>/resend")
+@admin.operator_required
+def order_resend(order_no):
+    """Mail a delivered order's keys to its buyer again (the same job as at delivery; audited)."""
+    from .mail import queue_order_mail
+
+    if not admin.ActionForm().validate_on_submit():
+        abort(400)
+    order = orders.find_order(order_no, site_id=_site_id())
+    if order is None:
+        abort(404)
+    if order.status != "delivered":
+        flash(_("Only delivered orders have keys to send"), "error")
+    elif queue_order_mail(order, current_site().config, current_site().instance):
+        flash(_("The card keys of order %(no)s are being mailed to the buyer again", no=order_no), "ok")
+    else:
+        flash(_("Not sent: the buyer's contact is not an e-mail address, or no mail server is set up"), "error")
+    return redirect(request.referrer if _same_console(request.referrer) else url_for("admin_money.order_list"))
+
+
+def _same_console(target: str | None) -> bool:
+    from urllib.parse import urlsplit
+
+    if not target:
+        return False
+    parts = urlsplit(target)
+    return parts.netloc == request.host and parts.path.startswith("/admin/")
 
 
 def _product_names(product_ids: set) -> dict[int, str]:
@@ -524,8 +592,9 @@ def withdrawal_list():
                            note_form=NoteForm(formdata=None))
 
 
-_WITHDRAWAL_ACTIONS = {"approve": (withdrawals.approve, "已批准"), "pay": (withdrawals.mark_paid, "已标记为已打款"),
-                       "reject": (withdrawals.reject, "已拒绝，金额已退回分站可用余额")}
+_WITHDRAWAL_ACTIONS = {"approve": (withdrawals.approve, _l("approved")),
+                       "pay": (withdrawals.mark_paid, _l("marked as paid out")),
+                       "reject": (withdrawals.reject, _l("rejected; the amount is back in the sub-site's available balance"))}
 
 
 @bp.post("/withdrawals/<int:withdrawal_id>/<any(approve, pay, reject):action>")
@@ -534,7 +603,7 @@ _WITHDRAWAL_ACTIONS = {"approve": (withdrawals.approve, "已批准"), "pay": (wi
 def withdrawal_action(withdrawal_id, action):
     form = NoteForm()
     if not _submitted(form):
-        flash("；".join(form.note.errors) or "请重试", "error")
+        flash(" ".join(form.note.errors) or _("Please try again"), "error")  # at most one error: Length
         return redirect(url_for("admin_money.withdrawal_list"))
     move, done = _WITHDRAWAL_ACTIONS[action]
     try:
@@ -543,9 +612,11 @@ def withdrawal_action(withdrawal_id, action):
         current = withdrawals.Withdrawal.get_or_none(withdrawals.Withdrawal.id == withdrawal_id)
         if current is None:
             abort(404)
-        flash(f"提现 #{withdrawal_id} 现在是“{WITHDRAWAL_LABELS.get(current.status, current.status)}”，不能这样操作", "error")
+        flash(_("Withdrawal #%(id)s is now “%(status)s”: this action is not possible", id=withdrawal_id,
+                status=WITHDRAWAL_LABELS.get(current.status, current.status)), "error")
     else:
-        flash(f"提现 #{found.id}（¥{format_fen(found.amount_fen)}）{done}", "ok")
+        flash(_("Withdrawal #%(id)s (¥%(amount)s) %(done)s", id=found.id, amount=format_money(found.amount_fen),
+                done=done), "ok")
     return redirect(url_for("admin_money.withdrawal_list"))
 
 
@@ -559,11 +630,11 @@ def _report_range() -> tuple[datetime.date, datetime.date, str]:
         start = datetime.date.fromisoformat(request.args.get("start") or today.isoformat())
         end = datetime.date.fromisoformat(request.args.get("end") or start.isoformat())
     except ValueError:
-        return today, today, "日期格式不对，请用 2026-01-31 这样的格式；已显示今天"
+        return today, today, _("Invalid date: use the form 2026-01-31. Showing today.")
     if end < start:
-        return start, start, "结束日期早于开始日期；已只显示开始那天"
+        return start, start, _("The end date is before the start date. Showing the start day only.")
     if (end - start).days >= MAX_REPORT_DAYS:
-        return start, start, f"一次最多查询 {MAX_REPORT_DAYS} 天；已只显示开始那天"
+        return start, start, _("At most %(days)s days at a time. Showing the start day only.", days=MAX_REPORT_DAYS)
     return start, end, ""
 
 
@@ -627,15 +698,18 @@ def refund_page():
         summary = _order_summary(order_no)
         try:
             if summary and summary["refund"] is not None:
-                raise refunds.RefundError(f"订单 {order_no} 已经退过款（{summary['refund'].refund_no}）")
+                raise refunds.RefundError(_("Order %(no)s has already been refunded (%(refund)s)", no=order_no,
+                                            refund=summary["refund"].refund_no))
             refund = refunds.refund_order(order_no, reason=(form.reason.data or "").strip(), to=form.destination.data,
                                           absorb=bool(form.absorb.data), registry=_payments_registry())
         except refunds.RefundError as exc:
-            form.order_no.errors.append(f"退款失败：{exc}")
+            form.order_no.errors.append(_("Refund failed: %(error)s", error=str(exc)))
         else:
-            flash(f"已退款 {refund.refund_no}：¥{format_fen(refund.amount_fen)}，退到"
-                  f"{DESTINATION_LABELS.get(refund.destination, refund.destination)}，"
-                  f"{REFUND_STATUS_LABELS.get(refund.status, refund.status)}", "ok" if refund.status != "failed" else "error")
+            flash(_("Refunded %(no)s: ¥%(amount)s to %(destination)s, %(status)s", no=refund.refund_no,
+                    amount=format_money(refund.amount_fen),
+                    destination=DESTINATION_LABELS.get(refund.destination, refund.destination),
+                    status=REFUND_STATUS_LABELS.get(refund.status, refund.status)),
+                  "ok" if refund.status != "failed" else "error")
             return redirect(url_for("admin_money.refund_page", order_no=order_no))
     recent = list(refunds.Refund.select().order_by(refunds.Refund.id.desc()).limit(RECENT_ROWS))
     with all_sites():
@@ -653,7 +727,7 @@ def refund_page():
 def refund_action(refund_no, action):
     form = NoteForm()
     if not _submitted(form):
-        flash("；".join(form.note.errors) or "请重试", "error")
+        flash(" ".join(form.note.errors) or _("Please try again"), "error")  # at most one error: Length
         return redirect(url_for("admin_money.refund_page"))
     try:
         if action == "confirm":
@@ -661,9 +735,10 @@ def refund_action(refund_no, action):
         else:
             refund = refunds.retry(refund_no, _payments_registry())
     except refunds.RefundError as exc:
-        flash(f"操作失败：{exc}", "error")
+        flash(_("Action failed: %(error)s", error=str(exc)), "error")
     else:
-        flash(f"退款 {refund.refund_no}：{REFUND_STATUS_LABELS.get(refund.status, refund.status)}",
+        flash(_("Refund %(no)s: %(status)s", no=refund.refund_no,
+                status=REFUND_STATUS_LABELS.get(refund.status, refund.status)),
               "ok" if refund.status == "done" else "error")
     return redirect(url_for("admin_money.refund_page"))
 

@@ -1,4 +1,4 @@
-"""The console's 插件 page (a core plugin, on every site): turn plugins on and off, edit their settings.
+"""The console's Plugins page (a core plugin, on every site): turn plugins on and off, edit their settings.
 
 An owner (or the operator, on the main site) sees the installed site plugins — payment
 channels are instance-wide and configured by the operator, so they are not listed — with
@@ -25,6 +25,7 @@ from . import admin, opening
 from .app import current_site
 from .errors import ConfigError, KamengsiteError
 from .hookspecs import hookimpl
+from .i18n import _, _l
 from .plugin_settings import ENV_PREFIX, check_settings, secret_keys, with_defaults
 from .plugins import recent_failures
 
@@ -99,7 +100,7 @@ def _is_table(prop: dict) -> bool:
 
 def _whole(text: str, where: str) -> int:
     if not re.fullmatch(r"[+-]?\d{1,12}", text):
-        raise ValueError(f"{where}须为整数")
+        raise ValueError(_("%(where)s must be a whole number", where=where))
     return int(text)
 
 
@@ -114,15 +115,15 @@ class ListField(Field):
         return ", ".join(str(v) for v in self.data or [])
 
     def process_formdata(self, valuelist):
-        parts = [p for p in re.split(r"[,，、\s]+", valuelist[0] if valuelist else "") if p]
+        parts = [p for p in re.split(r"[,，、\s]+", valuelist[0] if valuelist else "") if p]  # i18n: keep
         if self.item_type == "integer":
-            self.data = [_whole(p, f"第 {i} 项") for i, p in enumerate(parts, 1)]
+            self.data = [_whole(p, _("Item %(n)s", n=i)) for i, p in enumerate(parts, 1)]
         else:
             self.data = parts
 
     def __call__(self, **kwargs):
-        return Markup('<input type="text" name="{}" value="{}" placeholder="用逗号分隔">').format(
-            self.name, self._value())
+        return Markup('<input type="text" name="{}" value="{}" placeholder="{}">').format(
+            self.name, self._value(), _("Separate with commas"))
 
 
 class TableField(Field):
@@ -144,7 +145,7 @@ class TableField(Field):
                 continue  # a blank row (its yes/no selects say nothing on their own): nothing to keep
             row = {}
             for (key, column), cell in zip(self.columns.items(), cells):
-                where = f"第 {len(rows) + 1} 行「{column.get('title') or key}」"
+                where = _("Row %(n)s “%(column)s”", n=len(rows) + 1, column=column.get("title") or key)
                 if column.get("type") == "integer":
                     if cell:
                         row[key] = _whole(cell, where)
@@ -163,14 +164,15 @@ class TableField(Field):
             for key, column in self.columns.items():
                 value = row.get(key, "")
                 if column.get("type") == "boolean":
-                    cells += Markup('<td><select name="{}"><option value="0">否</option>'
-                                    '<option value="1"{}>是</option></select></td>').format(
-                        self.name, Markup(" selected") if value is True else "")
+                    cells += Markup('<td><select name="{}"><option value="0">{}</option>'
+                                    '<option value="1"{}>{}</option></select></td>').format(
+                        self.name, _("No"), Markup(" selected") if value is True else "", _("Yes"))
                 else:
                     cells += Markup('<td><input name="{}" value="{}"></td>').format(self.name, value)
             body += Markup("<tr>{}</tr>").format(cells)
         return Markup('<table class="settings-table"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>'
-                      '<small class="hint">整行留空即删除该行；需要更多行时保存后会再多出空行。</small>').format(head, body)
+                      '<small class="hint">{}</small>').format(
+            head, body, _("Leave a whole row empty to delete it; save to get more empty rows."))
 
 
 def _field_for(key: str, prop: dict, secret: bool):
@@ -178,7 +180,8 @@ def _field_for(key: str, prop: dict, secret: bool):
     description = prop.get("description", "")
     kind = prop.get("type")
     if secret:
-        return PasswordField(label, description=description or "留空则保持不变；可填 env:变量名 引用环境变量")
+        return PasswordField(label, description=description or _(
+            "Leave empty to keep the current value; env:NAME refers to an environment variable"))
     if "enum" in prop:
         names = prop.get("enumNames") or [str(v) for v in prop["enum"]]  # labels for owners, as rjsf reads them
         return SelectField(label, description=description,
@@ -189,13 +192,13 @@ def _field_for(key: str, prop: dict, secret: bool):
     if kind == "integer":
         return IntegerField(label, description=description, validators=[
             Optional(), NumberRange(min=prop.get("minimum"), max=prop.get("maximum"),
-                                    message="超出允许范围")])
+                                    message=_("Out of the allowed range"))])
     if _is_list(prop):
         return ListField(label, description=description, item_type=prop["items"]["type"])
     if _is_table(prop):
         return TableField(label, description=description, columns=prop["items"]["properties"])
     if _is_json(prop):
-        return TextAreaField(label, description=description or "JSON 格式")
+        return TextAreaField(label, description=description or _("JSON format"))
     return StringField(label, description=description)
 
 
@@ -218,7 +221,7 @@ def submitted_settings(schema: dict, form, stored: dict) -> dict:
             try:
                 data = json.loads(data) if (data or "").strip() else prop.get("default")
             except ValueError as exc:
-                raise ConfigError("表单", key, f"JSON 格式不正确：{exc}") from None
+                raise ConfigError(_("form"), key, _("Invalid JSON: %(error)s", error=exc)) from None
         if data is None or data == "":
             if "default" in prop:
                 continue  # empty means the default
@@ -268,9 +271,9 @@ def toggle(name):
     try:
         _registry().update(site.slug, plugins=plugins)
     except KamengsiteError as exc:
-        flash(f"未能{'启用' if on else '停用'}：{exc}", "error")
+        flash(_("Not turned on: %(error)s", error=exc) if on else _("Not turned off: %(error)s", error=exc), "error")
     else:
-        flash(f"已{'启用' if on else '停用'}插件 {name}", "ok")
+        flash(_("Plugin %(name)s turned on", name=name) if on else _("Plugin %(name)s turned off", name=name), "ok")
     return redirect(url_for(".index"))
 
 
@@ -285,7 +288,7 @@ def settings(name):
     if request.method == "POST":
         form = settings_form(schema, stored, formdata=request.form)
         if form.validate_on_submit() and _save(name, schema, form, stored):
-            flash("设置已保存", "ok")
+            flash(_("Settings saved"), "ok")
             return redirect(url_for(".settings", name=name))
     secrets_set = {k for k in secret_keys(schema) if stored.get(k)}
     env_refs = {k for k in secrets_set if isinstance(stored[k], str) and stored[k].startswith(ENV_PREFIX)}
@@ -298,42 +301,44 @@ def _save(name: str, schema: dict, form, stored: dict) -> bool:
     site = current_site()
     try:
         values = submitted_settings(schema, form, stored)
-        check_settings(schema, values, where="表单", plugin=name)  # env references must resolve too
+        check_settings(schema, values, where=_("form"), plugin=name)  # env references must resolve too
         settings_ = dict(site.config.settings or {})
         settings_[name] = values
         _registry().update(site.slug, settings=settings_)
     except ConfigError as exc:
         path = exc.key.removeprefix(f"settings.{name}.")
         field = path.split(".")[0]
-        reason = _in_chinese(exc, path)
+        reason = _for_owner(exc, path)
         if field in form._fields and field != "csrf_token":
             form[field].errors = list(form[field].errors) + [reason]
         else:
-            flash(f"未保存：{reason}", "error")
+            flash(_("Not saved: %(error)s", error=reason), "error")
         return False
     except KamengsiteError as exc:
-        flash(f"未保存：{exc}", "error")
+        flash(_("Not saved: %(error)s", error=exc), "error")
         return False
     return True
 
 
-_RULES = {
-    "required": "必须填写", "maximum": "不能大于 {limit}", "minimum": "不能小于 {limit}",
-    "exclusiveMaximum": "须小于 {limit}", "exclusiveMinimum": "须大于 {limit}", "maxLength": "最多 {limit} 个字",
-    "minLength": "至少 {limit} 个字", "maxItems": "最多 {limit} 项", "minItems": "至少 {limit} 项",
-    "pattern": "格式不正确", "enum": "不是可选的值", "type": "类型不对", "uniqueItems": "有重复的项",
-    "additionalProperties": "不认识的设置",
+_RULES = {  # a JSON-schema rule for an owner; %(limit)s is the rule's value
+    "required": _l("Required"), "maximum": _l("May not be more than %(limit)s"),
+    "minimum": _l("May not be less than %(limit)s"), "exclusiveMaximum": _l("Must be less than %(limit)s"),
+    "exclusiveMinimum": _l("Must be more than %(limit)s"), "maxLength": _l("At most %(limit)s characters"),
+    "minLength": _l("At least %(limit)s characters"), "maxItems": _l("At most %(limit)s items"),
+    "minItems": _l("At least %(limit)s items"), "pattern": _l("Invalid format"), "enum": _l("Not one of the choices"),
+    "type": _l("Wrong type"), "uniqueItems": _l("Has duplicate items"), "additionalProperties": _l("Unknown setting"),
 }
 
 
-def _in_chinese(exc: ConfigError, path: str) -> str:
-    """A schema error for the owner: which rule, where inside a list ("第 2 行「名称」")."""
+def _for_owner(exc: ConfigError, path: str) -> str:
+    """A schema error for the owner: which rule, where inside a list ("Row 2 “Name”: …")."""
     rule = getattr(exc, "validator", None)
-    text = _RULES.get(rule, exc.reason).format(limit=getattr(exc, "limit", ""))
+    text = str(_RULES[rule]) % {"limit": getattr(exc, "limit", "")} if rule in _RULES else exc.reason
     parts = path.split(".")[1:]  # below the field itself
     if len(parts) >= 1 and parts[0].isdigit():
-        where = f"第 {int(parts[0]) + 1} " + ("行" if len(parts) > 1 else "项")
-        return f"{where}{'「' + parts[1] + '」' if len(parts) > 1 else ''}{text}"
+        if len(parts) > 1:
+            return _("Row %(n)s “%(column)s”: %(error)s", n=int(parts[0]) + 1, column=parts[1], error=text)
+        return _("Item %(n)s: %(error)s", n=int(parts[0]) + 1, error=text)
     return text
 
 

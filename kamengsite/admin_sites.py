@@ -24,6 +24,7 @@ from wtforms.validators import InputRequired, Length
 from . import admin, domains, ledger, opening
 from .app import current_site
 from .hookspecs import hookimpl
+from .i18n import _, _l, format_when
 from .levels import all_levels, get_level
 from .models import Site
 from .ratelimit import limited
@@ -36,27 +37,28 @@ class ActionForm(FlaskForm):
 
 
 class ReasonForm(FlaskForm):
-    reason = StringField("原因", validators=[Length(max=500, message="最多 500 个字")])
+    reason = StringField(_l("Reason"), validators=[Length(max=500, message=_l("At most 500 characters"))])
 
 
 class RenewForm(FlaskForm):
-    pay_from = SelectField("付款方式", choices=[admin._option("site", "分站余额"), admin._option("wallet", "开通人的会员钱包")])
+    pay_from = SelectField(_l("Pay from"), choices=[admin._option("site", _l("Sub-site balance")),
+                                                    admin._option("wallet", _l("The opener's member wallet"))])
 
 
 class LevelForm(FlaskForm):
-    level = SelectField("新等级", validate_choice=False)
+    level = SelectField(_l("New level"), validate_choice=False)
 
 
 class ClaimForm(FlaskForm):
-    domain = StringField("域名", validators=[InputRequired("请填写域名"), Length(max=253)])
+    domain = StringField(_l("Domain"), validators=[InputRequired(_l("Please enter a domain")), Length(max=253)])
 
 
 class VerifyForm(FlaskForm):
-    method = SelectField("验证方式", choices=[admin._option(k, v) for k, v in domains.METHODS.items()])
+    method = SelectField(_l("Verification method"), choices=[admin._option(k, v) for k, v in domains.METHODS.items()])
 
 
 class UnbindForm(FlaskForm):
-    domain = StringField("域名", validators=[InputRequired(), Length(max=253)])
+    domain = StringField(_l("Domain"), validators=[InputRequired(), Length(max=253)])
 
 
 def _registry():
@@ -100,11 +102,13 @@ def site_action(slug, action):
     form = ReasonForm()
     reason = (form.reason.data or "").strip()
     do, message = {
-        "suspend": (lambda: opening.suspend(registry, slug, reason), f"已暂停分站“{slug}”：前台显示暂停营业，订单和余额不变"),
-        "resume": (lambda: opening.resume(registry, slug), f"已恢复分站“{slug}”"),
-        "close": (lambda: opening.close(registry, slug, reason), f"已关闭分站“{slug}”"),
+        "suspend": (lambda: opening.suspend(registry, slug, reason),
+                    _("Suspended sub-site \"%(slug)s\": its shop shows it is closed, orders and balances are unchanged",
+                      slug=slug)),
+        "resume": (lambda: opening.resume(registry, slug), _("Resumed sub-site \"%(slug)s\"", slug=slug)),
+        "close": (lambda: opening.close(registry, slug, reason), _("Closed sub-site \"%(slug)s\"", slug=slug)),
     }[action]
-    return _post_action(form, do, lambda _: message, opening.OpeningError, url_for("admin_sites.sites"))
+    return _post_action(form, do, lambda _result: message, opening.OpeningError, url_for("admin_sites.sites"))
 
 
 @operator_bp.post("/expire")
@@ -113,7 +117,8 @@ def expire_now():
     if not ActionForm().validate_on_submit():
         abort(400)
     done = opening.expire_sites(_registry())
-    flash(f"到期检查完成：停用 {len(done['expired'])} 个，恢复 {len(done['reopened'])} 个", "ok")
+    flash(_("Expiry check done: %(expired)s turned off, %(reopened)s turned back on", expired=len(done["expired"]),
+            reopened=len(done["reopened"])), "ok")
     return redirect(url_for("admin_sites.sites"))
 
 
@@ -134,7 +139,8 @@ def applications():
 @admin.operator_required
 def approve(application_id):
     return _post_action(ActionForm(), lambda: opening.approve(_registry(), application_id),
-                        lambda app: f"已开通分站“{app.slug}”（{app.notice or '未通知'}）",
+                        lambda app: _("Opened sub-site \"%(slug)s\" (%(notice)s)", slug=app.slug,
+                                      notice=app.notice_label or _("not notified")),
                         opening.OpeningError, url_for("admin_sites.applications"))
 
 
@@ -143,7 +149,8 @@ def approve(application_id):
 def reject(application_id):
     form = ReasonForm()
     return _post_action(form, lambda: opening.reject(_registry(), application_id, form.reason.data or ""),
-                        lambda app: f"已拒绝“{app.slug}”的申请（{app.notice or '未通知'}）",
+                        lambda app: _("Rejected the application for \"%(slug)s\" (%(notice)s)", slug=app.slug,
+                                      notice=app.notice_label or _("not notified")),
                         opening.OpeningError, url_for("admin_sites.applications"))
 
 
@@ -187,7 +194,7 @@ def home():
 def renew():
     form = RenewForm()
     return _post_action(form, lambda: opening.renew(_registry(), current_site().slug, pay_from=form.pay_from.data),
-                        lambda until: f"续费成功，服务期至 {until:%Y-%m-%d %H:%M}（UTC）",
+                        lambda until: _("Renewed: the term now ends %(when)s", when=format_when(until)),
                         opening.OpeningError, url_for("owner.home"))
 
 
@@ -197,7 +204,7 @@ def change_level():
     form = LevelForm()
     return _post_action(form, lambda: opening.change_level(_registry(), current_site().slug, form.level.data or "",
                                                            self_service_only=True),
-                        lambda _: "等级已更改", opening.OpeningError, url_for("owner.home"))
+                        lambda _result: _("Level changed"), opening.OpeningError, url_for("owner.home"))
 
 
 def _checkers() -> dict:
@@ -212,7 +219,7 @@ def domain_list():
     if form.validate_on_submit():
         try:
             found = domains.claim(_site(), form.domain.data, base_domain=current_site().instance.base_domain)
-            flash(f"已申请绑定 {found.domain}，请按下面的说明验证", "ok")
+            flash(_("Claimed %(domain)s, please verify it as described below", domain=found.domain), "ok")
             return redirect(url_for("owner.domain_list"))
         except domains.DomainError as exc:
             form.domain.errors.append(str(exc))
@@ -230,14 +237,15 @@ def domain_verify(claim_id):
     form = VerifyForm()
     return _post_action(form, lambda: domains.verify(_registry(), current_site().site_id, claim_id, form.method.data,
                                                      **_checkers()),
-                        lambda found: f"验证成功，{found.domain} 已绑定到本站", domains.DomainError,
-                        url_for("owner.domain_list"), prefix="验证失败：")
+                        lambda found: _("Verified: %(domain)s is now bound to this site", domain=found.domain),
+                        domains.DomainError, url_for("owner.domain_list"), prefix=_("Verification failed: "))
 
 
 @owner_bp.post("/domains/<int:claim_id>/cancel")
 @admin.operator_required
 def domain_cancel(claim_id):
-    return _post_action(ActionForm(), lambda: domains.cancel(current_site().site_id, claim_id), lambda _: "已取消",
+    return _post_action(ActionForm(), lambda: domains.cancel(current_site().site_id, claim_id),
+                        lambda _result: _("Cancelled"),
                         domains.DomainError, url_for("owner.domain_list"))
 
 
@@ -246,7 +254,8 @@ def domain_cancel(claim_id):
 def domain_unbind():
     form = UnbindForm()
     return _post_action(form, lambda: domains.unbind(_registry(), _site(), form.domain.data),
-                        lambda _: f"已解除绑定 {form.domain.data}", domains.DomainError, url_for("owner.domain_list"))
+                        lambda _result: _("Unbound %(domain)s", domain=form.domain.data), domains.DomainError,
+                        url_for("owner.domain_list"))
 
 
 # -- plugin -----------------------------------------------------------------------------------

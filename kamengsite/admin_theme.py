@@ -7,11 +7,11 @@ editor's JSON requests send it in ``X-CSRFToken``), page keys are checked agains
 pages, and every layout is validated on the server (``layouts.save_layout``) — what the
 browser sends is never trusted.
 
-- 页面编辑: the draft of one page (``layouts/<page>.draft.json``, started from the published
+- Page editor: the draft of one page (``layouts/<page>.draft.json``, started from the published
   layout or the theme's default on the first change), saved on every change; one section
   re-rendered for the live preview (``storefront.render_section``); publish, discard, undo
   and the published versions with restore (``layout_history``).
-- 主题: switch the site's theme (``site.toml``, through the site registry) and list what of the
+- Themes: switch the site's theme (``site.toml``, through the site registry) and list what of the
   owner's content does not fit the new one (``layouts.layout_problems``); the theme-wide settings.
 - The preview: a GET of a storefront page with ``?_preview=draft`` from a console session of the
   site shows its drafts (``g.layout_draft``, contract 2) and is never cached.
@@ -37,6 +37,7 @@ from .app import current_site
 from .catalog import Category
 from .errors import ConfigError, KamengsiteError
 from .hookspecs import hookimpl
+from .i18n import _, _l, current_locale
 from .ratelimit import limited
 
 bp = Blueprint("admin_theme", __name__, url_prefix="/admin/theme",
@@ -48,8 +49,9 @@ EDITOR_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-i
               "font-src 'self' data:; connect-src 'self'; frame-src 'self'; frame-ancestors 'none'; "
               "form-action 'self'; base-uri 'self'; object-src 'none'")
 MAX_JSON = 512 * 1024  # a layout of 100 sections × 50 blocks fits many times over
-PAGE_LABELS = {"home": "首页", "category": "分类页", "product": "商品页", "checkout": "下单页", "order": "订单结果页",
-               "lookup": "订单查询页", "member": "会员中心", "custom": "自定义页面"}
+PAGE_LABELS = {"home": _l("Home page"), "category": _l("Category page"), "product": _l("Product page"),
+               "checkout": _l("Checkout page"), "order": _l("Order result page"), "lookup": _l("Order lookup page"),
+               "member": _l("Member centre"), "custom": _l("Custom page")}
 
 
 @bp.after_request
@@ -91,7 +93,7 @@ def _json_operator_required(view):
     def wrapper(*args, **kwargs):
         account = admin._current_operator()
         if account is None:
-            return jsonify(error="请先登录后台"), 401
+            return jsonify(error=_("Please log in to the console first")), 401
         g.operator = account
         return view(*args, **kwargs)
 
@@ -124,8 +126,8 @@ def _page_key(value) -> str:
 def _page_label(key: str, titles: dict) -> str:
     if key.startswith(layouts.CUSTOM_PREFIX):
         handle = key[len(layouts.CUSTOM_PREFIX):]
-        return f"{titles.get(handle, handle)}（/pages/{handle}）"
-    return PAGE_LABELS.get(key, key)
+        return _("%(title)s (/pages/%(handle)s)", title=titles.get(handle, handle), handle=handle)
+    return str(PAGE_LABELS.get(key, key))
 
 
 def _check_form():
@@ -151,8 +153,8 @@ def _json_body() -> dict:
 @bp.errorhandler(CSRFError)
 def _csrf_refused(exc):
     if request.is_json or request.accept_mimetypes.best == "application/json":  # the editor's fetch()es
-        return jsonify(error="页面已过期，请刷新后重试"), 400
-    return "页面已过期，请刷新后重试", 400
+        return jsonify(error=_("The page has expired; reload it and try again")), 400
+    return _("The page has expired; reload it and try again"), 400
 
 
 # -- the layout being edited -------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def working_layout(key: str) -> tuple[dict, str, list]:
         data, source = layout_history.theme_default(theme, key), "default"
     problems = layouts.validate_layout(theme, key, data)
     if problems:
-        shown, _ = layouts.check_layout(theme.section_types, layouts.page_type(key), data,
+        shown, _problems = layouts.check_layout(theme.section_types, layouts.page_type(key), data,
                                         f"layouts/{key}.json", strict=False)
         data = layouts.layout_data(shown) if shown is not None else layout_history.theme_default(theme, key)
     return data, source, problems
@@ -239,6 +241,62 @@ def _preview_path(key: str, products: list, categories: list) -> str | None:
 # -- the editor ---------------------------------------------------------------------------------------
 
 
+def editor_messages() -> dict:
+    """The words of editor.js in the page's language (it cannot call gettext): ``{key: text}``, with
+    ``{name}`` where the script fills in a value. The page renders them as a JSON data block."""
+    return {
+        "not_saved": _("Not saved: %(error)s", error="{error}"),
+        "check_input": _("Check your input"),
+        "saving": _("Saving the draft…"),
+        "saved": _("Draft saved"),
+        "save_failed": _("Saving failed (%(status)s); reload the page and try again", status="{status}"),
+        "net_draft": _("Network error: the draft was not saved"),
+        "all_plugin_sections": _("All plugin sections"),
+        "no_choice": _("(none)"),
+        "all_categories": _("(all categories)"),
+        "too_many": _("Too many requests; try again later"),
+        "failed": _("Failed (%(status)s); reload the page and try again", status="{status}"),
+        "uploaded_images": _("Uploaded images"),
+        "upload": _("Upload an image"),
+        "choose_uploaded": _("Choose an uploaded image"),
+        "uploading": _("Uploading…"),
+        "uploaded": _("Uploaded"),
+        "not_uploaded": _("Not uploaded: %(error)s", error="{error}"),
+        "net_upload": _("Network error: the image was not uploaded"),
+        "loading": _("Loading…"),
+        "no_images": _("No images uploaded yet."),
+        "image_chosen": _("Image chosen"),
+        "use_image": _("Use image %(n)s (%(name)s)", n="{n}", name="{name}"),
+        "delete": _("Delete"),
+        "confirm_delete_image": _("Delete this image? This cannot be undone."),
+        "image_deleted": _("Image deleted"),
+        "not_deleted": _("Not deleted: %(error)s", error="{error}"),
+        "net_delete": _("Network error: the image was not deleted"),
+        "delete_image": _("Delete image %(n)s", n="{n}"),
+        "in_use": _("In use: %(files)s", files="{files}"),
+        "list_separator": "、" if current_locale() == "zh_CN" else ", ",  # i18n: keep - the list separator
+        "net_list": _("Network error: cannot load the image list"),
+        "drag": _("Drag to reorder"),
+        "hidden": _("Hidden"),
+        "up": _("Move up"),
+        "down": _("Move down"),
+        "up_named": _("Move up %(name)s", name="{name}"),
+        "down_named": _("Move down %(name)s", name="{name}"),
+        "show": _("Unhide"),
+        "hide": _("Hide"),
+        "show_named": _("Unhide %(name)s", name="{name}"),
+        "hide_named": _("Hide %(name)s", name="{name}"),
+        "delete_named": _("Delete %(name)s", name="{name}"),
+        "section_deleted": _("Section “%(name)s” deleted (this can be undone)", name="{name}"),
+        "no_settings": _("This section has no settings to adjust."),
+        "blocks_count": _("Blocks (%(count)s / %(max)s)", count="{count}", max="{max}"),
+        "add_block": _("Add “%(name)s”", name="{name}"),
+        "preset_label": _("%(preset)s (%(type)s)", preset="{preset}", type="{type}"),
+        "section_added": _("Section “%(name)s” added", name="{name}"),
+        "nothing_to_undo": _("Nothing to undo"),
+    }
+
+
 @bp.get("/")
 @admin.operator_required
 def editor():
@@ -263,7 +321,7 @@ def editor():
         source=source, problems=problems, versions=layout_history.versions(folder, key),
         undo_depth=layout_history.undo_depth(folder, key), action=admin.ActionForm(),
         csrf=generate_csrf(), custom=key.startswith(layouts.CUSTOM_PREFIX), preview=preview,
-        theme_label=_label(_theme()))
+        theme_label=_label(_theme()), messages=editor_messages())
 
 
 def _error_fields(exc: ConfigError) -> dict:
@@ -275,49 +333,54 @@ def _error_fields(exc: ConfigError) -> dict:
     return found
 
 
-REASONS = (  # the validator's words, for an owner
-    (re.compile(r"must be a colour like .*"), "须为 #rrggbb 格式的颜色，如 #1a2b3c"),
-    (re.compile(r"must be between (\S+) and (\S+)"), r"须在 \1 到 \2 之间"),
-    (re.compile(r"longer than (\d+) characters"), r"不能超过 \1 个字"),
-    (re.compile(r"must be one line"), "只能写一行"),
-    (re.compile(r"must be an http\(s\):// address.*"), "须为 https:// 开头的网址，或以 / 开头的本站路径"),
-    (re.compile(r"must be a number"), "须为数字"),
-    (re.compile(r"must be one of .*"), "不是可选的值"),
-    (re.compile(r"must be (\S+) plus a multiple of (\S+)"), r"须为 \1 加 \2 的整数倍"),
-    (re.compile(r"the theme has no section of this type"), "当前主题没有这种区块"),
-    (re.compile(r"this section cannot be placed on .*"), "这种区块不能放在这个页面上"),
-    (re.compile(r"more than (\d+) blocks"), r"小块不能超过 \1 个"),
+REASONS = (  # the validator's words, for an owner (the named groups fill the placeholders)
+    (re.compile(r"must be a colour like .*"), _l("Must be a colour in #rrggbb form, e.g. #1a2b3c")),
+    (re.compile(r"must be between (?P<low>\S+) and (?P<high>\S+)"), _l("Must be between %(low)s and %(high)s")),
+    (re.compile(r"longer than (?P<limit>\d+) characters"), _l("May not be longer than %(limit)s characters")),
+    (re.compile(r"must be one line"), _l("Must be a single line")),
+    (re.compile(r"must be an http\(s\):// address.*"),
+     _l("Must be an address starting with https://, or a path on this site starting with /")),
+    (re.compile(r"must be a number"), _l("Must be a number")),
+    (re.compile(r"must be one of .*"), _l("Not one of the choices")),
+    (re.compile(r"must be (?P<base>\S+) plus a multiple of (?P<step>\S+)"),
+     _l("Must be %(base)s plus a multiple of %(step)s")),
+    (re.compile(r"the theme has no section of this type"), _l("The current theme has no section of this type")),
+    (re.compile(r"this section cannot be placed on .*"), _l("This kind of section cannot be placed on this page")),
+    (re.compile(r"more than (?P<limit>\d+) blocks"), _l("No more than %(limit)s blocks")),
 )
 
 
 def owner_reason(reason: str) -> str:
-    """A validation reason in Chinese where it is a known one, else as it is."""
-    for pattern, chinese in REASONS:
+    """A validation reason in the owner's language where it is a known one, else as it is."""
+    for pattern, words in REASONS:
         match = pattern.search(reason)
         if match:
-            return match.expand(chinese)
+            return str(words) % match.groupdict()
     return reason
 
 
 def _error_message(key: str, data: dict, exc: ConfigError, where: dict) -> str:
-    """"区块“公告栏”（announcement）的设置“背景颜色”：须为 …" — names the section and the setting."""
+    """"Section “Announcement” (announcement) › setting “Background” (bg): Must be …" — names the section
+    and the setting."""
     theme = _theme()
     section = (data.get("sections") or {}).get(where["section"]) if isinstance(data, dict) else None
     stype = theme.section_types.get(section.get("type")) if isinstance(section, dict) else None
     parts = []
     if where["section"]:
         name = stype.name if stype else where["section"]
-        parts.append(f"区块“{name}”（{where['section']}）")
+        parts.append(_("Section “%(name)s” (%(id)s)", name=name, id=where["section"]))
     specs = stype.settings if stype else ()
     if where["block"]:
-        parts.append(f"小块 {where['block']}")
+        parts.append(_("Block %(id)s", id=where["block"]))
         block = ((section or {}).get("blocks") or {}).get(where["block"]) or {}
         specs = (stype.blocks.get(block.get("type")) or {}).get("settings", ()) if stype else ()
     if where["setting"]:
         label = next((s.get("label") for s in specs if s["id"] == where["setting"]), None) or where["setting"]
-        parts.append(f"设置“{label}”（{where['setting']}）")
+        parts.append(_("Setting “%(label)s” (%(id)s)", label=label, id=where["setting"]))
     reason = re.sub(r"\s*\([a-z_]+\)$", "", exc.reason)  # the section type, already named
-    return ("的".join(parts) or f"页面 {key}") + "：" + owner_reason(reason)
+    place = functools.reduce(lambda outer, inner: _("%(outer)s › %(inner)s", outer=outer, inner=inner), parts) \
+        if parts else _("Page %(key)s", key=key)
+    return _("%(where)s: %(reason)s", where=place, reason=owner_reason(reason))
 
 
 @bp.post("/draft")
@@ -362,13 +425,14 @@ def _back(key: str):
 def publish():
     _check_form()
     key = _page_key(request.form.get("page"))
-    data, _, problems = working_layout(key)
+    data, _source, problems = working_layout(key)
     try:
         layout_history.publish(_folder(), key, data, theme=_theme(), by=_who())
     except ConfigError as exc:
-        flash(f"未发布：{owner_reason(exc.reason)}（{exc}）", "error")
+        flash(_("Not published: %(reason)s (%(error)s)", reason=owner_reason(exc.reason), error=exc), "error")
     else:
-        flash("已发布，前台已显示新版式" + ("（不适合当前主题的部分已去掉）" if problems else ""), "ok")
+        flash(_("Published: the shop now shows the new layout (the parts that do not fit the current theme "
+                "were removed)") if problems else _("Published: the shop now shows the new layout"), "ok")
     return _back(key)
 
 
@@ -378,9 +442,9 @@ def discard():
     _check_form()
     key = _page_key(request.form.get("page"))
     if layout_history.discard_draft(_folder(), key, by=_who()):
-        flash("已放弃草稿（可撤销）", "ok")
+        flash(_("Draft discarded (this can be undone)"), "ok")
     else:
-        flash("没有草稿", "error")
+        flash(_("There is no draft"), "error")
     return _back(key)
 
 
@@ -390,9 +454,9 @@ def undo():
     _check_form()
     key = _page_key(request.form.get("page"))
     if layout_history.undo(_folder(), key):
-        flash("已撤销上一步修改", "ok")
+        flash(_("Last change undone"), "ok")
     else:
-        flash("没有可以撤销的修改", "error")
+        flash(_("Nothing to undo"), "error")
     return _back(key)
 
 
@@ -407,9 +471,10 @@ def restore():
     except KeyError:
         abort(404)
     except ConfigError as exc:
-        flash(f"未能恢复：这个版本不适合当前主题（{owner_reason(exc.reason)}；{exc}）", "error")
+        flash(_("Not restored: this version does not fit the current theme (%(reason)s; %(error)s)",
+                reason=owner_reason(exc.reason), error=exc), "error")
     else:
-        flash(f"已恢复并发布 {version} 的版本", "ok")
+        flash(_("Version %(version)s restored and published", version=version), "ok")
     return _back(key)
 
 
@@ -422,11 +487,15 @@ def page_new():
     try:
         layouts.create_custom_page(_folder(), handle, title, theme=_theme())
     except ConfigError as exc:
-        flash(f"未能创建页面：{'地址只能用小写字母、数字和 -，最多 40 个字' if exc.key == 'handle' else ''}"
-              f"{'标题须为一行，1 到 ' + str(layouts.TITLE_LIMIT) + ' 个字' if exc.key == 'title' else ''}"
-              f"（{exc.reason}）", "error")
+        if exc.key == "handle":
+            detail = _("the address may only use lowercase letters, digits and -, at most 40 characters")
+        elif exc.key == "title":
+            detail = _("the title must be one line of 1 to %(limit)s characters", limit=layouts.TITLE_LIMIT)
+        else:
+            detail = ""
+        flash(_("Page not created: %(detail)s (%(reason)s)", detail=detail, reason=exc.reason), "error")
         return _back("home")
-    flash(f"已创建页面 /pages/{handle}", "ok")
+    flash(_("Page /pages/%(handle)s created", handle=handle), "ok")
     return _back(layouts.CUSTOM_PREFIX + handle)
 
 
@@ -438,7 +507,7 @@ def page_delete():
     if not key.startswith(layouts.CUSTOM_PREFIX):
         abort(404)
     layouts.delete_custom_page(_folder(), key[len(layouts.CUSTOM_PREFIX):])
-    flash("页面已删除（历史版本仍保留在站点文件夹中）", "ok")
+    flash(_("Page deleted (its earlier versions stay in the site folder)"), "ok")
     return _back("home")
 
 
@@ -450,7 +519,9 @@ def _registry():
 
 
 def _label(theme) -> str:
-    return theme.label.get("zh_CN") or next(iter(theme.label.values()), theme.name)
+    """A theme's name in the page's language (``theme.json`` ``label`` by locale), else in Chinese, else any."""
+    return (theme.label.get(current_locale()) or theme.label.get("zh_CN")
+            or next(iter(theme.label.values()), theme.name))
 
 
 def _offered() -> list:
@@ -472,9 +543,10 @@ def _problem_row(problem) -> dict:
     folder = str(_folder())
     file = problem.file.replace(folder, "").lstrip("/")
     if problem.reason == "the theme has no section of this type" or "cannot be placed" in problem.reason:
-        fix = "暂不显示；内容仍保存在站点文件里，换回原主题即恢复。若不再需要，在编辑器中发布一次即去掉"
+        fix = _("Not shown for now; the content stays in the site files and comes back when you switch back to "
+                "the previous theme. If you no longer need it, publish the page once in the editor to remove it")
     elif problem.setting:
-        fix = "改用默认值显示；在编辑器中重新选择并发布即可"
+        fix = _("Shown with the default value; choose again in the editor and publish")
     else:
         fix = problem.fix
     return {"file": file, "section": problem.section, "type": problem.type, "setting": problem.setting,
@@ -492,9 +564,10 @@ def switch_theme():
     try:
         _registry().update(current_site().slug, theme=name)
     except KamengsiteError as exc:
-        flash(f"未能切换主题：{exc}", "error")
+        flash(_("Theme not switched: %(error)s", error=exc), "error")
     else:
-        flash(f"已切换到主题“{_label(offered[name])}”。你保存的内容都还在；下面列出新主题暂不能显示的部分。", "ok")
+        flash(_("Switched to the theme “%(theme)s”. Everything you saved is still there; below is what the new "
+                "theme cannot show yet.", theme=_label(offered[name])), "ok")
     return redirect(url_for(".themes"))
 
 
@@ -534,9 +607,9 @@ def theme_settings():
         except ConfigError as exc:
             setting = _error_fields(exc)["setting"]
             errors[setting] = owner_reason(exc.reason)
-            flash("未保存：请修改标红的设置", "error")
+            flash(_("Not saved: correct the settings marked in red"), "error")
         else:
-            flash("全站外观已保存", "ok")
+            flash(_("Site appearance saved"), "ok")
             return redirect(url_for(".theme_settings"))
     return render_template("admin/theme_settings.html", theme=theme, groups=theme.settings_groups, values=values,
                            errors=errors, action=admin.ActionForm(), products=_products(),
@@ -558,8 +631,9 @@ def _csrf_checked():
 def _too_large(exc):
     """Over the size limit: an image upload (``assets._limit_upload``) or a layout (``MAX_JSON``)."""
     if request.endpoint == assets.UPLOAD_ENDPOINT:
-        return jsonify(error=f"文件太大，图片不能超过 {assets.MAX_BYTES // (1024 * 1024)} MB"), 413
-    return jsonify(error="请求太大"), 413
+        return jsonify(error=_("File too large: an image may not exceed %(max)s MB",
+                               max=assets.MAX_BYTES // (1024 * 1024))), 413
+    return jsonify(error=_("Request too large")), 413
 
 
 @bp.get("/images")
@@ -579,7 +653,7 @@ def upload_image():
     _csrf_checked()
     upload = request.files.get("image")
     if upload is None or not upload.filename:
-        return jsonify(error="请选择一张图片"), 400
+        return jsonify(error=_("Choose an image")), 400
     data = upload.stream.read(assets.MAX_BYTES + 1)  # one byte more: "too large" is told, not truncated
     try:
         url = assets.store_image(_folder(), data, upload.filename)
@@ -598,7 +672,9 @@ def delete_image(name):
     folder = _folder()
     used = assets.images_in_use(folder).get(name)
     if used:
-        return jsonify(error="这张图片正在使用（" + "、".join(used) + "），请先在页面里换掉它再删除", used=used), 409
+        files = ("、" if current_locale() == "zh_CN" else ", ").join(used)  # i18n: keep - the list separator
+        return jsonify(error=_("This image is in use (%(files)s); replace it on the page before deleting it",
+                               files=files), used=used), 409
     if not assets.delete_image(folder, name):
         abort(404)
     return jsonify(ok=True)
@@ -609,7 +685,7 @@ def delete_image(name):
 
 @hookimpl
 def admin_menu(site):
-    return [("页面编辑", "admin_theme.editor"), ("主题", "admin_theme.themes")]
+    return [(_("Page editor"), "admin_theme.editor"), (_("Themes"), "admin_theme.themes")]
 
 
 @hookimpl

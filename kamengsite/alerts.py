@@ -88,9 +88,7 @@ def check_low_stock(product_id: int, *, instance=None) -> str | None:
             low = list(Sku.select().where((Sku.product == product_id) & (Sku.status == "on")
                                           & (Sku.stock <= product.low_stock_threshold)).order_by(Sku.sort, Sku.id))
             threshold = Product.get_by_id(product_id).low_stock_threshold
-            title = f"库存预警：{product.name} 库存不足（≤ {threshold}）"
-            lines = [f"{sku.name or '默认规格'}（SKU {sku.id}）：剩余 {sku.stock}" for sku in low]
-            body = "\n".join(lines) + f"\n\n补货后预警自动恢复。商品 ID：{product_id}"
+            title, body = _low_stock_text(product, threshold, low, instance)
             add_notice(product.site_id, kind="low_stock", title=title, body=body, ref=f"product:{product_id}")
             return title, body
 
@@ -110,6 +108,19 @@ def check_low_stock(product_id: int, *, instance=None) -> str | None:
         log.info("low stock: product %s is above its threshold again, alert re-armed", product_id)
         return REARMED
     return None
+
+
+def _low_stock_text(product, threshold: int, low_skus, instance=None) -> tuple[str, str]:
+    """The low-stock notice's title and body, in the language of the site owning the product."""
+    from .mail import site_gettext, site_locale
+
+    gettext = site_gettext(site_locale(product.site_id, instance))
+    title = gettext("Low stock: %(product)s (≤ %(threshold)s left)", product=product.name, threshold=threshold)
+    lines = [gettext("%(sku)s (SKU %(id)s): %(stock)s left", sku=sku.name or gettext("Default variant"),
+                     id=sku.id, stock=sku.stock) for sku in low_skus]
+    body = "\n".join(lines) + "\n\n" + gettext(
+        "The alert re-arms itself after restocking. Product ID: %(id)s", id=product.id)
+    return title, body
 
 
 def _mail_operator(instance, subject: str, body: str):

@@ -35,6 +35,7 @@ from flask import Blueprint, abort, request, send_from_directory
 from .app import current_site
 from .errors import ConfigError
 from .hookspecs import hookimpl
+from .i18n import _
 
 ASSETS_DIR = "assets"
 MAX_BYTES = 5 * 1024 * 1024
@@ -72,15 +73,16 @@ def _decode(data: bytes, filename):
     try:
         image = Image.open(io.BytesIO(data), formats=list(FORMATS))
     except Image.DecompressionBombError:
-        _refuse(filename, f"图片像素太多，宽和高都不能超过 {MAX_SIDE} 像素")
+        _refuse(filename, _("Too many pixels: width and height may not exceed %(max)s pixels", max=MAX_SIDE))
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        _refuse(filename, "不是图片，或不是支持的格式（只接受 PNG、JPEG、WebP、GIF）")
+        _refuse(filename, _("Not an image, or not a supported format (PNG, JPEG, WebP and GIF only)"))
     fmt = image.format
     width, height = image.size
     if fmt not in FORMATS:
-        _refuse(filename, "不是支持的图片格式（只接受 PNG、JPEG、WebP、GIF）")
+        _refuse(filename, _("Not a supported image format (PNG, JPEG, WebP and GIF only)"))
     if width < 1 or height < 1 or width > MAX_SIDE or height > MAX_SIDE:
-        _refuse(filename, f"图片像素太多：{width}×{height}，宽和高都不能超过 {MAX_SIDE} 像素")
+        _refuse(filename, _("Too many pixels: %(width)s×%(height)s; width and height may not exceed %(max)s pixels",
+                             width=width, height=height, max=MAX_SIDE))
     try:
         image.seek(0)
         image.load()
@@ -90,9 +92,9 @@ def _decode(data: bytes, filename):
         if exif.get(0x0112, 1) != 1:
             image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombError:
-        _refuse(filename, f"图片像素太多，宽和高都不能超过 {MAX_SIDE} 像素")
+        _refuse(filename, _("Too many pixels: width and height may not exceed %(max)s pixels", max=MAX_SIDE))
     except (OSError, ValueError, SyntaxError, EOFError):
-        _refuse(filename, "图片文件已损坏或不完整，无法读取")
+        _refuse(filename, _("The image file is damaged or incomplete and cannot be read"))
     return image, fmt, icc, transparency
 
 
@@ -141,18 +143,19 @@ def _encode(image, fmt: str, icc, transparency) -> bytes:
 def store_image(site_folder, data: bytes, filename=None) -> str:
     """Check and re-encode an uploaded image, store it in the site's ``assets/``; return ``/assets/<name>``.
 
-    ``ConfigError`` (its ``reason`` in Chinese, for the owner) if it is empty, too large, not a
+    ``ConfigError`` (its ``reason`` in the owner's language) if it is empty, too large, not a
     PNG/JPEG/WebP/GIF, has too many pixels, or the site already holds ``MAX_IMAGES``.
     """
     if not data:
-        _refuse(filename, "文件是空的，请选择一张图片")
+        _refuse(filename, _("The file is empty; choose an image"))
     if len(data) > MAX_BYTES:
-        _refuse(filename, f"文件太大：{_mb(len(data))}，图片不能超过 {_mb(MAX_BYTES)}")
+        _refuse(filename, _("File too large: %(size)s; an image may not exceed %(max)s", size=_mb(len(data)),
+                             max=_mb(MAX_BYTES)))
     image, fmt, icc, transparency = _decode(data, filename)
     try:
         encoded = _encode(image, fmt, icc, transparency)
     except (OSError, ValueError) as exc:
-        _refuse(filename, f"图片无法转换保存（{exc}）")
+        _refuse(filename, _("The image could not be converted (%(error)s)", error=exc))
     ext = FORMATS[fmt][0]
     name = f"{hashlib.sha256(encoded).hexdigest()[:16]}.{ext}"
     folder = _folder(site_folder)
@@ -161,7 +164,8 @@ def store_image(site_folder, data: bytes, filename=None) -> str:
         os.utime(path)  # the same image again: one file, listed as the newest
         return URL_PREFIX + name
     if len(list_images(site_folder)) >= MAX_IMAGES:
-        _refuse(filename, f"已上传 {MAX_IMAGES} 张图片，达到上限；请先删除不用的图片")
+        _refuse(filename, _("%(max)s images uploaded, the limit; delete images you no longer use first",
+                             max=MAX_IMAGES))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
@@ -185,12 +189,13 @@ def list_images(site_folder) -> list[dict]:
 
 
 def images_in_use(site_folder) -> dict[str, list[str]]:
-    """``{image name: [site-relative files that use it]}`` over published and draft layouts and theme settings.
+    """``{image name: [site-relative files that use it]}`` over published and draft layouts, theme settings
+    and the site's logo.
 
     Layout history and undo steps are not counted: they are old versions, not what is shown.
     """
     root = Path(site_folder)
-    files = [root / "theme_settings.json"]
+    files = [root / "theme_settings.json", root / "site.toml"]  # site.toml: the shop's logo
     layouts_dir = root / "layouts"
     if layouts_dir.is_dir():
         files += [p for p in layouts_dir.rglob("*.json")
@@ -209,7 +214,7 @@ def images_in_use(site_folder) -> dict[str, list[str]]:
 def delete_image(site_folder, name: str) -> bool:
     """Delete one uploaded image; False if there is no such file. ``ConfigError`` for a name not of ours."""
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ConfigError("upload", "image", "不是本站上传的图片")
+        raise ConfigError("upload", "image", _("Not an image uploaded to this site"))
     try:
         (_folder(site_folder) / name).unlink()
     except FileNotFoundError:

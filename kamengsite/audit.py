@@ -25,9 +25,11 @@ import re
 
 import peewee
 from flask import g, has_request_context, render_template, request, session
+from flask_babel import format_datetime
 
 from . import accounts, admin
 from .hookspecs import hookimpl
+from .i18n import _l, current_locale
 from .models import utcnow
 from .tenancy import TenantModel
 
@@ -198,7 +200,7 @@ def action_name(endpoint: str | None, view_args: dict | None) -> str:
     named = ACTIONS.get(endpoint)
     if named:
         return named.format(action=view_args.get("action", ""))
-    blueprint, _, view = endpoint.rpartition(".")
+    blueprint, _sep, view = endpoint.rpartition(".")
     name = f"{blueprint.removeprefix('admin_') or 'console'}.{view}"
     if isinstance(view_args.get("action"), str):
         name += f".{view_args['action']}"
@@ -310,6 +312,17 @@ def search(*, account: str = "", action: str = "", since: datetime.date | None =
     return query.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
 
 
+#: An entry's time to the second, in the site's timezone, as the language writes it.
+_TIME_FORMATS = {"zh_CN": "yyyy-MM-dd HH:mm:ss", "en": "d MMM yyyy, HH:mm:ss"}
+
+
+def shown_time(moment: datetime.datetime) -> str:
+    """A stored (naive UTC) time as the log shows it: the site's timezone, with seconds."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return format_datetime(moment, _TIME_FORMATS.get(current_locale(), _TIME_FORMATS["en"]))
+
+
 @bp.get("/")
 @admin.operator_required
 def index():
@@ -322,7 +335,7 @@ def index():
     found = list(search(account=filters["account"], action=filters["action"], since=since, until=until,
                         text=filters["q"]).offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1))
     return render_template("admin/audit.html", entries=found[:PER_PAGE], more=len(found) > PER_PAGE, page=page,
-                           filters=filters, bad_date=bad_date)
+                           filters=filters, bad_date=bad_date, shown_time=shown_time)
 
 
 # -- plugin ----------------------------------------------------------------------------------------
@@ -330,7 +343,7 @@ def index():
 
 @hookimpl
 def admin_menu(site):
-    return [("审计日志", "admin_audit.index")]
+    return [(_l("Audit log"), "admin_audit.index")]
 
 
 @hookimpl

@@ -195,3 +195,30 @@ def untranslatable(package: Package) -> list[str]:
         for row, text in hardcoded(path):
             found.append(f"{path}:{row}: {text}")
     return found
+
+
+def shadowed_gettext(path: Path) -> list[tuple[int, str]]:
+    """``[(line, function)]`` of functions that call ``_()`` and also bind ``_`` (``for _ in``,
+    ``a, _ = …``): there ``_`` is a local, and the call fails, or worse, calls something else."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            continue
+        binds = calls = False
+        # A comprehension's loop variables live in the comprehension's own scope: they hide nothing.
+        own_scope = {id(target) for comp in ast.walk(node) if isinstance(comp, ast.comprehension)
+                     for target in ast.walk(comp.target)}
+        for inner in ast.walk(node):
+            if isinstance(inner, ast.Name) and inner.id == "_" and id(inner) not in own_scope:
+                if isinstance(inner.ctx, ast.Store):
+                    binds = True
+            if isinstance(inner, ast.Call) and isinstance(inner.func, ast.Name) and inner.func.id == "_":
+                calls = True
+            if isinstance(inner, ast.arg) and inner.arg == "_":
+                binds = True
+        if binds and calls:
+            found.append((node.lineno, getattr(node, "name", "<lambda>")))
+    return found

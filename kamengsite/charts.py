@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 from markupsafe import Markup, escape
 
+from .i18n import _
+
 WIDTH = 720
 HEIGHT = 240
 PAD_LEFT, PAD_RIGHT, PAD_TOP, PAD_BOTTOM = 64, 16, 16, 40
@@ -65,10 +67,20 @@ def _fmt(value: int, fmt: Callable[[int], str] | None) -> str:
     return fmt(value) if fmt else str(value)
 
 
+def _value_text(value: int, fmt, unit: str, value_fmt) -> str:
+    """A point's value as its tooltip and bar label say it: ``value_fmt`` if given, else ``fmt`` and ``unit``."""
+    return value_fmt(value) if value_fmt else f"{_fmt(value, fmt)}{unit}"
+
+
+def _tooltip(label: str, value: str) -> str:
+    return _("%(label)s: %(value)s", label=label, value=value)
+
+
 def line_chart(points: Sequence[Point], *, title: str, desc: str, fmt: Callable[[int], str] | None = None,
-               unit: str = "") -> Markup:
-    """A line of ``points`` (left to right) with one circle per point; ``fmt`` formats values (fen → 元)."""
-    _, parts = _head("line", WIDTH, HEIGHT, title, desc)
+               unit: str = "", value_fmt: Callable[[int], str] | None = None) -> Markup:
+    """A line of ``points`` (left to right) with one circle per point; ``fmt`` formats values (fen → 元)
+    on the axis, ``value_fmt`` (default: ``fmt`` then ``unit``) in the tooltips."""
+    _chart, parts = _head("line", WIDTH, HEIGHT, title, desc)
     top = _nice_max(max((p.value for p in points), default=0))
     inner_w, inner_h = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_TOP - PAD_BOTTOM
     step = inner_w / max(len(points) - 1, 1)
@@ -92,7 +104,7 @@ def line_chart(points: Sequence[Point], *, title: str, desc: str, fmt: Callable[
     every = max(1, len(points) // 8)  # at most ~8 axis labels; every point keeps its tooltip
     for i, point in enumerate(points):
         parts.append(f'<circle class="point" cx="{x(i):.1f}" cy="{y(point.value):.1f}" r="3" fill="{COLOR}">'
-                     f'<title>{escape(point.label)}：{escape(_fmt(point.value, fmt))}{escape(unit)}</title></circle>')
+                     f'<title>{escape(_tooltip(point.label, _value_text(point.value, fmt, unit, value_fmt)))}</title></circle>')
         if i % every == 0 or i == len(points) - 1:
             parts.append(f'<text x="{x(i):.1f}" y="{HEIGHT - PAD_BOTTOM + 16}" text-anchor="middle" font-size="11" '
                          f'fill="{MUTED}">{escape(point.label)}</text>')
@@ -101,22 +113,23 @@ def line_chart(points: Sequence[Point], *, title: str, desc: str, fmt: Callable[
 
 
 def bar_chart(points: Sequence[Point], *, title: str, desc: str, fmt: Callable[[int], str] | None = None,
-              unit: str = "") -> Markup:
+              unit: str = "", value_fmt: Callable[[int], str] | None = None) -> Markup:
     """Horizontal bars, one per point (top to bottom), each with its label and value."""
     height = PAD_TOP + max(len(points), 1) * (BAR_HEIGHT + BAR_GAP) + PAD_TOP
-    _, parts = _head("bar", BAR_WIDTH, height, title, desc)
+    _chart, parts = _head("bar", BAR_WIDTH, height, title, desc)
     top = max((p.value for p in points), default=0) or 1
     inner_w = BAR_WIDTH - BAR_LABEL_WIDTH - PAD_RIGHT - 96  # room for the value after the bar
     if not points:
-        parts.append(f'<text x="{BAR_WIDTH / 2}" y="{height / 2}" text-anchor="middle" fill="{MUTED}">暂无数据</text>')
+        empty = escape(_("No data"))
+        parts.append(f'<text x="{BAR_WIDTH / 2}" y="{height / 2}" text-anchor="middle" fill="{MUTED}">{empty}</text>')
     for i, point in enumerate(points):
         y = PAD_TOP + i * (BAR_HEIGHT + BAR_GAP)
         width = max(point.value, 0) / top * inner_w
-        value = f"{_fmt(point.value, fmt)}{unit}"
+        value = _value_text(point.value, fmt, unit, value_fmt)
         parts.append(f'<text x="{BAR_LABEL_WIDTH - 8}" y="{y + BAR_HEIGHT * 0.7:.1f}" text-anchor="end" '
                      f'font-size="12">{escape(_shorten(point.label))}</text>')
         parts.append(f'<rect class="bar" x="{BAR_LABEL_WIDTH}" y="{y}" width="{width:.1f}" height="{BAR_HEIGHT}" '
-                     f'fill="{COLOR}"><title>{escape(point.label)}：{escape(value)}</title></rect>')
+                     f'fill="{COLOR}"><title>{escape(_tooltip(point.label, value))}</title></rect>')
         parts.append(f'<text x="{BAR_LABEL_WIDTH + width + 6:.1f}" y="{y + BAR_HEIGHT * 0.7:.1f}" font-size="12" '
                      f'fill="{MUTED}">{escape(value)}</text>')
     parts.append("</svg>")

@@ -40,6 +40,8 @@ SITE_SCHEMA = {
         "theme": {"type": "string", "pattern": SLUG_RE.pattern},
         "locale": {"enum": list(LOCALES)},
         "timezone": {"type": "string", "maxLength": 64},
+        # An image the owner uploaded (kamengsite/assets.py): only this site's own files, by their stored name.
+        "logo": {"type": "string", "pattern": r"^(/assets/[0-9a-f]{16}\.(png|jpg|webp|gif))?\Z"},
         "currency": {"enum": ["CNY"]},
         "parent": {"type": "string", "pattern": SLUG_RE.pattern},
         "level": {"type": "string", "maxLength": 32},
@@ -65,6 +67,7 @@ class SiteConfig:
     domains: tuple = ()
     locale: str = "zh_CN"
     timezone: str = "Asia/Shanghai"  # dates are stored in UTC and shown in this zone
+    logo: str = ""  # "/assets/<name>" of an uploaded image, or none
     currency: str = "CNY"
     parent: str | None = None
     level: str = ""
@@ -144,6 +147,7 @@ def validate_site_config(raw: dict, folder: Path, *, base_domain: str, main_site
         theme=theme,
         locale=raw.get("locale", "zh_CN"),
         timezone=timezone,
+        logo=raw.get("logo", ""),
         currency=raw.get("currency", "CNY"),
         parent=parent or None,
         level=raw.get("level", ""),

@@ -18,6 +18,7 @@ import peewee
 from peewee import SQL, NodeList, fn
 
 from .db import database
+from .i18n import _, _l
 from .ledger import LedgerAccount, LedgerEntry, LedgerTxn
 from .members import Member
 from .models import Site, utcnow
@@ -28,7 +29,7 @@ from .tenancy import acting_for, all_sites
 BEIJING = datetime.timezone(datetime.timedelta(hours=8), "Asia/Shanghai")
 MAX_DAYS = 366
 TOP = 10
-PRESETS = {"today": "今天", "7d": "7天", "30d": "30天", "month": "本月"}
+PRESETS = {"today": _l("Today"), "7d": _l("7 days"), "30d": _l("30 days"), "month": _l("This month")}
 DEFAULT_PRESET = "7d"
 #: Ledger transactions that move a site's margin (a sale credits it, a refund takes it back).
 MARGIN_TXNS = ("payment", "refund")
@@ -82,9 +83,9 @@ def preset_range(preset: str, today: datetime.date) -> DateRange:
 
 def make_range(start: datetime.date, end: datetime.date) -> DateRange:
     if start > end:
-        raise RangeError("开始日期晚于结束日期，请调换后再查询")
+        raise RangeError(_("The start date is after the end date: swap them and try again"))
     if (end - start).days + 1 > MAX_DAYS:
-        raise RangeError(f"一次最多查询 {MAX_DAYS} 天，请缩小日期范围")
+        raise RangeError(_("At most %(days)s days at a time: narrow the date range", days=MAX_DAYS))
     return DateRange(start, end)
 
 
@@ -101,11 +102,12 @@ def parse_range(args, today: datetime.date) -> tuple[DateRange, str]:
         start = datetime.date.fromisoformat(first or last)
         end = datetime.date.fromisoformat(last or first)
     except ValueError:
-        return preset_range(DEFAULT_PRESET, today), "日期格式不对，请用 2026-01-31 这样的格式；已显示最近 7 天"
+        return preset_range(DEFAULT_PRESET, today), _(
+            "Invalid date: use a date like 2026-01-31. Showing the last 7 days instead.")
     try:
         return make_range(start, end), ""
     except RangeError as exc:
-        return preset_range(DEFAULT_PRESET, today), f"{exc}；已显示最近 7 天"
+        return preset_range(DEFAULT_PRESET, today), _("%(error)s. Showing the last 7 days instead.", error=exc)
 
 
 # -- scoping -----------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import peewee
 
 from .config import DOMAIN_RE
 from .errors import ConfigError, KamengsiteError
+from .i18n import _, _l
 from .levels import get_level
 from .models import Site, SiteDomain, utcnow
 from .tenancy import TenantModel, acting_for, all_sites
@@ -50,12 +51,13 @@ VERIFICATION_PATH = "/.well-known/kamengsite-verification.txt"
 DNS_PREFIX = "_kamengsite."
 CLAIM_TTL_DAYS = 14  # a pending claim older than this is void: claim again for a new token
 MAX_PENDING_PER_SITE = 10
-METHODS = {"http": "HTTP 文件", "dns": "DNS TXT 记录"}
-STATUS_LABELS = {"pending": "待验证", "verified": "已验证", "cancelled": "已取消", "superseded": "已被其他站点绑定"}
+METHODS = {"http": _l("HTTP file"), "dns": _l("DNS TXT record")}
+STATUS_LABELS = {"pending": _l("Awaiting verification"), "verified": _l("Verified"), "cancelled": _l("Cancelled"),
+                 "superseded": _l("Bound by another site")}
 
 
 class DomainError(KamengsiteError):
-    """A claim or a proof was refused; the message is for the site owner (in Chinese)."""
+    """A claim or a proof was refused; the message is for the site owner (in their language)."""
 
 
 class DomainClaim(TenantModel):
@@ -77,7 +79,7 @@ class DomainClaim(TenantModel):
 
     @property
     def status_label(self) -> str:
-        return STATUS_LABELS.get(self.status, self.status)
+        return str(STATUS_LABELS.get(self.status, self.status))
 
     @property
     def dns_name(self) -> str:
@@ -106,14 +108,15 @@ def normalize_domain(text: str) -> str:
     """
     domain = (text or "").strip().lower().rstrip(".")
     if not domain or len(domain) > 253:
-        raise DomainError("请填写域名，例如 shop.example.com")
+        raise DomainError(_("Please enter a domain, e.g. shop.example.com"))
     if not domain.isascii():
         try:
             domain = domain.encode("idna").decode("ascii")
         except UnicodeError:
-            raise DomainError(f"“{text}”不是有效的域名") from None
+            raise DomainError(_("\"%(domain)s\" is not a valid domain", domain=text)) from None
     if not DOMAIN_RE.match(domain):
-        raise DomainError(f"“{text}”不是有效的域名：只填域名本身，如 shop.example.com，不要带 http:// 或路径")
+        raise DomainError(_("\"%(domain)s\" is not a valid domain: enter just the domain, e.g. shop.example.com, "
+                            "without http:// or a path", domain=text))
     return domain
 
 
@@ -121,18 +124,20 @@ def check_claimable(site: Site, domain: str, base_domain: str) -> str:
     """The normalised domain if ``site`` may claim it now; DomainError says why not."""
     domain = normalize_domain(domain)
     if domain == base_domain or domain.endswith("." + base_domain):
-        raise DomainError(f"“{domain}”属于平台域名，子域名由站点名决定，无需绑定")
+        raise DomainError(_("\"%(domain)s\" is under the platform's domain: a site's sub-domain comes from its name "
+                            "and needs no binding", domain=domain))
     level = get_level(site.level)
     if level is None or not level.may_bind_domain:
-        raise DomainError("当前等级不能绑定自己的域名，请先升级")
+        raise DomainError(_("Your current level cannot bind its own domains, please upgrade first"))
     owner = SiteDomain.select(Site.slug).join(Site).where(SiteDomain.domain == domain).tuples().first()
     if owner is not None:
-        raise DomainError("该域名已绑定到本站" if owner[0] == site.slug else "该域名已被其他站点绑定")
+        raise DomainError(_("This domain is already bound to this site") if owner[0] == site.slug
+                          else _("This domain is already bound to another site"))
     with all_sites():
         taken = DomainClaim.select().where((DomainClaim.domain == domain) & (DomainClaim.status == "verified")
                                            & (DomainClaim.site != site.id)).exists()
     if taken:
-        raise DomainError("该域名已被其他站点验证")
+        raise DomainError(_("This domain has been verified by another site"))
     return domain
 
 
@@ -145,7 +150,8 @@ def claim(site: Site, domain: str, *, base_domain: str) -> DomainClaim:
             return existing
         if DomainClaim.select().where((DomainClaim.status == "pending")
                                       & (DomainClaim.created_at >= _fresh_since())).count() >= MAX_PENDING_PER_SITE:
-            raise DomainError(f"待验证的域名最多 {MAX_PENDING_PER_SITE} 个，请先验证或取消")
+            raise DomainError(_("At most %(n)s domains may await verification, please verify or cancel some first",
+                                n=MAX_PENDING_PER_SITE))
         token = secrets.token_urlsafe(24)
         if existing is not None:  # cancelled, superseded or stale: start again with a new token
             DomainClaim.update(status="pending", token=token, method="", last_error="", created_at=_now(),
@@ -169,9 +175,9 @@ def cancel(site_id: int, claim_id: int) -> DomainClaim:
             (DomainClaim.id == claim_id) & (DomainClaim.status == "pending")).execute()
         found = DomainClaim.get_or_none(DomainClaim.id == claim_id)
     if found is None:
-        raise DomainError("没有这个域名申请")
+        raise DomainError(_("No such domain claim"))
     if not changed and found.status != "cancelled":
-        raise DomainError(f"该域名{found.status_label}，不能取消")
+        raise DomainError(_("This domain claim is \"%(status)s\" and cannot be cancelled", status=found.status_label))
     return found
 
 
@@ -184,17 +190,19 @@ def verify(registry, site_id: int, claim_id: int, method: str, *, fetcher=None, 
     A failed check is recorded on the claim (``last_error``) and raised as DomainError.
     """
     if method not in METHODS:
-        raise DomainError("验证方式只能是 HTTP 文件或 DNS TXT 记录")
+        raise DomainError(_("Verify by an HTTP file or a DNS TXT record"))
     with acting_for(site_id):
         found = DomainClaim.get_or_none(DomainClaim.id == claim_id)
     if found is None:
-        raise DomainError("没有这个域名申请")
+        raise DomainError(_("No such domain claim"))
     if found.status == "verified":
         return found
     if found.status != "pending":
-        raise DomainError(f"该域名{found.status_label}，请重新申请")
+        raise DomainError(_("This domain claim is \"%(status)s\", please claim the domain again",
+                            status=found.status_label))
     if found.created_at < _fresh_since():
-        raise DomainError(f"该申请已超过 {CLAIM_TTL_DAYS} 天，请取消后重新申请")
+        raise DomainError(_("This claim is older than %(days)s days, please cancel it and claim again",
+                            days=CLAIM_TTL_DAYS))
     site = Site.get_by_id(site_id)
     try:
         check_claimable(site, found.domain, registry.base_domain)  # the level or the domain may have changed
@@ -212,14 +220,15 @@ def _check_http(found: DomainClaim, fetcher):
     body = fetcher.fetch(found.domain, VERIFICATION_PATH)
     lines = [line.strip() for line in (body or "").splitlines() if line.strip()]
     if not any(hmac.compare_digest(line.encode(), found.token.encode()) for line in lines):
-        raise DomainError(f"{found.http_url} 的内容与验证码不符")
+        raise DomainError(_("The content of %(url)s does not match the verification code", url=found.http_url))
 
 
 def _check_dns(found: DomainClaim, resolver):
     records = resolver.txt(found.dns_name)
     if not any(hmac.compare_digest(r.strip().encode(), found.token.encode()) for r in records or ()):
-        raise DomainError(f"没有在 {found.dns_name} 的 TXT 记录中找到验证码" if not records
-                          else f"{found.dns_name} 的 TXT 记录与验证码不符")
+        raise DomainError(_("No verification code found in the TXT records of %(name)s", name=found.dns_name)
+                          if not records else
+                          _("The TXT records of %(name)s do not match the verification code", name=found.dns_name))
 
 
 def _record(site_id: int, claim_id: int, method: str, error: str):
@@ -235,7 +244,8 @@ def _bind(registry, site: Site, found: DomainClaim, method: str) -> DomainClaim:
         try:
             registry.update(site.slug, domains=[*config.domains, found.domain])
         except ConfigError as exc:  # bound elsewhere in the meantime, or too many domains
-            message = "该域名已被其他站点绑定" if "already bound" in str(exc) else f"无法绑定：{exc.reason}"
+            message = (_("This domain is already bound to another site") if "already bound" in str(exc)
+                       else _("Cannot bind: %(reason)s", reason=exc.reason))
             _record(site.id, found.id, method, message)
             raise DomainError(message) from None
     now = _now()
@@ -255,7 +265,7 @@ def unbind(registry, site: Site, domain: str):
     """Remove a bound domain from the site (it stops serving there at once)."""
     config = registry.load(site.slug)
     if domain not in config.domains:
-        raise DomainError("该域名没有绑定到本站")
+        raise DomainError(_("This domain is not bound to this site"))
     registry.update(site.slug, domains=[d for d in config.domains if d != domain])
     with acting_for(site.id):
         DomainClaim.update(status="cancelled").where(DomainClaim.domain == domain).execute()
@@ -318,51 +328,52 @@ class HttpFetcher:
     def fetch(self, domain: str, path: str) -> str:
         deadline = time.monotonic() + self.timeout
         scheme = "http"
-        for _ in range(self.max_redirects + 1):
+        for _attempt in range(self.max_redirects + 1):
             status, location, body = self._get(scheme, domain, path, deadline)
             if status in (301, 302, 303, 307, 308):
                 scheme, path = self._follow(domain, scheme, location)
                 continue
             if status != 200:
-                raise DomainError(f"访问 {scheme}://{domain}{path} 返回 HTTP {status}")
+                url = f"{scheme}://{domain}{path}"
+                raise DomainError(_("%(url)s answered HTTP %(status)s", url=url, status=status))
             try:
                 return body.decode("utf-8")
             except UnicodeDecodeError:
-                raise DomainError("验证文件不是 UTF-8 文本") from None
-        raise DomainError("重定向次数过多")
+                raise DomainError(_("The verification file is not UTF-8 text")) from None
+        raise DomainError(_("Too many redirects"))
 
     def _follow(self, domain: str, scheme: str, location: str | None) -> tuple[str, str]:
         if not location:
-            raise DomainError("重定向缺少目标地址")
+            raise DomainError(_("A redirect without a target address"))
         try:
             target = urlsplit(location)
             port = target.port
         except ValueError:
-            raise DomainError("重定向地址无效") from None
+            raise DomainError(_("Invalid redirect address")) from None
         host = (target.hostname or domain).lower().rstrip(".")
         next_scheme = target.scheme or scheme
         if next_scheme not in ("http", "https"):
-            raise DomainError("不支持的重定向地址")
+            raise DomainError(_("Unsupported redirect address"))
         if host != domain or (port and port != (self.port or (443 if next_scheme == "https" else 80))):
-            raise DomainError(f"不允许重定向到其他主机（{target.netloc or host}）")
+            raise DomainError(_("Redirects to another host are not allowed (%(host)s)", host=target.netloc or host))
         return next_scheme, (target.path or "/") + (f"?{target.query}" if target.query else "")
 
     def _address(self, domain: str) -> str:
         try:
             addresses = self.resolve(domain)
         except OSError:
-            raise DomainError(f"无法解析域名 {domain}") from None
+            raise DomainError(_("Cannot resolve the domain %(domain)s", domain=domain)) from None
         if not addresses:
-            raise DomainError(f"无法解析域名 {domain}")
+            raise DomainError(_("Cannot resolve the domain %(domain)s", domain=domain))
         for address in addresses:
             if not self.allow_private and not _is_public(address):
-                raise DomainError(f"{domain} 指向内网或保留地址，拒绝访问")
+                raise DomainError(_("%(domain)s points to a private or reserved address: refused", domain=domain))
         return addresses[0]
 
     def _get(self, scheme: str, domain: str, path: str, deadline: float):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise DomainError("访问超时")
+            raise DomainError(_("The request timed out"))
         address = self._address(domain)
         port = self.port or (443 if scheme == "https" else 80)
         connection_class = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
@@ -376,8 +387,9 @@ class HttpFetcher:
             return response.status, None, self._read(response, deadline)
         except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
             if isinstance(exc, (socket.timeout, TimeoutError)):
-                raise DomainError("访问超时") from None
-            raise DomainError(f"无法访问 {scheme}://{domain}{path}：{type(exc).__name__}") from None
+                raise DomainError(_("The request timed out")) from None
+            url = f"{scheme}://{domain}{path}"
+            raise DomainError(_("Cannot reach %(url)s: %(error)s", url=url, error=type(exc).__name__)) from None
         finally:
             connection.close()
 
@@ -385,13 +397,13 @@ class HttpFetcher:
         body = b""
         while True:
             if time.monotonic() > deadline:
-                raise DomainError("访问超时")
+                raise DomainError(_("The request timed out"))
             chunk = response.read1(1024)  # one network read at most: the deadline is checked between reads
             if not chunk:
                 return body
             body += chunk
             if len(body) > self.max_bytes:
-                raise DomainError(f"验证文件过大（超过 {self.max_bytes} 字节）")
+                raise DomainError(_("The verification file is too large (over %(n)s bytes)", n=self.max_bytes))
 
 
 def _resolve(domain: str) -> list[str]:
@@ -444,14 +456,14 @@ class DnsResolver:
             import dns.exception
             import dns.resolver
         except ImportError:
-            raise DomainError("服务器未安装 dnspython，无法进行 DNS 验证；请改用 HTTP 文件验证，"
-                              "或由运营者安装 dnspython") from None
+            raise DomainError(_("dnspython is not installed on the server, so DNS verification is unavailable; "
+                                "please verify by HTTP file, or ask the operator to install dnspython")) from None
         try:
             answer = dns.resolver.resolve(name, "TXT", lifetime=self.timeout)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return []
         except dns.exception.Timeout:
-            raise DomainError(f"查询 {name} 超时") from None
+            raise DomainError(_("Looking up %(name)s timed out", name=name)) from None
         except dns.exception.DNSException as exc:
-            raise DomainError(f"查询 {name} 失败：{type(exc).__name__}") from None
+            raise DomainError(_("Looking up %(name)s failed: %(error)s", name=name, error=type(exc).__name__)) from None
         return [b"".join(record.strings).decode("utf-8", "replace") for record in answer]

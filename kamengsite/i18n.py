@@ -35,7 +35,7 @@ from pathlib import Path
 from babel import Locale
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
-from flask import g, has_request_context, request
+from flask import has_request_context, request
 from flask_babel import Babel, format_datetime, format_decimal, get_locale
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext as _l
@@ -77,7 +77,6 @@ def _select_locale() -> str:
 
     asked = request.args.get("lang")
     if asked in LOCALES:
-        g.ks_lang_chosen = asked
         return asked
     return chosen_locale(request.headers.get("Cookie"), current_site().config.locale)
 
@@ -90,8 +89,8 @@ def _select_timezone() -> str:
 
 def _remember_choice(response):
     """``?lang=`` sets the cookie, so the choice holds on the next page."""
-    chosen = g.pop("ks_lang_chosen", None)
-    if chosen and request.cookies.get(COOKIE) != chosen:
+    chosen = request.args.get("lang")
+    if chosen in LOCALES and request.cookies.get(COOKIE) != chosen:
         response.set_cookie(COOKIE, chosen, max_age=COOKIE_MAX_AGE, httponly=True, samesite="Lax",
                             secure=request.is_secure)
     return response

@@ -16,6 +16,10 @@ SQLite storage) for no gain at this size.
   server fails. Only the order id travels through the queue, never a key: the
   worker decrypts the keys when it writes the mail.
 * ``send_operator_mail`` sends operator notices (low stock), also retried.
+* ``send_mail`` sends one notice to one address (buyer messages), ``send_password_reset`` a
+  console account its reset link (made in the worker, so the link never waits in the queue).
+* ``run_console_job`` does a long console operation (``background.py``: key imports, exports)
+  and ``sweep_console_files`` removes its week-old files.
 
 Nothing is created on import: ``jobs_for(instance)`` builds the huey of an
 instance on first use (``make_jobs`` builds a fresh one), and
@@ -56,6 +60,10 @@ class Jobs:
     send_operator_mail: object
     release_margins: object = None
     expire_sites: object = None
+    send_password_reset: object = None
+    send_mail: object = None
+    run_console_job: object = None
+    sweep_console_files: object = None
 
 
 def redis_url(instance) -> str:
@@ -120,6 +128,37 @@ def make_jobs(instance, *, immediate: bool | None = None, name: str = QUEUE_NAME
 
         return mail.send_operator_mail(instance, subject, body)
 
+    @huey.task()
+    def run_console_job(site_id: int, job_id: int):
+        """A long console operation (key import, export) with its progress in ``console_job``."""
+        from . import background
+
+        return background.run(instance, site_id, job_id)
+
+    @huey.periodic_task(crontab(minute="17", hour="*"))
+    def sweep_console_files():
+        """Delete exports and left-over uploads older than a week (hourly)."""
+        from . import background
+
+        return background.sweep(instance)
+
+    @huey.task(retries=MAIL_RETRIES, retry_delay=MAIL_RETRY_DELAY)
+    def send_mail(to: str, subject: str, body: str, from_name: str):
+        """A notice to one address (a buyer's answered message, a shop's new one); never a key."""
+        from . import mail
+
+        sent = mail.send_message(instance, mail.build_message(instance, to=to, subject=subject, body=body,
+                                                              from_name=from_name))
+        return "sent" if sent else "skipped"
+
+    @huey.task(retries=MAIL_RETRIES, retry_delay=MAIL_RETRY_DELAY)
+    def send_password_reset(slug: str, site_id: int, account_id: int, base_url: str, subject: str, body: str,
+                            from_name: str):
+        """Mail a console account its password-reset link (made here, so it never waits in the queue)."""
+        from . import password_reset
+
+        return password_reset.send_reset_mail(instance, slug, site_id, account_id, base_url, subject, body, from_name)
+
     @huey.periodic_task(crontab(minute="*/10"))
     def expire_sites():
         """Turn off sub-sites past their term, back on those renewed since (every ten minutes)."""
@@ -130,7 +169,8 @@ def make_jobs(instance, *, immediate: bool | None = None, name: str = QUEUE_NAME
     _plugin_jobs(huey, instance)
     return Jobs(instance=instance, huey=huey, expire_orders=expire_orders,
                 send_order_mail=send_order_mail, send_operator_mail=send_operator_mail,
-                release_margins=release_margins, expire_sites=expire_sites)
+                release_margins=release_margins, expire_sites=expire_sites, send_password_reset=send_password_reset,
+                send_mail=send_mail, run_console_job=run_console_job, sweep_console_files=sweep_console_files)
 
 
 def _plugin_jobs(huey, instance):

@@ -104,7 +104,7 @@ def import_key_file(instance, product_id: int, path, *, sku_id: int | None = Non
 
 @click.group()
 def keys():
-    """Card keys (卡密): import, recount stock, rotate the encryption key."""
+    """Card keys: import, recount stock, rotate the encryption key."""
 
 
 @keys.command("import")

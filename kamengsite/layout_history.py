@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import layouts
+from .i18n import _
 
 HISTORY_KEEP = 30
 UNDO_KEEP = 50
@@ -34,8 +35,11 @@ HISTORY_DIR = "history"
 UNDO_DIR = "undo"
 VERSION_RE = re.compile(r"^(\d{8}T\d{6}Z)-(\d{1,9})$")
 UNDO_RE = re.compile(r"^(\d{1,9})$")
-THEME_DEFAULT = "（主题默认）"
-EARLIER = "（编辑器之前发布）"
+#: Who published the versions recorded before the editor's first publish (stored as ``by``; shown translated).
+THEME_DEFAULT = "(theme default)"
+EARLIER = "(published before the editor)"
+_LEGACY_BY = {"（主题默认）": THEME_DEFAULT, "（编辑器之前发布）": EARLIER}  # i18n: keep - history files written before
+RESTORED_RE = re.compile(r"^(?:restored from|恢复自) (\S+)$")  # i18n: keep - older notes were written in Chinese
 
 _lock = threading.Lock()  # one writer per process at a time; O_EXCL guards across processes
 
@@ -49,6 +53,22 @@ class Version:
     at: datetime.datetime
     by: str
     note: str = ""
+
+    def who(self) -> str:
+        """``by`` for a page: the stored markers of the theme default and earlier publishes, translated."""
+        by = _LEGACY_BY.get(self.by, self.by)
+        if by == THEME_DEFAULT:
+            return _("(theme default)")
+        if by == EARLIER:
+            return _("(published before the editor)")
+        return self.by
+
+    def shown_note(self) -> str:
+        """``note`` for a page: a restore's note, translated."""
+        match = RESTORED_RE.match(self.note)
+        if match:
+            return _("Restored from %(version)s", version=match.group(1))
+        return self.note
 
 
 def _utcnow() -> datetime.datetime:
@@ -101,7 +121,7 @@ def _write_entry(folder: Path, pattern, group, name_for, entry: dict, keep: int)
         existing = _numbered(folder, pattern, group)
         path = _claim(folder, name_for, (existing[-1][0] + 1) if existing else 1)
         layouts._write_json(path, entry)
-        for _, old in _numbered(folder, pattern, group)[:-keep]:
+        for _number, old in _numbered(folder, pattern, group)[:-keep]:
             _remove(old)
     return path
 
@@ -195,7 +215,7 @@ def publish(site_folder, page_key: str, data, *, theme, by: str, note: str = "")
 def restore(site_folder, page_key: str, version_id: str, *, theme, by: str) -> Path:
     """Publish version ``version_id`` again (``KeyError`` if unknown, ``ConfigError`` if it no longer fits)."""
     data = load_version(site_folder, page_key, version_id)
-    return publish(site_folder, page_key, data, theme=theme, by=by, note=f"恢复自 {version_id}")
+    return publish(site_folder, page_key, data, theme=theme, by=by, note=f"restored from {version_id}")
 
 
 # -- drafts and undo -----------------------------------------------------------------------------
@@ -251,7 +271,7 @@ def undo(site_folder, page_key: str) -> bool:
     with _lock:
         entries = _numbered(undo_dir(site_folder, page_key), UNDO_RE, 1)
         while entries:
-            _, path = entries.pop()
+            _number, path = entries.pop()
             entry = _read(path)
             _remove(path)
             if not isinstance(entry, dict) or "draft" not in entry:
@@ -267,5 +287,5 @@ def undo(site_folder, page_key: str) -> bool:
 
 def clear_undo(site_folder, page_key: str):
     with _lock:
-        for _, path in _numbered(undo_dir(site_folder, page_key), UNDO_RE, 1):
+        for _number, path in _numbered(undo_dir(site_folder, page_key), UNDO_RE, 1):
             _remove(path)

@@ -76,15 +76,15 @@ class LevelPrice(StampedModel):
         indexes = ((("level", "sku"), True),)
 
 
-#: Seeded by ``kamengsite init`` / the demo: a starting point the operator edits.
+#: Seeded by ``kamengsite init`` / the demo: a starting point the operator edits (its names are data, not interface).
 DEFAULT_LEVELS = (
-    dict(code="bronze", name="青铜", sort=1, cost_percent_bp=-500, max_child_markup_bp=0,
+    dict(code="bronze", name="青铜", sort=1, cost_percent_bp=-500, max_child_markup_bp=0,  # i18n: keep
          opening_fee_fen=9900, term_days=365, renewal_fee_fen=9900, self_service=True,
          freeze_days=3, withdraw_min_fen=10000, withdraw_fee_bp=100),
-    dict(code="silver", name="白银", sort=2, cost_percent_bp=-1000, max_child_markup_bp=1000,
+    dict(code="silver", name="白银", sort=2, cost_percent_bp=-1000, max_child_markup_bp=1000,  # i18n: keep
          may_bind_domain=True, may_open_children=True, opening_fee_fen=29900, term_days=365,
          renewal_fee_fen=29900, self_service=True, freeze_days=3, withdraw_min_fen=10000, withdraw_fee_bp=50),
-    dict(code="gold", name="黄金", sort=3, cost_percent_bp=-1500, max_child_markup_bp=2000,
+    dict(code="gold", name="黄金", sort=3, cost_percent_bp=-1500, max_child_markup_bp=2000,  # i18n: keep
          may_bind_domain=True, may_open_children=True, may_list_own_goods=True, own_goods_commission_bp=500,
          opening_fee_fen=99900, term_days=365, renewal_fee_fen=99900, freeze_days=1,
          withdraw_min_fen=10000, withdraw_fee_bp=0),

@@ -23,6 +23,7 @@ Keys are mailed only to an order whose contact is an email address.
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from urllib.parse import unquote, urlsplit
 from . import jobs
 from .errors import KamengsiteError
 from .hookspecs import hookimpl
+from .i18n import DEFAULT_LOCALE, DOMAIN, HOST_TRANSLATIONS, LOCALES, catalog_folder, compile_catalogs
 
 log = logging.getLogger(__name__)
 
@@ -188,36 +190,70 @@ def queue_order_mail(order, site, instance=None) -> bool:
     return True
 
 
-_TEXTS = {
-    "zh_CN": {
-        "subject": "【{site}】订单 {order_no} 的卡密",
-        "intro": "您好，您在 {site} 购买的商品已发货。",
-        "order": "订单号：{order_no}\n商品：{product} × {quantity}",
-        "keys": "卡密：",
-        "outro": "请妥善保管卡密，不要转发此邮件。\n订单查询：{url}",
-    },
-    "en": {
-        "subject": "[{site}] Card keys of order {order_no}",
-        "intro": "Hello, your purchase at {site} has been delivered.",
-        "order": "Order: {order_no}\nItem: {product} × {quantity}",
-        "keys": "Card keys:",
-        "outro": "Keep these keys safe and do not forward this mail.\nYour orders: {url}",
-    },
-}
+def site_locale(site_id: int, instance=None) -> str:
+    """The ``locale`` of site ``site_id`` (its ``site.toml``): the language its owner reads.
+
+    The current site's inside its requests; else read from the site's folder; the default
+    language when the site cannot be read (a notice must go out whatever happens).
+    """
+    from flask import current_app, has_app_context
+
+    if has_app_context():
+        site = current_app.extensions.get("kamengsite.site")
+        if site is not None and site.site_id == site_id and site.config is not None:
+            return site.config.locale
+    instance = instance or jobs.current_instance()
+    if instance is None:
+        return DEFAULT_LOCALE
+    try:
+        from .models import Site
+        from .opening import registry_for
+
+        return registry_for(instance).load(Site.get_by_id(site_id).slug).locale
+    except Exception:  # noqa: BLE001 - the default language rather than no notice
+        log.info("site %s: its locale could not be read, %s is used", site_id, DEFAULT_LOCALE, exc_info=True)
+        return DEFAULT_LOCALE
+
+
+def site_gettext(locale: str | None):
+    """``gettext`` in ``locale``, in a request or not (the worker, a command).
+
+    Mail and admin notices are written in the language of the site they are about (the
+    owner's choice in ``site.toml``), not in the language of whichever request or job
+    happens to write them. Same call as ``_``: ``gettext("Hi %(name)s", name=…)``.
+    """
+    translations = _host_translations(locale if locale in LOCALES else DEFAULT_LOCALE)
+
+    def gettext(string: str, **variables) -> str:
+        text = translations.ugettext(string)
+        return text % variables if variables else text
+
+    return gettext
+
+
+@functools.lru_cache(maxsize=None)
+def _host_translations(code: str):
+    """The host's compiled catalog of ``code`` (compiled first if stale), once per process like Flask-Babel's."""
+    from babel.support import Translations
+
+    folder = compile_catalogs(HOST_TRANSLATIONS)
+    return Translations.load(str(folder), [catalog_folder(code)], DOMAIN)
 
 
 def order_message(instance, order, product_name: str, keys: list[str], site: dict) -> EmailMessage:
-    texts = _TEXTS.get(site.get("locale"), _TEXTS["zh_CN"])
+    """The buyer's mail with ``keys``, in the language of the selling site."""
+    gettext = site_gettext(site.get("locale"))
     values = {"site": site["name"], "order_no": order.order_no, "product": product_name,
               "quantity": order.quantity, "url": site["url"]}
     body = "\n\n".join([
-        texts["intro"].format(**values),
-        texts["order"].format(**values),
-        texts["keys"] + "\n" + "\n".join(keys),
-        texts["outro"].format(**values),
+        gettext("Hello, your purchase at %(site)s has been delivered.", **values),
+        gettext("Order: %(order_no)s", **values) + "\n" + gettext("Item: %(product)s × %(quantity)s", **values),
+        gettext("Card keys:") + "\n" + "\n".join(keys),
+        gettext("Keep these keys safe and do not forward this mail.") + "\n"
+        + gettext("Your orders: %(url)s", **values),
     ]) + "\n"
-    return build_message(instance, to=order.contact.strip(), subject=texts["subject"].format(**values),
-                         body=body, from_name=site["name"])
+    subject = gettext("[%(site)s] Card keys of order %(order_no)s", **values)
+    return build_message(instance, to=order.contact.strip(), subject=subject, body=body, from_name=site["name"])
 
 
 def deliver_order_mail(instance, order_id: int, site: dict, *, last_attempt: bool = True) -> str:
@@ -245,7 +281,8 @@ def deliver_order_mail(instance, order_id: int, site: dict, *, last_attempt: boo
         keys = delivered_keys(order, CardKeyCipher.from_instance(instance))
     except (CardKeyCipherError, KamengsiteError) as exc:  # retrying cannot fix a key that does not open
         log.error("order %s: its keys cannot be decrypted for the mail: %s", order.order_no, exc)
-        _notice_failure(order, f"卡密无法解密：{exc}")
+        gettext = site_gettext(site.get("locale"))
+        _notice_failure(order, gettext("The card keys could not be decrypted: %(error)s", error=str(exc)), site)
         return "skipped: keys unreadable"
     if not keys:
         return "skipped: no keys"
@@ -257,7 +294,7 @@ def deliver_order_mail(instance, order_id: int, site: dict, *, last_attempt: boo
     except MailError as exc:
         if last_attempt:
             log.error("order %s: mail failed for good: %s", order.order_no, exc)
-            _notice_failure(order, str(exc))
+            _notice_failure(order, str(exc), site)
         else:
             log.warning("order %s: mail failed, will retry: %s", order.order_no, exc)
         raise
@@ -265,13 +302,17 @@ def deliver_order_mail(instance, order_id: int, site: dict, *, last_attempt: boo
     return "sent"
 
 
-def _notice_failure(order, why: str):
+def _notice_failure(order, why: str, site: dict):
+    """A notice to the selling site's admin, in its language, that the keys mail never went out."""
     from .alerts import add_notice
 
     try:
+        gettext = site_gettext(site.get("locale"))
         add_notice(order.site_id, kind="mail_failed", ref=f"order:{order.id}",
-                   title=f"订单 {order.order_no} 的卡密邮件未能发出",
-                   body=f"买家联系方式：{order.contact}\n原因：{why}\n买家仍可在订单页查看卡密。")
+                   title=gettext("The card keys mail of order %(order_no)s was not sent", order_no=order.order_no),
+                   body="\n".join([gettext("Buyer's contact: %(contact)s", contact=order.contact),
+                                    gettext("Reason: %(reason)s", reason=why),
+                                    gettext("The buyer can still see the keys on the order page.")]))
     except Exception:  # noqa: BLE001 - a notice must not hide the mail error itself
         log.exception("order %s: could not record the mail failure notice", order.order_no)
 

@@ -27,6 +27,7 @@ from . import accounts, members, orders
 from .app import current_site
 from .catalog import Product
 from .hookspecs import hookimpl
+from .i18n import _, _l
 from .ratelimit import limited
 
 bp = Blueprint("member", __name__, url_prefix="/member")
@@ -39,13 +40,14 @@ _CACHE = "kamengsite_member"  # flask.g attribute: the member of this request, l
 
 
 class RegisterForm(FlaskForm):
-    email = StringField("邮箱", validators=[InputRequired("请输入邮箱"),
-                                          Length(max=members.EMAIL_MAX, message="邮箱太长")])
-    display_name = StringField("昵称（可不填）", validators=[
-        Optional(), Length(max=members.DISPLAY_NAME_MAX, message=f"昵称最多 {members.DISPLAY_NAME_MAX} 个字")])
-    password = PasswordField(f"密码（至少 {accounts.MIN_PASSWORD} 位）", validators=[InputRequired("请设置密码")])
-    confirm = PasswordField("再次输入密码", validators=[InputRequired("请再次输入密码"),
-                                                  EqualTo("password", message="两次输入的密码不一致")])
+    email = StringField(_l("Email"), validators=[InputRequired(_l("Please enter your email address")),
+                                               Length(max=members.EMAIL_MAX, message=_l("The email address is too long"))])
+    display_name = StringField(_l("Nickname (optional)"), validators=[
+        Optional(), Length(max=members.DISPLAY_NAME_MAX, message=members.NICKNAME_TOO_LONG)])
+    password = PasswordField(_l("Password (at least %(min)s characters)", min=accounts.MIN_PASSWORD),
+                             validators=[InputRequired(_l("Please choose a password"))])
+    confirm = PasswordField(_l("Repeat the password"), validators=[InputRequired(_l("Please enter the password again")),
+                                                               EqualTo("password", message=_l("The two passwords do not match"))])
 
     def validate_email(self, field):
         try:
@@ -61,9 +63,10 @@ class RegisterForm(FlaskForm):
 
 
 class LoginForm(FlaskForm):
-    email = StringField("邮箱", validators=[InputRequired("请输入邮箱"), Length(max=members.EMAIL_MAX, message="邮箱太长")])
-    password = PasswordField("密码", validators=[InputRequired("请输入密码"),
-                                               Length(max=accounts.MAX_PASSWORD, message="密码太长")])
+    email = StringField(_l("Email"), validators=[InputRequired(_l("Please enter your email address")),
+                                               Length(max=members.EMAIL_MAX, message=_l("The email address is too long"))])
+    password = PasswordField(_l("Password"), validators=[InputRequired(_l("Enter your password")),
+                                                         Length(max=accounts.MAX_PASSWORD, message=_l("The password is too long"))])
 
 
 class ActionForm(FlaskForm):
@@ -169,7 +172,7 @@ def register():
             getattr(form, exc.field or "email", form.email).errors.append(str(exc))
         else:
             _log_in(member)
-            flash("注册成功，欢迎！", "ok")
+            flash(_("Welcome! Your account is ready."), "ok")
             return redirect(_safe_next(request.args.get("next")))
     return render_template("member/register.html", form=form, **_layout())
 
@@ -185,7 +188,7 @@ def login():
         if member is not None:
             _log_in(member)
             return redirect(_safe_next(request.args.get("next")))
-        form.password.errors.append("邮箱或密码错误")
+        form.password.errors.append(_("Wrong email or password"))
     return render_template("member/login.html", form=form, **_layout())
 
 
@@ -198,7 +201,7 @@ def logout():
             members.end_sessions(_site_id(), member.id)  # copies of this cookie die with it
         session.clear()
         setattr(g, _CACHE, None)
-        flash("已退出登录", "ok")
+        flash(_("You have signed out"), "ok")
     return redirect(url_for("storefront.home"))
 
 

@@ -22,6 +22,7 @@ import peewee
 from . import accounts, ledger
 from .db import database
 from .errors import KamengsiteError
+from .i18n import _, _l
 from .models import utcnow
 from .tenancy import TenantModel, acting_for
 
@@ -29,7 +30,9 @@ STATUSES = ("active", "disabled")
 EMAIL_MAX = 254
 DISPLAY_NAME_MAX = 32
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-PASSWORD_RULE = f"密码需 {accounts.MIN_PASSWORD} 到 {accounts.MAX_PASSWORD} 位，且首尾不能有空格"
+PASSWORD_RULE = _l("The password must be %(min)s to %(max)s characters, with no spaces at either end",
+                   min=accounts.MIN_PASSWORD, max=accounts.MAX_PASSWORD)
+NICKNAME_TOO_LONG = _l("The nickname can be at most %(max)s characters", max=DISPLAY_NAME_MAX)
 WALLET = "member_wallet"
 FROZEN_COMMISSIONS = "member_frozen"  # commissions waiting for their freeze period (not spendable)
 
@@ -73,16 +76,16 @@ def normalize_email(email: str) -> str:
 def check_email(email: str) -> str:
     address = normalize_email(email)
     if len(address) > EMAIL_MAX or not EMAIL_RE.match(address):
-        raise MemberError("请输入有效的邮箱地址", field="email")
+        raise MemberError(_("Please enter a valid email address"), field="email")
     return address
 
 
 def check_password(password: str):
-    """The console's password rules (``accounts.check_password_strength``), said in Chinese."""
+    """The console's password rules (``accounts.check_password_strength``), said in the visitor's language."""
     try:
         accounts.check_password_strength(password or "")
     except accounts.AccountError:
-        raise MemberError(PASSWORD_RULE, field="password") from None
+        raise MemberError(str(PASSWORD_RULE), field="password") from None
 
 
 def find_member(site_id: int, email: str) -> Member | None:
@@ -102,9 +105,9 @@ def register(site_id: int, email: str, password: str, display_name: str = "") ->
     check_password(password)
     name = (display_name or "").strip()
     if len(name) > DISPLAY_NAME_MAX:
-        raise MemberError(f"昵称最多 {DISPLAY_NAME_MAX} 个字", field="display_name")
+        raise MemberError(str(NICKNAME_TOO_LONG), field="display_name")
     name = name or address.split("@", 1)[0][:DISPLAY_NAME_MAX]
-    taken = MemberError("该邮箱已注册，请直接登录", field="email")
+    taken = MemberError(_("This email address is already registered: please sign in"), field="email")
     with acting_for(site_id):
         if Member.select().where(Member.email == address).exists():
             raise taken

@@ -18,6 +18,7 @@ import logging
 import peewee
 
 from .db import database
+from .i18n import _l
 from .models import BaseModel, utcnow
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ log = logging.getLogger(__name__)
 REJECTED = "rejected"
 ACKNOWLEDGED = "acknowledged"
 OUTCOMES = (REJECTED, ACKNOWLEDGED)
-OUTCOME_LABELS = {REJECTED: "已拒绝", ACKNOWLEDGED: "已确认（未付款）"}
+OUTCOME_LABELS = {REJECTED: _l("Rejected"), ACKNOWLEDGED: _l("Acknowledged (not paid)")}
 
 KEEP_ROWS = 10_000
 PRUNE_EVERY = 100  # prune on every 100th row: one cheap DELETE instead of one per notification
@@ -48,7 +49,7 @@ class PaymentNotice(BaseModel):
 
     @property
     def outcome_label(self) -> str:
-        return OUTCOME_LABELS.get(self.outcome, self.outcome)
+        return str(OUTCOME_LABELS.get(self.outcome, self.outcome))
 
 
 def _clip(value, limit: int) -> str:

@@ -46,21 +46,23 @@ from dataclasses import dataclass
 
 import jsonschema
 import peewee
+from flask import has_request_context
 
 from . import ledger
 from .accounts import Account, AccountError, check_password_strength, check_username, hash_password
 from .config import check_slug
 from .db import database, retry_transient
 from .errors import ConfigError, KamengsiteError
+from .i18n import _, _l, format_money, format_when
 from .levels import Level, all_levels, get_level
 from .models import BaseModel, Site, utcnow
 from .tenancy import acting_for, all_sites
-from .themes import format_fen
 
 log = logging.getLogger(__name__)
 
 STATUSES = ("requested", "approving", "approved", "rejected")
-STATUS_LABELS = {"requested": "待审核", "approving": "开通中", "approved": "已开通", "rejected": "已拒绝"}
+STATUS_LABELS = {"requested": _l("Awaiting review"), "approving": _l("Being opened"), "approved": _l("Opened"),
+                 "rejected": _l("Rejected")}
 #: Statuses in which an application holds its name (``active_slug``).
 HOLDING = ("requested", "approving", "approved")
 #: An approval that has not finished after this long (a crashed process) may be taken over.
@@ -68,7 +70,7 @@ APPROVING_STALE = datetime.timedelta(minutes=10)
 
 #: What the operator may require besides the contact, always required.
 REQUIRABLE_FIELDS = ("real_name", "business_info")
-FIELD_LABELS = {"real_name": "真实姓名", "business_info": "企业信息"}
+FIELD_LABELS = {"real_name": _l("Real name"), "business_info": _l("Business information")}
 DEFAULT_REQUIRED = ("real_name",)
 #: ``[settings.opening]`` in the main site's site.toml: what applicants must fill in, which templates are offered.
 OPENING_KEY = "opening"
@@ -87,11 +89,22 @@ CONTACT_RE = r"^(?:[^@\s]+@[^@\s]+\.[^@\s]+|1\d{10})$"
 
 #: ``[settings.lifecycle]`` in a sub-site's site.toml: why it is off (absent: it is on).
 LIFECYCLE_KEY = "lifecycle"
-LIFECYCLE_LABELS = {"active": "营业中", "suspended": "已暂停", "expired": "已到期", "closed": "已关闭"}
+LIFECYCLE_LABELS = {"active": _l("Open for business"), "suspended": _l("Suspended"), "expired": _l("Term expired"),
+                    "closed": _l("Closed")}
+#: ``site_application.notice``: how the applicant was told the decision (a code; shown by its label).
+NOTICE_LABELS = {"mailed": _l("Notified by email"), "not_email": _l("Not sent: the contact is not an email address"),
+                 "no_smtp": _l("Not sent: no mail server is configured"), "mail_failed": _l("Sending the email failed")}
 
 
 class OpeningError(KamengsiteError):
-    """Refused as asked; the message is meant for the person who asked (in Chinese)."""
+    """Refused as asked; the message is meant for the person who asked (in their language).
+
+    ``field``: the form field the problem is about (``slug``), if any.
+    """
+
+    def __init__(self, message, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class SiteApplication(BaseModel):
@@ -126,7 +139,12 @@ class SiteApplication(BaseModel):
 
     @property
     def status_label(self) -> str:
-        return STATUS_LABELS.get(self.status, self.status)
+        return str(STATUS_LABELS.get(self.status, self.status))
+
+    @property
+    def notice_label(self) -> str:
+        """How the applicant was told, in the reader's language (older rows hold the text itself)."""
+        return str(NOTICE_LABELS.get(self.notice, self.notice))
 
     @property
     def payment_reference(self) -> str:
@@ -199,11 +217,13 @@ def check_slug_available(registry, slug: str) -> str:
     try:
         check_slug(slug)
     except ConfigError:
-        raise OpeningError("子域名只能用 1-32 位小写字母、数字和“-”，且不能以“-”开头或结尾，也不能用保留名") from None
+        raise OpeningError(_("Sub-domain: 1-32 lowercase letters, digits and \"-\", not starting or ending with "
+                             "\"-\", and not a reserved name"), field="slug") from None
     if slug == registry.main_site or (registry.root / slug).exists() or Site.get_or_none(Site.slug == slug):
-        raise OpeningError(f"子域名“{slug}”已被占用，请换一个")
+        raise OpeningError(_("The sub-domain \"%(slug)s\" is taken, please choose another", slug=slug), field="slug")
     if SiteApplication.select().where(SiteApplication.active_slug == slug).exists():
-        raise OpeningError(f"子域名“{slug}”已有人申请，请换一个")
+        raise OpeningError(_("Someone has already applied for the sub-domain \"%(slug)s\", please choose another",
+                             slug=slug), field="slug")
     return slug
 
 
@@ -212,21 +232,21 @@ def _checked(registry, applicant: dict, settings: OpeningSettings, parent: Site 
     slug = check_slug_available(registry, applicant.get("slug", ""))
     name = (applicant.get("name") or "").strip()
     if not name or len(name) > 60:
-        raise OpeningError("店铺名称 1-60 个字")
+        raise OpeningError(_("Shop name: 1 to 60 characters"))
     template = applicant.get("template", "")
     if template not in offered_templates(registry, settings):
-        raise OpeningError("请选择一个站点模板")
+        raise OpeningError(_("Please choose a site template"))
     level = get_level(applicant.get("level", ""))
     if level is None:
-        raise OpeningError("请选择一个分站等级")
+        raise OpeningError(_("Please choose a sub-site level"))
     contact = (applicant.get("contact") or "").strip()
     if not re.match(CONTACT_RE, contact) or len(contact) > 120:
-        raise OpeningError("请填写有效的邮箱或 11 位手机号")
+        raise OpeningError(_("Please enter a valid email address or 11-digit mobile number"))
     values = {"real_name": (applicant.get("real_name") or "").strip()[:60],
               "business_info": (applicant.get("business_info") or "").strip()[:500]}
     for key in settings.required_fields:
         if not values.get(key):
-            raise OpeningError(f"请填写{FIELD_LABELS[key]}")
+            raise OpeningError(_("%(field)s is required", field=FIELD_LABELS[key]))
     try:
         username = check_username(applicant.get("username", ""))
         check_password_strength(applicant.get("password") or "")
@@ -241,12 +261,13 @@ def _checked(registry, applicant: dict, settings: OpeningSettings, parent: Site 
 def _account_message(exc: AccountError) -> str:
     text = str(exc)
     if "password too short" in text:
-        return "后台密码至少 10 位"
+        return _("The console password needs at least 10 characters")
     if "password too long" in text:
-        return "后台密码太长"
+        return _("The console password is too long")
     if "whitespace" in text:
-        return "后台密码不能以空格开头或结尾"
-    return "后台用户名 2-32 位：小写字母、数字、“_”、“.”、“-”，以字母或数字开头"
+        return _("The console password may not start or end with a space")
+    return _("Console username: 2-32 of lowercase letters, digits, \"_\", \".\" and \"-\", starting with a letter "
+             "or digit")
 
 
 def _parent_site(registry, parent_slug: str | None) -> Site:
@@ -254,11 +275,11 @@ def _parent_site(registry, parent_slug: str | None) -> Site:
     slug = parent_slug or registry.main_site
     parent = Site.get_or_none(Site.slug == slug)
     if parent is None:
-        raise OpeningError("上级站点不存在")
+        raise OpeningError(_("The parent site does not exist"))
     if slug != registry.main_site:
         level = get_level(parent.level)
         if level is None or not level.may_open_children or parent.status != "active":
-            raise OpeningError("该站点不能开通下级分站")
+            raise OpeningError(_("This site may not open sub-sites of its own"))
     return parent
 
 
@@ -271,7 +292,7 @@ def find_by_submit_key(submit_key: str) -> SiteApplication | None:
 
 def _check_submit_key(submit_key: str) -> str:
     if not isinstance(submit_key, str) or not 16 <= len(submit_key) <= 64:
-        raise OpeningError("表单已失效，请刷新页面后重新提交")
+        raise OpeningError(_("The form has expired, please reload the page and submit again"))
     return submit_key
 
 
@@ -309,13 +330,13 @@ def open_self_service(registry, applicant: dict, *, submit_key: str, member_id: 
     if existing is not None:
         return existing
     if not isinstance(member_id, int) or isinstance(member_id, bool) or member_id <= 0:
-        raise OpeningError("自助开通需要先登录会员账号")
+        raise OpeningError(_("Sign in to your member account to open a site yourself"))
     values = _checked_once(registry, applicant, settings, parent_slug, submit_key)
     if isinstance(values, SiteApplication):
         return values
     level = get_level(values["level"])
     if not level.self_service:
-        raise OpeningError(f"“{level.name}”等级需要人工审核，不能自助开通")
+        raise OpeningError(_("The \"%(level)s\" level needs review and cannot be opened instantly", level=level.name))
     fee = level.opening_fee_fen
     # A member belongs to the site they signed in on, which is the site the new one opens under.
     wallet = _wallet(values["parent"], member_id) if fee else None
@@ -328,13 +349,15 @@ def open_self_service(registry, applicant: dict, *, submit_key: str, member_id: 
             if fee:
                 ledger.post_in_transaction("adjustment", application.payment_reference,
                                            [(wallet, -fee), (revenue, fee)],
-                                           memo=f"开通分站 {values['slug']}（{level.name}）")
+                                           memo=_("Opening sub-site %(slug)s (%(level)s)", slug=values["slug"],
+                                                  level=level.name))
             return application
 
     try:
         application, created = _insert(write, submit_key, values["slug"])
     except ledger.InsufficientFunds:
-        raise OpeningError(f"余额不足：开通“{level.name}”需要 {format_fen(fee)} 元") from None
+        raise OpeningError(_("Insufficient balance: opening \"%(level)s\" costs ¥%(amount)s", level=level.name,
+                             amount=format_money(fee))) from None
     if not created:
         return application  # the same form, submitted again: its first submit opens the site
     return approve(registry, application.id, now=now)
@@ -360,7 +383,8 @@ def _insert(write, submit_key: str, slug: str) -> tuple[SiteApplication, bool]:
         existing = find_by_submit_key(submit_key)
         if existing is not None:
             return existing, False
-        raise OpeningError(f"子域名“{slug}”已有人申请，请换一个") from None
+        raise OpeningError(_("Someone has already applied for the sub-domain \"%(slug)s\", please choose another",
+                             slug=slug), field="slug") from None
 
 
 # -- deciding -------------------------------------------------------------------------------
@@ -369,7 +393,7 @@ def _insert(write, submit_key: str, slug: str) -> tuple[SiteApplication, bool]:
 def get_application(application_id: int) -> SiteApplication:
     application = SiteApplication.get_or_none(SiteApplication.id == application_id)
     if application is None:
-        raise OpeningError(f"没有编号为 {application_id} 的申请")
+        raise OpeningError(_("No application number %(id)s", id=application_id))
     return application
 
 
@@ -386,11 +410,12 @@ def approve(registry, application_id: int, *, now=None, notify: bool = True) -> 
         log.warning("opening site %s (application %s) failed: %s", application.slug, application.id, reason)
         if application.self_service and _paid(application):
             _refund(application)
-            _finish(application, "rejected", now, reason=f"开通失败，开通费已退回：{reason}")
-            raise OpeningError(f"开通失败，开通费已退回：{reason}") from None
+            message = _("Opening failed, the fee was refunded: %(reason)s", reason=reason)
+            _finish(application, "rejected", now, reason=message)
+            raise OpeningError(message) from None
         SiteApplication.update(status="requested").where(
             (SiteApplication.id == application.id) & (SiteApplication.status == "approving")).execute()
-        raise OpeningError(f"开通失败：{reason}") from None
+        raise OpeningError(_("Opening failed: %(reason)s", reason=reason)) from None
     application = _finish(application, "approved", now, site=site.id)
     if notify:
         application.notice = _notify(registry.instance, application)
@@ -401,9 +426,9 @@ def reject(registry, application_id: int, reason: str, *, now=None, notify: bool
     """Refuse a requested application with a reason; a fee already paid (self-service) goes back."""
     reason = (reason or "").strip()
     if not reason:
-        raise OpeningError("请填写拒绝原因")
+        raise OpeningError(_("Please give a reason for the rejection"))
     if len(reason) > 500:
-        raise OpeningError("拒绝原因最多 500 个字")
+        raise OpeningError(_("The reason for the rejection is at most 500 characters"))
     now = _now(now)
     application = get_application(application_id)
     if application.status == "rejected":
@@ -411,7 +436,8 @@ def reject(registry, application_id: int, reason: str, *, now=None, notify: bool
     changed = SiteApplication.update(status="rejected", reason=reason, decided_at=now, active_slug=None).where(
         (SiteApplication.id == application_id) & (SiteApplication.status == "requested")).execute()
     if not changed:
-        raise OpeningError(f"申请 {application_id} 当前为“{get_application(application_id).status_label}”，不能拒绝")
+        raise OpeningError(_("Application %(id)s is \"%(status)s\" and cannot be rejected", id=application_id,
+                             status=get_application(application_id).status_label))
     application = get_application(application_id)
     if application.self_service and _paid(application):
         _refund(application)
@@ -429,7 +455,8 @@ def _claim(application_id: int, now) -> SiteApplication:
     application = get_application(application_id)
     if changed or application.status == "approved":
         return application
-    raise OpeningError(f"申请 {application_id} 当前为“{application.status_label}”，不能开通")
+    raise OpeningError(_("Application %(id)s is \"%(status)s\" and cannot be approved", id=application_id,
+                         status=application.status_label))
 
 
 def _finish(application, status: str, now, *, site: int | None = None, reason: str = "") -> SiteApplication:
@@ -492,28 +519,35 @@ def _notify(instance, application) -> str:
 
     subject, body = _notice_text(instance, application)
     if not mail.is_email(application.contact):
-        outcome = "未发送：联系方式不是邮箱"
+        outcome = "not_email"
     elif mail.smtp_settings(instance) is None:
-        outcome = "未发送：未配置邮件服务器"
+        outcome = "no_smtp"
     else:
         try:
             mail.send_message(instance, mail.build_message(instance, to=application.contact.strip(),
                                                            subject=subject, body=body))
-            outcome = "已邮件通知"
+            outcome = "mailed"
         except Exception as exc:  # noqa: BLE001 - the decision stands; the operator sees the outcome
             log.warning("mail to the applicant of application %s failed: %s", application.id, exc)
-            outcome = "邮件发送失败"
+            outcome = "mail_failed"
     SiteApplication.update(notice=outcome).where(SiteApplication.id == application.id).execute()
     return outcome
 
 
 def _notice_text(instance, application) -> tuple[str, str]:
+    """The mail to the applicant, in the language of the site they applied on (whoever decides, wherever)."""
+    from . import mail
+
+    gettext = mail.site_gettext(mail.site_locale(application.parent_id, instance)) if application.parent_id else _
     if application.status == "approved":
         url = f"http://{application.slug}.{instance.base_domain}/"
-        return ("分站已开通", f"您申请的分站“{application.name}”已开通。\n\n店铺地址：{url}\n"
-                f"管理后台：{url}admin/\n后台用户名：{application.username}\n（密码为您申请时设置的密码）\n")
-    return ("分站申请未通过", f"您申请的分站“{application.name}”（{application.slug}）未通过审核。\n\n"
-            f"原因：{application.reason}\n")
+        return (gettext("Your sub-site is open"),
+                gettext("Your sub-site \"%(name)s\" is open.\n\nShop: %(url)s\nConsole: %(url)sadmin/\n"
+                        "Console username: %(username)s\n(the password is the one you chose when applying)\n",
+                        name=application.name, url=url, username=application.username))
+    return (gettext("Your sub-site application was not approved"),
+            gettext("Your application for the sub-site \"%(name)s\" (%(slug)s) was not approved.\n\n"
+                    "Reason: %(reason)s\n", name=application.name, slug=application.slug, reason=application.reason))
 
 
 def applications(status: str | None = None, limit: int = 200) -> list[SiteApplication]:
@@ -565,15 +599,21 @@ def served_while_off(config, path: str) -> bool:
     return path == "/admin" or path.startswith("/admin/")
 
 
+def _day(value: datetime.datetime) -> str:
+    """A date in the reader's language; ISO outside a request (the command line)."""
+    return format_when(value.date()) if has_request_context() else f"{value:%Y-%m-%d}"
+
+
 def _load_sub_site(registry, slug: str):
     if slug == registry.main_site:
-        raise OpeningError("主站不能暂停、关闭或到期")
+        raise OpeningError(_("The main site cannot be suspended, closed or expired"))
     try:
         return registry.load(slug)
     except ConfigError as exc:
         if not (registry.root / slug).is_dir():
-            raise OpeningError(f"没有名为“{slug}”的分站") from None
-        raise OpeningError(f"分站“{slug}”的配置有误：{exc}") from None
+            raise OpeningError(_("There is no sub-site named \"%(slug)s\"", slug=slug)) from None
+        raise OpeningError(_("The configuration of sub-site \"%(slug)s\" is broken: %(error)s", slug=slug,
+                             error=exc)) from None
 
 
 def _set_state(registry, slug: str, state: str | None, reason: str = "", now=None):
@@ -591,7 +631,7 @@ def suspend(registry, slug: str, reason: str = "", *, now=None):
     """Turn a site off (closed page, no checkout); its orders and money stay as they are."""
     config = _load_sub_site(registry, slug)
     if lifecycle_state(config) == "closed":
-        raise OpeningError(f"分站“{slug}”已关闭")
+        raise OpeningError(_("Sub-site \"%(slug)s\" is closed", slug=slug))
     return _set_state(registry, slug, "suspended", reason, now)
 
 
@@ -599,10 +639,11 @@ def resume(registry, slug: str, *, now=None):
     """Turn a suspended site back on; an expired term must be renewed first."""
     config = _load_sub_site(registry, slug)
     if lifecycle_state(config) == "closed":
-        raise OpeningError(f"分站“{slug}”已关闭，不能恢复")
+        raise OpeningError(_("Sub-site \"%(slug)s\" is closed and cannot be resumed", slug=slug))
     site = registry.site_row(config)
     if site.expires_at is not None and site.expires_at <= _now(now):
-        raise OpeningError(f"分站“{slug}”已于 {site.expires_at:%Y-%m-%d} 到期，续费后才能恢复")
+        raise OpeningError(_("Sub-site \"%(slug)s\" expired on %(date)s; renew it to resume it", slug=slug,
+                             date=_day(site.expires_at)))
     return _set_state(registry, slug, None)
 
 
@@ -636,12 +677,20 @@ def expire_sites(registry, now=None) -> dict[str, list[str]]:
     return done
 
 
+def _term_ended(config) -> str:
+    """The reason recorded on an expired site, in its owner's language (the worker has none)."""
+    from .mail import site_gettext
+
+    gettext = site_gettext(config.locale)
+    return gettext("The term has ended")
+
+
 def _change_state(registry, slug: str, expected: str, new: str | None, now) -> bool:
     try:
         config = registry.load(slug)
         if lifecycle_state(config) != expected:
             return False
-        _set_state(registry, slug, new, "服务期已到" if new == "expired" else "", now)
+        _set_state(registry, slug, new, _term_ended(config) if new == "expired" else "", now)
         return True
     except (ConfigError, OSError) as exc:  # a broken folder is reported by `site list`; the others go on
         log.error("site %s: could not change its state to %s: %s", slug, new or "active", exc)
@@ -662,11 +711,11 @@ def renew(registry, slug: str, *, pay_from: str = "site", now=None) -> datetime.
     now = _now(now)
     config = _load_sub_site(registry, slug)
     if lifecycle_state(config) == "closed":
-        raise OpeningError(f"分站“{slug}”已关闭，不能续费")
+        raise OpeningError(_("Sub-site \"%(slug)s\" is closed and cannot be renewed", slug=slug))
     site = registry.site_row(config)
     level = get_level(site.level)
     if level is None or not level.term_days:
-        raise OpeningError("该分站的等级没有服务期限，无需续费")
+        raise OpeningError(_("This sub-site's level has no term: nothing to renew"))
     old = site.expires_at
     # From the end of the term, or from now if it already ended: a late renewal buys a full term.
     new = (max(old, now) if old else now) + datetime.timedelta(days=level.term_days)
@@ -682,14 +731,17 @@ def renew(registry, slug: str, *, pay_from: str = "site", now=None) -> datetime.
             if fee:
                 revenue = ledger.account("platform_revenue")
                 ledger.post_in_transaction("adjustment", reference, [(payer, -fee), (revenue, fee)],
-                                           memo=f"分站 {slug} 续费（{level.name}，{level.term_days} 天）")
+                                           memo=_("Renewal of sub-site %(slug)s (%(level)s, %(days)s days)",
+                                                  slug=slug, level=level.name, days=level.term_days))
 
     try:
         retry_transient(write)
     except _Raced:
-        raise OpeningError("服务期刚被修改过（可能已续费），请刷新后再试") from None
+        raise OpeningError(
+            _("The term was just changed (perhaps already renewed), please reload and try again")) from None
     except ledger.InsufficientFunds:
-        raise OpeningError(f"余额不足：续费需要 {format_fen(fee)} 元") from None
+        raise OpeningError(
+            _("Insufficient balance: the renewal costs ¥%(amount)s", amount=format_money(fee))) from None
     if lifecycle_state(config) == "expired" and new > now:
         _change_state(registry, slug, "expired", None, now)
     return new
@@ -701,9 +753,10 @@ def _payer(site: Site, pay_from: str):
     if pay_from == "wallet":
         wallet = owner_wallet(site.id)
         if wallet is None:
-            raise OpeningError("该分站没有关联的会员钱包，请用分站余额支付")
+            raise OpeningError(
+                _("This sub-site has no member wallet linked to it, please pay from the sub-site balance"))
         return wallet
-    raise OpeningError("付款方式只能是分站余额（site）或会员钱包（wallet）")
+    raise OpeningError(_("Pay from the sub-site balance (site) or the member wallet (wallet)"))
 
 
 def change_level(registry, slug: str, code: str, *, self_service_only: bool = False):
@@ -714,12 +767,13 @@ def change_level(registry, slug: str, code: str, *, self_service_only: bool = Fa
     """
     config = _load_sub_site(registry, slug)
     if lifecycle_state(config) == "closed":
-        raise OpeningError(f"分站“{slug}”已关闭")
+        raise OpeningError(_("Sub-site \"%(slug)s\" is closed", slug=slug))
     new = get_level(code)
     if new is None:
-        raise OpeningError(f"没有等级“{code}”")
+        raise OpeningError(_("There is no level \"%(code)s\"", code=code))
     if self_service_only and not new.self_service and new.code != config.level:
-        raise OpeningError(f"“{new.name}”等级需要平台审核，请联系平台更换")
+        raise OpeningError(_("The \"%(level)s\" level needs the platform's approval, please ask the platform to "
+                             "change it", level=new.name))
     site = registry.site_row(config)
     if site.level == new.code:
         return config
@@ -736,15 +790,17 @@ def change_level(registry, slug: str, code: str, *, self_service_only: bool = Fa
                 return ledger.post_in_transaction(
                     "adjustment", reference, [(ledger.account("site_available", site=site.id), -difference),
                                               (ledger.account("platform_revenue"), difference)],
-                    memo=f"分站 {slug} 升级 {site.level or '-'} → {new.code}")
+                    memo=_("Sub-site %(slug)s upgrade %(old)s → %(new)s", slug=slug, old=site.level or "-",
+                           new=new.code))
             return None
 
     try:
         txn = retry_transient(write)
     except _Raced:
-        raise OpeningError("等级刚被修改过，请刷新后再试") from None
+        raise OpeningError(_("The level was just changed, please reload and try again")) from None
     except ledger.InsufficientFunds:
-        raise OpeningError(f"分站余额不足：升级到“{new.name}”需要补差价 {format_fen(difference)} 元") from None
+        raise OpeningError(_("Insufficient sub-site balance: upgrading to \"%(level)s\" costs ¥%(amount)s more",
+                             level=new.name, amount=format_money(difference))) from None
     try:
         return registry.update(slug, level=new.code)
     except Exception:
@@ -771,7 +827,7 @@ class SiteSummary:
 
     @property
     def state_label(self) -> str:
-        return LIFECYCLE_LABELS.get(self.state, self.state)
+        return str(LIFECYCLE_LABELS.get(self.state, self.state))
 
 
 def site_balances() -> dict[int, int]:
@@ -808,7 +864,7 @@ def describe(application: SiteApplication) -> str:
     parts = [f"#{application.id}", application.status, application.slug, f"“{application.name}”",
              f"level={application.level}", f"template={application.template}", f"contact={application.contact}"]
     if application.self_service:
-        parts.append(f"self-service fee={format_fen(application.fee_fen)}")
+        parts.append(f"self-service fee={format_money(application.fee_fen)}")
     if application.reason:
         parts.append(f"reason={json.dumps(application.reason, ensure_ascii=False)}")
     return "  ".join(parts)

@@ -18,28 +18,35 @@ from . import opening
 from .admin import _option  # WTForms' SelectChoice where it exists
 from .app import current_site
 from .hookspecs import hookimpl
+from .i18n import _, _l, _n, format_money
 from .levels import all_levels, get_level
 from .models import Site
 from .ratelimit import limited
-from .themes import format_fen
 
 bp = Blueprint("opening", __name__)
 
 
 class OpenForm(FlaskForm):
-    slug = StringField("子域名", validators=[InputRequired("请填写子域名"), Length(max=32, message="最多 32 位")])
-    name = StringField("店铺名称", validators=[InputRequired("请填写店铺名称"), Length(max=60, message="最多 60 个字")])
-    template = SelectField("站点模板", validate_choice=False)
-    level = SelectField("分站等级", validate_choice=False)
-    contact = StringField("联系方式（邮箱或手机号）", validators=[
-        InputRequired("请填写邮箱或手机号"), Length(max=120),
-        Regexp(opening.CONTACT_RE, message="请填写有效的邮箱或 11 位手机号")])
-    real_name = StringField("真实姓名", validators=[Length(max=60, message="最多 60 个字")])
-    business_info = TextAreaField("企业信息（名称、统一社会信用代码）", validators=[Length(max=500, message="最多 500 个字")])
-    username = StringField("后台用户名", validators=[InputRequired("请填写后台用户名"), Length(max=32)])
-    password = PasswordField("后台密码（至少 10 位）", validators=[InputRequired("请设置后台密码"), Length(max=256)])
-    password2 = PasswordField("确认密码", validators=[EqualTo("password", message="两次输入的密码不一致")])
-    pay_now = BooleanField("用余额支付开通费，立即开通（仅限支持自助开通的等级，需登录会员）")
+    slug = StringField(_l("Sub-domain"), validators=[InputRequired(_l("Please enter a sub-domain")),
+                                                     Length(max=32, message=_l("At most 32 characters"))])
+    name = StringField(_l("Shop name"), validators=[InputRequired(_l("Please enter a shop name")),
+                                                    Length(max=60, message=_l("At most 60 characters"))])
+    template = SelectField(_l("Site template"), validate_choice=False)
+    level = SelectField(_l("Sub-site level"), validate_choice=False)
+    contact = StringField(_l("Contact (email or mobile number)"), validators=[
+        InputRequired(_l("Please enter an email address or mobile number")), Length(max=120),
+        Regexp(opening.CONTACT_RE, message=_l("Please enter a valid email address or 11-digit mobile number"))])
+    real_name = StringField(_l("Real name"), validators=[Length(max=60, message=_l("At most 60 characters"))])
+    business_info = TextAreaField(_l("Business information (name, unified social credit code)"),
+                                  validators=[Length(max=500, message=_l("At most 500 characters"))])
+    username = StringField(_l("Console username"), validators=[InputRequired(_l("Please enter a console username")),
+                                                                Length(max=32)])
+    password = PasswordField(_l("Console password (at least 10 characters)"),
+                             validators=[InputRequired(_l("Please set a console password")), Length(max=256)])
+    password2 = PasswordField(_l("Confirm password"), validators=[
+        EqualTo("password", message=_l("The two passwords do not match"))])
+    pay_now = BooleanField(_l("Pay the opening fee from my balance and open now (self-service levels only; "
+                              "members must sign in)"))
     submit_key = HiddenField()
 
 
@@ -82,10 +89,15 @@ def _parent_here() -> str | None:
 
 
 def _level_label(level) -> str:
-    fee = f"开通费 {format_fen(level.opening_fee_fen)} 元" if level.opening_fee_fen else "免开通费"
-    term = f"{level.term_days} 天" if level.term_days else "长期"
-    mode = "可自助开通" if level.self_service else "需审核"
-    return f"{level.name}（{fee}，{term}，{mode}）"
+    fee = (_("opening fee ¥%(amount)s", amount=format_money(level.opening_fee_fen)) if level.opening_fee_fen
+           else _("no opening fee"))
+    term = _n_days(level.term_days) if level.term_days else _("no time limit")
+    mode = _("self-service") if level.self_service else _("needs review")
+    return _("%(level)s (%(fee)s, %(term)s, %(mode)s)", level=level.name, fee=fee, term=term, mode=mode)
+
+
+def _n_days(days: int) -> str:
+    return _n("%(num)d day", "%(num)d days", days)
 
 
 @bp.route("/open", methods=["GET", "POST"])
@@ -119,12 +131,12 @@ def _submit(form: OpenForm, registry, settings, parent):
     try:
         if form.pay_now.data:
             if member_id is None:
-                form.pay_now.errors.append("自助开通需要先登录会员账号")
+                form.pay_now.errors.append(_("Sign in to your member account to open a site yourself"))
                 return None
             return opening.open_self_service(registry, applicant, member_id=member_id, **common)
         return opening.submit_application(registry, applicant, member_id=member_id, **common)
     except opening.OpeningError as exc:
-        field = form.slug if str(exc).startswith("子域名") else form.submit_key
+        field = form.slug if exc.field == "slug" else form.submit_key
         field.errors = [*field.errors, str(exc)]
         return None
 

@@ -33,6 +33,7 @@ from .cardkeys import CardKey
 from .catalog import Product, Sku
 from .db import Statement, arg, database, is_sqlite, retry_transient
 from .errors import KamengsiteError
+from .i18n import _
 from .models import BaseModel, utcnow
 from .tenancy import TenantModel, acting_for, all_sites
 
@@ -255,25 +256,25 @@ def create_order(*, site_id: int, sku_id: int, quantity: int, contact: str, quer
     ``order_reserving`` hook): whatever it raises rolls the order back.
     """
     if not isinstance(sku_id, int) or isinstance(sku_id, bool):
-        raise InvalidOrder("this item is not on sale")
+        raise InvalidOrder(_("this item is not on sale"))
     row = SKU_WITH_PRODUCT.first(sku=sku_id)
     if row is None or row[1] != "on":
-        raise InvalidOrder("this item is not on sale")
+        raise InvalidOrder(_("this item is not on sale"))
     sku = _model(Sku, SKU_FIELDS, row[:len(SKU_FIELDS)])
     product = _model(Product, PRODUCT_FIELDS, row[len(SKU_FIELDS):])
     if product.status != "on":
-        raise InvalidOrder("this item is not on sale")
+        raise InvalidOrder(_("this item is not on sale"))
     if product.members_only and member_id is None:
-        raise InvalidOrder("this item is for members only: please sign in")
+        raise InvalidOrder(_("this item is for members only: please sign in"))
     _check_quantity(product, quantity)
     if product.per_buyer_limit > 0 and quantity > product.per_buyer_limit:
-        raise InvalidOrder(f"at most {product.per_buyer_limit} per buyer")
+        raise InvalidOrder(_("at most %(n)s per buyer", n=product.per_buyer_limit))
     unit = sku.price_fen if unit_price_fen is None else unit_price_fen
     if not isinstance(unit, int) or isinstance(unit, bool) or unit < 0:
         raise InvalidOrder("price must be whole fen")
     contact = (contact or "").strip()
     if len(contact) > CONTACT_MAX:
-        raise InvalidOrder(f"contact must be at most {CONTACT_MAX} characters")
+        raise InvalidOrder(_("contact must be at most %(n)s characters", n=CONTACT_MAX))
     buyer_ip = (buyer_ip or "")[:45]  # the column's width: an odd proxy header must not fail the order
     query_hash = hash_password(query_password, query_secret) if query_password else ""
     goods = unit * quantity
@@ -339,7 +340,7 @@ def _check_costs(costs, unit_price: int) -> tuple:
     for pair in costs or ():
         site, cost = pair
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (site, cost)) or not 0 <= cost <= ceiling:
-            raise InvalidOrder("price is below this site's cost")
+            raise InvalidOrder(_("price is below this site's cost"))
         checked.append((site, cost))
         ceiling = cost
     return tuple(checked)
@@ -355,23 +356,23 @@ def _check_buyer_limit(product: Product, quantity: int, member_id: int | None, c
     elif contact:
         buyer = Order.contact == contact
     else:
-        raise InvalidOrder("this item is limited per buyer: leave a contact")
+        raise InvalidOrder(_("this item is limited per buyer: leave a contact"))
     if not is_sqlite():  # one product's buyers queue here, whichever of its SKUs they buy
         list(Product.select(Product.id).where(Product.id == product.id).for_update().tuples())
     held = Order.select(peewee.fn.COALESCE(peewee.fn.SUM(Order.quantity), 0)).where(
         buyer & (Order.product == product.id) & Order.status.in_(HOLDING)).scalar()
     if int(held or 0) + quantity > limit:
-        raise InvalidOrder(f"at most {limit} per buyer")
+        raise InvalidOrder(_("at most %(n)s per buyer", n=limit))
 
 
 def _check_quantity(product: Product, quantity):
     if not isinstance(quantity, int) or isinstance(quantity, bool):
-        raise InvalidOrder("quantity must be a whole number")
+        raise InvalidOrder(_("quantity must be a whole number"))
     low, high = max(1, product.min_qty), product.max_qty
     if quantity < low or (high and quantity > high):
         if high:
-            raise InvalidOrder(f"quantity must be between {low} and {high}")
-        raise InvalidOrder(f"quantity must be at least {low}")
+            raise InvalidOrder(_("quantity must be between %(low)s and %(high)s", low=low, high=high))
+        raise InvalidOrder(_("quantity must be at least %(low)s", low=low))
 
 
 def _uses_key_rows(product: Product) -> bool:

@@ -6,7 +6,8 @@ from, and a change anywhere makes a new key on its next request, in every proces
 
 * **the site app**: a token made when the app is built; the host builds a new app whenever the
   site folder changes (``site.toml``: theme, name, locale, plugins, level…);
-* **the page**: endpoint, view arguments, query string, host name and scheme;
+* **the page**: endpoint, view arguments, query string, host name and scheme, and the language
+  (the ``ks_lang`` cookie, else the site's locale: ``i18n.chosen_locale``);
 * **the layout**: ``SiteLayouts.stamp(page)`` (the published layout's file, the theme settings'
   file, the theme and its version);
 * **the catalogue**: ``catalog_stamp()``, one query per request over the database. Every row
@@ -40,6 +41,7 @@ import peewee
 from flask import current_app, g, request, session
 
 from . import csp
+from .i18n import chosen_locale
 from .models import BaseModel
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -256,8 +258,9 @@ def page_key(app, environ, endpoint: str, view_args, page: str) -> tuple:
     from . import layouts
 
     site = app.extensions["kamengsite.site"]
+    locale = chosen_locale(environ.get("HTTP_COOKIE"), site.config.locale)
     return (site.site_id, _app_token(app), environ.get("HTTP_HOST", ""), environ.get("wsgi.url_scheme", ""),
-            endpoint, tuple(sorted((view_args or {}).items())), environ.get("QUERY_STRING", ""),
+            locale, endpoint, tuple(sorted((view_args or {}).items())), environ.get("QUERY_STRING", ""),
             layouts.site_layouts(app).stamp(page), catalog_stamp(site.site_id, _main_site_id(app)))
 
 

@@ -22,6 +22,7 @@ from markupsafe import Markup
 from . import notice_log
 from .app import current_site
 from .hookspecs import hookimpl
+from .i18n import _
 from .member_routes import current_member_id
 from .payments import NotifyRequest, PaymentError, PaymentRegistry, PayRequest, verify_and_apply
 
@@ -69,7 +70,7 @@ def pay(order_no):
     profile_name = request.form.get("profile", "")
     found = registry().find(channel_id, profile_name)
     if found is None or order.channel != channel_id or order.channel_profile != profile_name:
-        flash("此订单不能用这种方式支付", "error")
+        flash(_("This order cannot be paid this way"), "error")
         return redirect(url_for("storefront.order", order_no=order_no))
     if order.status != "created":
         return redirect(url_for("storefront.order", order_no=order_no))
@@ -88,7 +89,7 @@ def pay(order_no):
     try:
         action = channel.create_payment(profile, pay_request)
     except PaymentError as exc:
-        flash(f"无法发起支付：{exc}", "error")
+        flash(_("Could not start the payment: %(reason)s", reason=str(exc)), "error")
         return redirect(url_for("storefront.order", order_no=order_no))
     if action.kind == "redirect":
         return redirect(action.url)
@@ -105,7 +106,7 @@ def qr_image(payload: str) -> Markup | None:
     except ImportError:  # the page falls back to showing the payload text
         return None
     try:
-        svg = segno.make(payload, error="m", micro=False).svg_inline(scale=5, border=2, title="支付二维码")
+        svg = segno.make(payload, error="m", micro=False).svg_inline(scale=5, border=2, title=_("Payment QR code"))
     except (ValueError, segno.DataOverflowError):
         log.warning("payment QR payload could not be encoded (%d characters)", len(payload))
         return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from importlib.metadata import entry_points
 
 import peewee
@@ -26,7 +27,9 @@ CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", 
                 "kamengsite.admin_sites", "kamengsite.admin_money", "kamengsite.admin_plugins",
                 "kamengsite.admin_theme", "kamengsite.assets",
                 "kamengsite.admin_dashboard", "kamengsite.audit",
-                "kamengsite.admin_account")
+                "kamengsite.admin_account", "kamengsite.admin_staff", "kamengsite.password_reset",
+                "kamengsite.ticket_routes", "kamengsite.admin_tickets", "kamengsite.admin_jobs",
+                "kamengsite.admin_settings")
 
 
 class PluginHost:
@@ -82,7 +85,8 @@ class PluginHost:
 
         folders = []
         for plugin_name, plugin in self.pm.list_name_plugin():
-            source = getattr(plugin, "__file__", None)
+            # A module plugin has a __file__; an instance plugin (a payment channel's object) has its class's module's.
+            source = getattr(plugin, "__file__", None) or getattr(sys.modules.get(type(plugin).__module__), "__file__", None)
             if plugin_name in self.core or not source:
                 continue
             folder = Path(source).parent / name

@@ -24,6 +24,7 @@ import peewee
 
 from .catalog import Product, Sku
 from .errors import KamengsiteError
+from .i18n import _l
 from .levels import BP, Level, LevelPrice
 from .db import Statement, arg
 from .models import Site, utcnow
@@ -31,7 +32,8 @@ from .pagecache import StampedModel
 from .tenancy import TenantModel, all_sites, site_scope
 
 SCOPES = ("all", "category", "product", "children")
-ROUNDINGS = {"none": "不取整", "jiao": "向上取整到角", "yuan": "向上取整到元", "nine": "尾数 .9 元"}
+ROUNDINGS = {"none": _l("No rounding"), "jiao": _l("Round up to 0.10"), "yuan": _l("Round up to the yuan"),
+             "nine": _l("End in .9")}
 MAX_MARKUP_BP = 10 * BP  # +1000 %: a typo, not a price
 
 

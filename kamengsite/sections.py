@@ -26,7 +26,7 @@ class Section:
     """``render(context) -> Markup``; ``context``: ``page``, ``site``, ``product`` (product page), ``member_id``."""
 
     name: str  # unique per site, e.g. "recently_viewed"
-    label: str  # for owners arranging pages, e.g. "最近浏览"
+    label: str  # for owners arranging pages, e.g. _l("Recently viewed"): lazy, so shown in each owner's language
     render: Callable[[dict], Markup]
     pages: tuple = ("home", "product")
 

@@ -43,6 +43,7 @@ import peewee
 from . import ledger
 from .db import database, retry_transient
 from .errors import KamengsiteError
+from .i18n import _
 from .levels import Level
 from .models import Site, utcnow
 from .pricing import percent_of
@@ -82,7 +83,7 @@ def _margins(order) -> tuple[list[tuple[int, int]], int]:
     if not costs:
         return [], goods
     margins = [(costs[0][0], goods - costs[0][1] * quantity)]
-    for (_, child_cost), (site_id, cost) in zip(costs, costs[1:]):
+    for (_site, child_cost), (site_id, cost) in zip(costs, costs[1:]):
         margins.append((site_id, (child_cost - cost) * quantity))
     return margins, costs[-1][1] * quantity
 
@@ -329,7 +330,7 @@ def warm_accounts(order) -> None:
     ledger.account("fees", channel=channel)
     ledger.account("platform_revenue")
     ledger.account("refund_payable")
-    for site_id, _ in order.costs:
+    for site_id, _cost in order.costs:
         ledger.account("site_frozen", site=site_id)
 
 
@@ -376,7 +377,8 @@ class PrepayPlan:
                                                                   (self.hold, self.amount_fen)],
                                        memo=f"cost of order {order.order_no}")
         except ledger.InsufficientFunds:
-            raise InvalidOrder("本站预存款不足，暂时无法下单，请联系站长") from None
+            raise InvalidOrder(_("This site's prepaid balance is too low to take orders right now; "
+                                "please contact the site owner")) from None
 
 
 def prepay_plan(site_id: int, costs, quantity: int) -> PrepayPlan:

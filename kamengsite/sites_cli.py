@@ -58,7 +58,7 @@ def site_approve(ctx, application_id):
     with _registry(instance) as registry:
         application = opening.approve(registry, application_id)
     click.echo(f"application {application.id} approved: site {application.slug!r} is open at "
-               f"http://{application.slug}.{instance.base_domain}/ (applicant: {application.notice or '-'})")
+               f"http://{application.slug}.{instance.base_domain}/ (applicant: {application.notice_label or '-'})")
 
 
 @site_group.command("reject")
@@ -239,7 +239,7 @@ def _level_values(options: dict) -> dict:
 
 @level.command("set")
 @click.argument("code")
-@click.option("--name", help="What owners see, e.g. 白银 (required for a new level).")
+@click.option("--name", help="What owners see, e.g. Silver (required for a new level).")
 @click.option("--cost-percent", help="Cost of its sites over the main price, percent (-15 = 85 %).")
 @click.option("--cost-fixed", help="Then added to that cost, yuan.")
 @click.option("--max-child-markup", help="The most its sites may add for their child sites, percent.")

@@ -22,6 +22,7 @@ from .app import current_site, site_secret
 from .catalog import Category, Product, product_on_sale, sku_stock, skus_on_sale, storefront_products
 from .crypto import CardKeyCipher
 from .hookspecs import hookimpl
+from .i18n import _, _l
 from .models import Site
 from .pricing import Pricer
 from .settlement import SettlementError
@@ -40,20 +41,21 @@ MAX_OWNED = 30
 
 
 class BuyForm(FlaskForm):
-    sku = IntegerField("规格", validators=[DataRequired()])
-    quantity = IntegerField("数量", default=1, validators=[DataRequired(), NumberRange(min=1, max=1000)])
-    contact = StringField("联系方式（邮箱或手机号）", validators=[
-        DataRequired(message="请填写邮箱或手机号"), Length(max=120),
-        Regexp(CONTACT_RE, message="请填写有效的邮箱或 11 位手机号")])
-    query_password = PasswordField("查询密码", validators=[
-        DataRequired(message="请设置查询密码，用于查单"), Length(min=4, max=64, message="查询密码 4-64 位")])
-    pay = StringField("支付方式", validators=[Optional(), Length(max=80)])  # "channel/profile", see payment_routes
+    sku = IntegerField(_l("Variant"), validators=[DataRequired()])
+    quantity = IntegerField(_l("Quantity"), default=1, validators=[DataRequired(), NumberRange(min=1, max=1000)])
+    contact = StringField(_l("Contact (email or mobile number)"), validators=[
+        DataRequired(message=_l("Please enter an email address or mobile number")), Length(max=120),
+        Regexp(CONTACT_RE, message=_l("Please enter a valid email address or 11-digit mobile number"))])
+    query_password = PasswordField(_l("Lookup password"), validators=[
+        DataRequired(message=_l("Please set a lookup password for finding your order")),
+        Length(min=4, max=64, message=_l("The lookup password must be 4-64 characters"))])
+    pay = StringField(_l("Payment method"), validators=[Optional(), Length(max=80)])  # "channel/profile", see payment_routes
 
 
 class LookupForm(FlaskForm):
-    order_no = StringField("订单号", validators=[Optional(), Length(max=32)])
-    contact = StringField("联系方式", validators=[Optional(), Length(max=120)])
-    query_password = PasswordField("查询密码", validators=[Optional(), Length(max=64)])
+    order_no = StringField(_l("Order number"), validators=[Optional(), Length(max=32)])
+    contact = StringField(_l("Contact"), validators=[Optional(), Length(max=120)])
+    query_password = PasswordField(_l("Lookup password"), validators=[Optional(), Length(max=64)])
 
 
 def _catalog_owner_id() -> int:
@@ -128,7 +130,7 @@ def _draft() -> bool:
 def home():
     """The home page: the site's published layout (or the theme's default), section by section."""
     context = _section_context("home")
-    html = [part for _, part in layouts.render_layout_sections(
+    html = [part for _section, part in layouts.render_layout_sections(
         current_app.jinja_env, layouts.site_layouts().layout("home", draft=_draft()), context)]
     return render_template("home.html", page_sections=Markup("\n").join(html))
 
@@ -242,7 +244,7 @@ def render_section(site_app, page: str, section_id: str, layout=None, product=No
     if layout is None:
         placed = store.layout(page, draft=_draft())
     else:
-        placed, _ = layouts.check_layout(store.theme.section_types, kind, layout, f"layouts/{page}.json", strict=False)
+        placed, _problems = layouts.check_layout(store.theme.section_types, kind, layout, f"layouts/{page}.json", strict=False)
         if placed is None:
             return Markup("")
     parts = layouts.render_layout_sections(site_app.jinja_env, placed, _section_context(kind, product),
@@ -313,9 +315,9 @@ def product(product_id):
         topup_values, topup_errors = topup.collect(topup_fields, request.form)
     if form.validate_on_submit() and not topup_errors:
         if form.sku.data not in {s.id for s in skus}:
-            form.sku.errors = ["请选择规格"]
-        elif pay_options and form.pay.data not in {value for value, _ in pay_options}:
-            form.pay.errors = ["请选择支付方式"]
+            form.sku.errors = [_("Please choose a variant")]
+        elif pay_options and form.pay.data not in {value for value, _label in pay_options}:
+            form.pay.errors = [_("Please choose a payment method")]
         else:
             order = _place_order(item, form, quotes[form.sku.data], inputs, pay_options, topup_values)
             if order is not None:
@@ -336,7 +338,7 @@ def product(product_id):
 
 def _place_order(item, form, quote, inputs: dict, pay_options, topup_values):
     """Price, vet and create the order of a valid buy form; None (with a message flashed) when refused."""
-    channel, _, profile = (form.pay.data if pay_options else _default_channel()).partition("/")
+    channel, _sep, profile = (form.pay.data if pay_options else _default_channel()).partition("/")
     site = current_site()
     checkout = _checkout(item, form.sku.data, quote, form.quantity.data, inputs, preview=False,
                          contact=form.contact.data)
@@ -346,7 +348,7 @@ def _place_order(item, form, quote, inputs: dict, pay_options, topup_values):
             risk = checkouts.vet(relay, checkout)
             if risk:
                 current_app.logger.warning("checkout on %s refused as risky: %s", site.slug, risk)
-                flash("无法下单：当前下单存在风险，请稍后再试或联系客服", "error")
+                flash(_("Cannot place the order: it was flagged as risky. Please try again later or contact support"), "error")
                 return None
         order = orders.create_order(
             unit_price_fen=checkout.unit_price_fen, discount_fen=checkout.discount_fen,
@@ -361,18 +363,18 @@ def _place_order(item, form, quote, inputs: dict, pay_options, topup_values):
             member_id=checkout.member_id,
         )
     except checkouts.CheckoutRefused as exc:
-        flash(f"无法下单：{exc}", "error")
+        flash(_("Cannot place the order: %(reason)s", reason=str(exc)), "error")
         return None
     except orders.OutOfStock:
-        flash("库存不足，请减少数量或稍后再来", "error")
+        flash(_("Not enough stock: please order fewer or come back later"), "error")
         return None
     except orders.InvalidOrder as exc:
-        flash(f"无法下单：{exc}", "error")
+        flash(_("Cannot place the order: %(reason)s", reason=str(exc)), "error")
         return None
     except Exception as exc:
         if not hooks.record_closed_failure(exc, site.site_id):
             raise
-        flash("下单失败：本站的一个插件出错，请稍后再试", "error")  # the plugin's failure is on record
+        flash(_("The order failed: a plugin of this shop went wrong. Please try again later"), "error")  # the plugin's failure is on record
         return None
     order.product = item
     hooks.notify("order_created", order)
@@ -435,7 +437,7 @@ def demo_pay(order_no):
                                   order=found)
     except SettlementError:  # a commission plugin failed: nothing was written
         current_app.logger.exception("demo payment of %s not recorded", order_no)
-        flash("支付未能入账，请稍后重试", "error")
+        flash(_("The payment could not be recorded. Please try again later"), "error")
         return redirect(url_for("storefront.order", order_no=order_no))
     after_payment(result, found)
     return redirect(url_for("storefront.order", order_no=order_no))
@@ -491,9 +493,9 @@ def lookup():
             o = orders.Order.get_or_none(orders.Order.order_no == order_no)
             found = [o] if o else []
         else:
-            flash("请输入订单号，或联系方式加查询密码", "error")
+            flash(_("Enter an order number, or your contact and lookup password"), "error")
         if found == []:
-            flash("没有找到订单，请检查输入", "error")
+            flash(_("No order found. Please check what you entered"), "error")
     parts = page_layout("lookup")
     return render_template("storefront/lookup.html", form=form, found=found,
                            layout_before=parts["layout_before"], layout_after=parts["layout_after"])

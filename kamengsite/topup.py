@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import jsonschema
 
+from .i18n import _
+
 MAX_LENGTH_CAP = 200
 FIELDS_SCHEMA = {
     "type": "array",
@@ -50,13 +52,15 @@ class TopupField:
     def check(self, value: str) -> str | None:
         """Why ``value`` is not acceptable, in the buyer's language; None when it is."""
         if not value:
-            return f"请填写{self.label}"
+            return _("Please fill in %(label)s", label=self.label)
         if len(value) > self.max_length:
-            return f"{self.label}最多 {self.max_length} 个字符"
+            return _("%(label)s can be at most %(max)s characters", label=self.label, max=self.max_length)
         if self.choices and value not in self.choices:
-            return f"请选择有效的{self.label}"
+            return _("Please choose a valid %(label)s", label=self.label)
         if self.pattern and not re.fullmatch(self.pattern, value):
-            return f"{self.label}格式不正确" + (f"（{self.help}）" if self.help else "")
+            if self.help:
+                return _("%(label)s is not in the right format (%(help)s)", label=self.label, help=self.help)
+            return _("%(label)s is not in the right format", label=self.label)
         return None
 
 

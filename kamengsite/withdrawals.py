@@ -19,6 +19,7 @@ import peewee
 from . import ledger
 from .db import database, retry_transient
 from .errors import KamengsiteError
+from .i18n import _, format_money
 from .levels import get_level
 from .models import BaseModel, Site, utcnow
 from .pricing import percent_of
@@ -59,14 +60,14 @@ def _site(site_id: int) -> Site:
 def request_withdrawal(site_id: int, amount_fen: int, payee: str) -> Withdrawal:
     """Ask for ``amount_fen`` of the site's available balance to be paid to ``payee``."""
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool) or amount_fen <= 0:
-        raise WithdrawalError("提现金额必须是正数（分）")
+        raise WithdrawalError(_("The amount must be a positive number of fen"))
     payee = (payee or "").strip()
     if not payee or len(payee) > 500:
-        raise WithdrawalError("请填写收款信息（500 字以内）")
+        raise WithdrawalError(_("Please enter the payee details (at most 500 characters)"))
     level = get_level(_site(site_id).level)
     minimum = level.withdraw_min_fen if level else DEFAULT_MIN_FEN
     if amount_fen < minimum:
-        raise WithdrawalError(f"最低提现 {minimum / 100:.2f} 元")
+        raise WithdrawalError(_("The minimum withdrawal is ¥%(amount)s", amount=format_money(minimum)))
     fee = min(amount_fen, percent_of(amount_fen, level.withdraw_fee_bp)) if level else 0
     available = ledger.account("site_available", site=site_id)
     payout = ledger.account("site_payout", site=site_id)
@@ -75,14 +76,14 @@ def request_withdrawal(site_id: int, amount_fen: int, payee: str) -> Withdrawal:
         with database.atomic():
             ledger.lock([available])  # one open request per site: decided under the balance's lock
             if Withdrawal.select().where((Withdrawal.site == site_id) & Withdrawal.status.in_(OPEN)).exists():
-                raise WithdrawalError("已有一笔提现在处理中，请等待处理完成")
+                raise WithdrawalError(_("A withdrawal is already in progress; please wait until it is done"))
             w = Withdrawal.create(site=site_id, amount_fen=amount_fen, fee_fen=fee, payee=payee)
             try:
                 ledger.post_in_transaction("withdrawal", f"request:{w.id}", [(available, -amount_fen),
                                                                            (payout, amount_fen)],
                                            memo=f"withdrawal {w.id} requested")
             except ledger.InsufficientFunds:
-                raise WithdrawalError("可提现余额不足") from None
+                raise WithdrawalError(_("Insufficient available balance")) from None
             return w
 
     return retry_transient(write)

@@ -503,3 +503,82 @@ def test_the_catalogue_of_categories_is_the_main_sites(tree):
                                                             percent="10", hidden="y"))
     assert response.status_code == 302
     assert rules_of(tree.ids["c"]) == {("category", main_category.id): (1000, 0, "none", True, "")}
+
+
+# -- languages ----------------------------------------------------------------------------------------
+
+
+CONTENT = re.compile(r"月卡|青铜|c 店")  # what the owner or the operator wrote: stays as written
+
+
+def chinese_in_main(html: str) -> list[str]:
+    """The Chinese left in a page's <main> (the menu is the layout's), content aside."""
+    main = html[html.index("<main>"):html.index("</main>")]
+    return re.findall(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]+", CONTENT.sub("", main))
+
+
+def test_owner_pages_in_english_on_request_chinese_by_default(tree):
+    pricing.set_rule(tree.ids["c"], "all", markup_percent_bp=2000, rounding="nine")
+    order = paid_order(tree, "c")
+    settlement.release_due(utcnow() + datetime.timedelta(days=5))
+    withdrawals.request_withdrawal(tree.ids["c"], 500, "bank")
+    c = tree.console("c")
+    for path, chinese, english in (("/admin/prices", "<h1>价格</h1>", "<h1>Prices</h1>"),
+                                   ("/admin/balance", "<h1>余额</h1>", "<h1>Balance</h1>"),
+                                   ("/admin/orders", "<h1>订单</h1>", "<h1>Orders</h1>"),
+                                   (f"/admin/orders/{order.order_no}/keys", "<h1>查看卡密</h1>",
+                                    "<h1>View card keys</h1>")):
+        html = text(c.get(path))
+        assert chinese in html and english not in html, path
+    prices = text(c.get("/admin/prices?lang=en"))  # the cookie keeps English from here on
+    assert "<h1>Prices</h1>" in prices and "<h1>价格</h1>" not in prices
+    assert "Markup on all products" in prices and "全部商品加价" not in prices and "End in .9" in prices
+    balance = text(c.get("/admin/balance"))
+    assert "<h1>Balance</h1>" in balance and "Available to withdraw" in balance and "可提现" not in balance
+    assert "Awaiting review" in balance and "Minimum withdrawal ¥5.00, fee 1%" in balance
+    orders_page = text(c.get("/admin/orders"))
+    assert "Paid, processing" in orders_page or "Delivered" in orders_page
+    assert "View card keys" in orders_page and "查看卡密" not in orders_page
+    keys = text(c.get(f"/admin/orders/{order.order_no}/keys"))
+    assert "<h1>View card keys</h1>" in keys and f"Order {order.order_no}" in keys
+    for html in (prices, balance, orders_page, keys):
+        assert chinese_in_main(html) == [], chinese_in_main(html)
+    # a form error and a flash come in English too
+    page = c.get("/admin/prices")
+    response = c.post("/admin/prices", data=rule_form(page, "all", percent="abc"))
+    assert any("Invalid percentage" in e for e in errors(response)), errors(response)
+    assert c.post("/admin/prices", data=rule_form(page, "all", percent="10")).status_code == 302
+    assert "Price rule saved: All products" in text(c.get("/admin/prices"))
+
+
+def test_operator_pages_in_english_on_request_chinese_by_default(tree):
+    order = paid_order(tree, "c")
+    ledger.post("adjustment", "fund-c", [(ledger.account("site_available", site=tree.ids["c"]), 2000),
+                                         (ledger.account("channel_clearing", channel="test"), -2000)])
+    withdrawals.request_withdrawal(tree.ids["c"], 1500, "bank")
+    main = tree.console("main")
+    for path, chinese, english in (("/admin/withdrawals", "<h1>提现审核</h1>", "<h1>Withdrawal review</h1>"),
+                                   ("/admin/reconcile", "<h1>对账</h1>", "<h1>Reconciliation</h1>"),
+                                   ("/admin/refunds", "<h1>退款</h1>", "<h1>Refunds</h1>")):
+        html = text(main.get(path))
+        assert chinese in html and english not in html, path
+    queue = text(main.get("/admin/withdrawals?lang=en"))
+    assert "<h1>Withdrawal review</h1>" in queue and "Awaiting review" in queue and "待审核" not in queue
+    assert 'placeholder="Reason for rejecting"' in queue
+    report = text(main.get("/admin/reconcile"))
+    assert "Received (¥)" in report and "收款（元）" not in report and "Download CSV" in report
+    assert "Invalid date" in text(main.get("/admin/reconcile?start=yesterday"))
+    refunds_page = text(main.get(f"/admin/refunds?order_no={order.order_no}"))
+    assert "<h1>Refunds</h1>" in refunds_page and f"Order {order.order_no}" in refunds_page
+    assert "Back the way it was paid" not in refunds_page  # not offered on the form
+    assert "member balance</option>" in refunds_page and "买家的会员余额" not in refunds_page
+    for html in (queue, report, refunds_page):
+        assert chinese_in_main(html) == [], chinese_in_main(html)
+    # English money and times: thousands separators, the site's timezone written the English way
+    ledger.post("adjustment", "fund-c-2", [(ledger.account("site_available", site=tree.ids["c"]), 500000),
+                                           (ledger.account("channel_clearing", channel="test"), -500000)])
+    c = tree.console("c")
+    balance = text(c.get("/admin/balance?lang=en"))
+    assert 'id="available">¥5,005.00<' in balance
+    assert re.search(r"<td>\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d</td>", balance)
+    assert 'id="available">¥5005.00<' in text(tree.console("c").get("/admin/balance"))  # Chinese: as before

@@ -133,3 +133,14 @@ def test_the_console_menu_links_the_page_and_its_headers_are_the_consoles(consol
     assert response.headers["Cache-Control"] == "no-store" and response.headers["X-Frame-Options"] == "DENY"
     assert "script-src 'none'" in response.headers["Content-Security-Policy"]
     assert "退出登录" in text(response)  # the layout's log-out form works on this page too
+
+
+def test_the_page_speaks_chinese_by_default_and_english_on_request(console):
+    html = text(console.get(PAGE))
+    assert "<h1>支付渠道</h1>" in html and "回调地址（notify URL）" in html and "Payment channels" not in html
+    html = text(console.get(PAGE + "?lang=en"))
+    assert "<h1>Payment channels</h1>" in html and "Notify URL" in html and "Refunds to the original payment" in html
+    assert "Profile main · 假支付" in html  # the channel's and the profile's names are the operator's words
+    assert "<code>config.toml</code>" in html and "Secrets are always shown as ******." in html
+    for chinese in ("支付渠道", "回调地址", "支持原路退款", "已停用", "渠道与配置", "筛选"):
+        assert chinese not in html, chinese

@@ -270,3 +270,17 @@ def test_notices_are_read_per_site(local):
     alerts.add_notice(local.site, kind="x", title="for main")
     alerts.add_notice(local.other_site, kind="x", title="for shop2")
     assert [n.title for n in alerts.unread_notices(local.site)] == ["for main"]
+
+
+def test_the_notice_is_in_the_owning_sites_language(shop, monkeypatch):
+    from kamengsite import mail
+
+    monkeypatch.setattr(mail, "site_locale", lambda site_id, instance=None: "en")
+    product = shop.product(n_keys=4, threshold=3)
+    sku = shop.sku(product)
+    shop.sell(sku, 1)
+    assert check_low_stock(product.id) == alerts.ALERTED
+    [notice] = shop.notices()
+    assert notice.title == "Low stock: 月卡 (≤ 3 left)"
+    assert notice.body == (f"{sku.name or 'Default variant'} (SKU {sku.id}): 3 left\n\n"
+                           f"The alert re-arms itself after restocking. Product ID: {product.id}")

@@ -452,3 +452,16 @@ def test_two_step_sign_in_and_account_security_writes_store_no_codes_or_password
     stored = all_details()
     assert SECRET not in stored and PASSWORD not in stored and code(secret) not in stored and secret not in stored
     assert setup_code not in stored
+
+
+def test_the_audit_page_in_english(console, main_id):
+    with site_scope(main_id):
+        record("products.edit", username="alice", target="product:1", details={"name": "月卡", "price": "1"},
+               status=403)
+    assert "<h1>审计日志</h1>" in text(console.get("/admin/audit/"))
+    html = text(console.get("/admin/audit/?lang=en"))
+    assert "<h1>Audit log</h1>" in html and "<th>Target</th>" in html and "Refused 403" in html
+    assert "name=月卡; price=1" in html  # the content stays as it was written
+    for chinese in ("审计日志", "对象", "被拒绝", "第 1 页", "记录永久保留"):
+        assert chinese not in html
+    assert "Invalid date" in text(console.get("/admin/audit/?since=yesterday"))

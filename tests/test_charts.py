@@ -25,7 +25,7 @@ def test_line_chart_has_one_point_per_day_a_title_and_a_description():
     assert svg.find(f"{SVG}title").get("id") == title_id and svg.find(f"{SVG}desc").get("id") == desc_id
     circles = svg.findall(f"{SVG}circle")
     assert len(circles) == 5
-    assert [c.find(f"{SVG}title").text for c in circles][1] == "03-02：123.45 元"
+    assert [c.find(f"{SVG}title").text for c in circles][1] == "03-02: 123.45 元"  # outside a request: the English msgid
     assert len(svg.find(f"{SVG}polyline").get("points").split()) == 5
     highest = min(circles, key=lambda c: float(c.get("cy")))  # SVG y grows downwards
     assert highest.find(f"{SVG}title").text.startswith("03-05")
@@ -44,7 +44,7 @@ def test_bar_chart_has_one_bar_per_row_longest_for_the_largest():
     assert len(bars) == 3
     widths = [float(b.get("width")) for b in bars]
     assert widths[0] == 2 * widths[1] and widths[2] == 0
-    assert bars[1].find(f"{SVG}title").text == "季卡：150.00"
+    assert bars[1].find(f"{SVG}title").text == "季卡: 150.00"
 
 
 def test_labels_and_titles_are_escaped():
@@ -59,9 +59,25 @@ def test_labels_and_titles_are_escaped():
 
 def test_an_empty_bar_chart_says_so():
     svg = parse(bar_chart([], title="t", desc="d"))
-    assert svg.findall(f"{SVG}rect") == [] and "暂无数据" in "".join(svg.itertext())
+    assert svg.findall(f"{SVG}rect") == [] and "No data" in "".join(svg.itertext())  # English outside a request
+
+
+def test_value_fmt_formats_tooltips_and_bar_labels():
+    svg = parse(bar_chart([Point("a", 5)], title="t", desc="d", fmt=str, value_fmt=lambda n: f"{n} pcs"))
+    assert svg.find(f"{SVG}rect").find(f"{SVG}title").text == "a: 5 pcs"
+    assert "5 pcs" in [t.text for t in svg.findall(f"{SVG}text")]
 
 
 def test_two_charts_never_share_ids():
     first, second = parse(line_chart([], title="a", desc="a")), parse(line_chart([], title="b", desc="b"))
     assert first.get("aria-labelledby") != second.get("aria-labelledby")
+
+
+def test_tooltips_and_the_empty_text_follow_the_request_s_language(host):
+    app = host.app_for("main")
+    with app.test_request_context("/"):
+        assert "暂无数据" in "".join(parse(bar_chart([], title="t", desc="d")).itertext())
+        tip = parse(bar_chart([Point("季卡", 15000)], title="t", desc="d", fmt=format_fen))
+        assert tip.find(f"{SVG}rect").find(f"{SVG}title").text == "季卡：150.00"
+    with app.test_request_context("/?lang=en"):
+        assert "No data" in "".join(parse(bar_chart([], title="t", desc="d")).itertext())

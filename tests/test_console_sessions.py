@@ -190,3 +190,19 @@ def test_a_cookie_without_a_session_row_is_signed_out(client_for, operator):
     with all_sites():
         security.ConsoleSession.delete().execute()
     assert client.get("/admin/").status_code == 302
+
+
+def test_the_sessions_panel_and_password_errors_in_english(client_for, operator):
+    client = signed_in(client_for)
+    assert "登录会话" in text(client.get("/admin/account"))
+    page = client.get("/admin/account?lang=en")
+    html = text(page)
+    assert "Sign-in sessions" in html and "Last active" in html and html.count("This session") == 1
+    assert "登录会话" not in html and "当前会话" not in html and "（UTC）" not in html
+    response = client.post("/admin/account/password", data={"csrf_token": csrf_token(page), "current": "nope nope nope",
+                                                             "new": "short", "again": "other"})
+    assert any(e.startswith("The new password needs") for e in errors(response))
+    assert "The two new passwords do not match" in errors(response)
+    response = client.post("/admin/account/password", data={"csrf_token": csrf_token(page), "current": "nope nope nope",
+                                                             "new": "a new long password", "again": "a new long password"})
+    assert errors(response) == ["The current password is wrong"]

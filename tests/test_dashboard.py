@@ -266,4 +266,28 @@ def test_presets_and_limits():
     with pytest.raises(RangeError):
         make_range(today, today - datetime.timedelta(days=1))
     fallback, error = parse_range({"from": "2026-03-11", "to": "2026-03-10"}, today)
-    assert fallback == parse_range({}, today)[0] and "开始日期晚于结束日期" in error
+    assert fallback == parse_range({}, today)[0] and "The start date is after the end date" in error  # no request: English
+
+
+# -- languages ------------------------------------------------------------------------------------------
+
+
+def test_the_dashboard_is_chinese_by_default_and_english_on_request(world):
+    console = world.console("main", "boss")
+    zh = text(console.get("/admin/dashboard?from=2026-03-10&to=2026-03-11"))
+    assert "<h1>数据概览</h1>" in zh and "每日趋势" in zh and "分站成交额排行" in zh and "元</title>" in zh
+    page = console.get("/admin/dashboard?from=2026-03-10&to=2026-03-11&lang=en")
+    en = text(page)
+    assert "<h1>Dashboard</h1>" in en and "Daily trend" in en and "Sub-sites by sales" in en
+    assert "Top 10 products by revenue" in en and "Show the data table" in en and "Order conversion rate" in en
+    for chinese in ("数据概览", "每日趋势", "分站成交额排行", "商品销售额前 10", "查看数据表", "成交额", " 元"):
+        assert chinese not in en
+    assert kpis(page)["paid"] == "5" and "¥" in kpis(page)["refunds"]
+    refused = text(console.get("/admin/dashboard?from=2026-03-11&to=2026-03-10"))  # the cookie keeps English
+    assert "The start date is after the end date" in refused and "开始日期" not in refused
+
+
+def test_an_owner_s_dashboard_in_english(world):
+    en = text(world.console("a").get("/admin/dashboard?lang=en"))
+    assert "Dashboard · This site" in en and "Frozen balance (¥)" in en and "Margin in this period (¥)" in en
+    assert "冻结余额" not in en and "本期分润" not in en

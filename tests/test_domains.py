@@ -95,9 +95,9 @@ def test_odd_domains_are_refused(sites, odd):
 
 
 def test_the_platforms_own_domain_and_levels_without_domains_are_refused(sites):
-    with pytest.raises(DomainError, match="平台域名"):
+    with pytest.raises(DomainError, match="under the platform's domain"):
         domains.claim(sites["silver1"], "evil.localhost", base_domain=BASE)
-    with pytest.raises(DomainError, match="当前等级不能绑定"):
+    with pytest.raises(DomainError, match="current level cannot bind"):
         domains.claim(sites["bronze1"], "bronze.example.com", base_domain=BASE)
 
 
@@ -127,11 +127,11 @@ def test_http_proof_binds_the_domain_and_it_serves_the_site(host, sites, client_
 def test_a_wrong_token_is_refused_and_recorded(host, sites):
     found = domains.claim(sites["silver1"], "shop.example.com", base_domain=BASE)
     for body in ("not-the-token", found.token[:-1], "", found.token + "x"):
-        with pytest.raises(DomainError, match="不符"):
+        with pytest.raises(DomainError, match="does not match"):
             domains.verify(host.registry, sites["silver1"].id, found.id, "http",
                            fetcher=FakeFetcher({"shop.example.com": body}))
     after = claim_of(sites["silver1"].id, found.id)
-    assert after.status == "pending" and "不符" in after.last_error and after.method == "http"
+    assert after.status == "pending" and "does not match" in after.last_error and after.method == "http"
     assert host.registry.load("silver1").domains == ()
 
 
@@ -157,9 +157,9 @@ def test_with_two_claims_the_host_answers_neither_and_dns_decides(host, sites, c
     assert resolver.asked == ["_kamengsite.shop.example.com"]
     # The rival's claim is settled, and a new claim on the bound domain is refused.
     assert claim_of(sites["silver2"].id, rival.id).status == "superseded"
-    with pytest.raises(DomainError, match="已被其他站点绑定"):
+    with pytest.raises(DomainError, match="already bound to another site"):
         domains.claim(sites["silver2"], "shop.example.com", base_domain=BASE)
-    with pytest.raises(DomainError, match="请重新申请"):
+    with pytest.raises(DomainError, match="claim the domain again"):
         domains.verify(host.registry, sites["silver2"].id, rival.id, "dns",
                        resolver=FakeResolver({"_kamengsite.shop.example.com": [rival.token]}))
     assert host.registry.load("silver2").domains == ()
@@ -170,9 +170,9 @@ def test_with_two_claims_the_host_answers_neither_and_dns_decides(host, sites, c
 
 def test_dns_proof(host, sites):
     found = domains.claim(sites["silver1"], "shop.example.com", base_domain=BASE)
-    with pytest.raises(DomainError, match="没有在 _kamengsite.shop.example.com 的 TXT 记录中找到验证码"):
+    with pytest.raises(DomainError, match="No verification code found in the TXT records of _kamengsite.shop.example.com"):
         domains.verify(host.registry, sites["silver1"].id, found.id, "dns", resolver=FakeResolver({}))
-    with pytest.raises(DomainError, match="不符"):
+    with pytest.raises(DomainError, match="do not match"):
         domains.verify(host.registry, sites["silver1"].id, found.id, "dns",
                        resolver=FakeResolver({"_kamengsite.shop.example.com": ["wrong"]}))
     ok = FakeResolver({"_kamengsite.shop.example.com": [f" {found.token} "]})
@@ -191,12 +191,12 @@ def test_without_dnspython_dns_proof_says_so(monkeypatch):
 def test_a_domain_bound_elsewhere_or_a_level_that_changed_is_refused_at_proof(host, sites, site_files):
     found = domains.claim(sites["silver1"], "shop.example.com", base_domain=BASE)
     host.registry.update("silver2", domains=["shop.example.com"])  # the operator bound it by hand meanwhile
-    with pytest.raises(DomainError, match="已被其他站点绑定"):
+    with pytest.raises(DomainError, match="already bound to another site"):
         domains.verify(host.registry, sites["silver1"].id, found.id, "http",
                        fetcher=FakeFetcher({"shop.example.com": found.token}))
     second = domains.claim(sites["silver1"], "two.example.com", base_domain=BASE)
     Site.update(level="bronze").where(Site.id == sites["silver1"].id).execute()
-    with pytest.raises(DomainError, match="当前等级不能绑定"):
+    with pytest.raises(DomainError, match="current level cannot bind"):
         domains.verify(host.registry, sites["silver1"].id, second.id, "http",
                        fetcher=FakeFetcher({"two.example.com": second.token}))
     assert host.registry.load("silver1").domains == ()
@@ -246,10 +246,10 @@ def test_the_fetcher_never_touches_private_addresses_unless_told(local_server):
     routes["/t"] = (200, {}, b"TOKEN", 0)
     for address in ("127.0.0.1", "10.0.0.8", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "::ffff:127.0.0.1"):
         fetcher = HttpFetcher(resolve=lambda domain, a=address: [a], port=port)
-        with pytest.raises(DomainError, match="内网或保留地址"):
+        with pytest.raises(DomainError, match="private or reserved address"):
             fetcher.fetch("shop.example.com", "/t")
     # A public first answer does not let a private second one through.
-    with pytest.raises(DomainError, match="内网或保留地址"):
+    with pytest.raises(DomainError, match="private or reserved address"):
         HttpFetcher(resolve=lambda domain: ["93.184.216.34", "127.0.0.1"], port=port).fetch("shop.example.com", "/t")
     assert local_fetcher(port).fetch("shop.example.com", "/t") == "TOKEN"
 
@@ -265,11 +265,11 @@ def test_the_fetcher_follows_redirects_on_the_same_host_only(local_server):
     fetcher = local_fetcher(port)
     assert fetcher.fetch("shop.example.com", "/same") == "TOKEN"
     assert fetcher.fetch("shop.example.com", "/relative") == "TOKEN"
-    with pytest.raises(DomainError, match="不允许重定向到其他主机"):
+    with pytest.raises(DomainError, match="Redirects to another host are not allowed"):
         fetcher.fetch("shop.example.com", "/elsewhere")
-    with pytest.raises(DomainError, match="不允许重定向到其他主机"):
+    with pytest.raises(DomainError, match="Redirects to another host are not allowed"):
         fetcher.fetch("shop.example.com", "/other-port")
-    with pytest.raises(DomainError, match="重定向次数过多"):
+    with pytest.raises(DomainError, match="Too many redirects"):
         fetcher.fetch("shop.example.com", "/loop")
 
 
@@ -278,10 +278,10 @@ def test_the_fetcher_limits_size_and_time(local_server):
     routes["/big"] = (200, {}, b"x" * 5000, 0)
     routes["/slow"] = (200, {}, b"TOKEN", 2)
     routes["/missing-file"] = (404, {}, b"", 0)
-    with pytest.raises(DomainError, match="过大"):
+    with pytest.raises(DomainError, match="too large"):
         local_fetcher(port).fetch("shop.example.com", "/big")
     started = time.monotonic()
-    with pytest.raises(DomainError, match="超时"):
+    with pytest.raises(DomainError, match="timed out"):
         local_fetcher(port, timeout=0.3).fetch("shop.example.com", "/slow")
     assert time.monotonic() - started < 1.5
     with pytest.raises(DomainError, match="HTTP 404"):
@@ -345,7 +345,7 @@ def test_one_sites_owner_never_sees_or_acts_on_anothers_claims(host, fake_checke
     after = claim_of(sites["silver1"].id, theirs.id)
     assert (after.status, after.last_error, after.checked_at) == ("pending", "", None)
     assert host.registry.load("silver1").domains == () and host.registry.load("silver2").domains == ()
-    with pytest.raises(DomainError, match="没有这个域名申请"):
+    with pytest.raises(DomainError, match="No such domain claim"):
         domains.verify(host.registry, sites["silver2"].id, theirs.id, "http", fetcher=fake_checkers["fetcher"])
     # The operator's pages do not exist on a sub-site, and one site's login is void on another.
     assert intruder.get("/admin/sites/applications").status_code == 404
@@ -354,3 +354,25 @@ def test_one_sites_owner_never_sees_or_acts_on_anothers_claims(host, fake_checke
     other.set_cookie("ks_session", intruder.get_cookie("ks_session", domain="silver2.localhost").value,
                      domain="silver1.localhost")
     assert other.get("/admin/domains").status_code == 302  # to the login page
+
+
+# -- in English ----------------------------------------------------------------------------------
+
+
+def test_the_owners_domain_page_and_its_errors_in_english(fake_checkers, sites, client_for):
+    owner = client_for("silver1.localhost")
+    owner_login(owner)
+    assert "绑定新域名" in text(owner.get("/admin/domains"))  # Chinese by default
+    page = owner.get("/admin/domains?lang=en")
+    body = text(page)
+    assert "Bind a new domain" in body and "Just the domain itself" in body and "绑定新域名" not in body
+    response = owner.post("/admin/domains", data={"csrf_token": token(page), "domain": "evil.localhost"})
+    assert "is under the platform&#39;s domain" in text(response)
+    owner.post("/admin/domains", data={"csrf_token": token(page), "domain": "shop.example.com"})
+    listing = text(owner.get("/admin/domains"))
+    assert "Awaiting verification" in listing and "add a DNS TXT record: host <code>_kamengsite.shop.example.com" in listing
+    assert "待验证" not in listing
+    found = domains.claims_of(sites["silver1"].id)[0]
+    owner.post(f"/admin/domains/{found.id}/verify", data={"csrf_token": token(page), "method": "dns"})
+    assert ("Verification failed: No verification code found in the TXT records of _kamengsite.shop.example.com"
+            in text(owner.get("/admin/domains")))

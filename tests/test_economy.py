@@ -229,13 +229,13 @@ def test_withdrawal_states_and_fee(tree):
     pay(order_on(sites["a"], product))  # a: 10000 - 8500 = 1500 (+ 850 from b's sale)
     settlement.release_due(utcnow() + datetime.timedelta(days=5))
     assert bal("site_available", sites["a"]) == 2350
-    with pytest.raises(withdrawals.WithdrawalError, match="最低提现"):
+    with pytest.raises(withdrawals.WithdrawalError, match="minimum withdrawal is ¥5.00"):
         withdrawals.request_withdrawal(sites["a"], 499, "bank")
-    with pytest.raises(withdrawals.WithdrawalError, match="余额不足"):
+    with pytest.raises(withdrawals.WithdrawalError, match="Insufficient available balance"):
         withdrawals.request_withdrawal(sites["a"], 2351, "bank")
     w = withdrawals.request_withdrawal(sites["a"], 2000, "bank 6222…")
     assert (bal("site_available", sites["a"]), bal("site_payout", sites["a"]), w.fee_fen) == (350, 2000, 20)
-    with pytest.raises(withdrawals.WithdrawalError, match="处理中"):
+    with pytest.raises(withdrawals.WithdrawalError, match="already in progress"):
         withdrawals.request_withdrawal(sites["a"], 500, "bank")
     with pytest.raises(withdrawals.WithdrawalError, match="cannot become paid"):
         withdrawals.mark_paid(w.id)
@@ -275,7 +275,7 @@ def test_concurrent_withdrawals_never_overdraw(db_tree):
 
 def test_direct_settlement_prepays_the_cost(db_tree):
     sites, product = db_tree
-    with pytest.raises(orders.InvalidOrder, match="预存款不足"):
+    with pytest.raises(orders.InvalidOrder, match="prepaid balance is too low"):
         order_on(sites["c"], product, prepaid=True)
     with all_sites():
         assert orders.Order.select().count() == 0

@@ -329,3 +329,34 @@ def test_every_page_opens_in_the_editor(owner):
         assert owner.draft(state["layout"], page=key).status_code == 200, key
     assert owner.client.get("/admin/theme/?page=custom").status_code == 404
     assert owner.client.get("/admin/theme/?page=nope").status_code == 404
+
+
+MESSAGES_RE = re.compile(r'<script type="application/json" id="editor-messages">(.*?)</script>', re.S)
+
+
+def test_the_editor_speaks_chinese_by_default_and_english_on_request(owner):
+    html = owner.client.get("/admin/theme/").get_data(as_text=True)
+    assert "<h1>页面编辑" in html and ">发布</button>" in html and "Page editor" not in html
+    assert json.loads(MESSAGES_RE.search(html).group(1))["saved"] == "草稿已保存"
+
+    html = owner.client.get("/admin/theme/?lang=en").get_data(as_text=True)
+    assert "<h1>Page editor" in html and ">Publish</button>" in html and "Add a section" in html
+    for chinese in ("页面编辑", "发布", "添加区块", "历史版本", "首页", "店铺预览"):
+        assert chinese not in html, chinese
+    messages = json.loads(MESSAGES_RE.search(html).group(1))  # editor.js takes its words from here
+    assert messages["saved"] == "Draft saved" and messages["section_deleted"] == "Section “{name}” deleted (this can be undone)"
+    assert not re.search(r"[\u4e00-\u9fff]", json.dumps(messages, ensure_ascii=False))
+
+    layout = owner.open()["layout"]  # the editor's fetch()es carry the cookie: its answers are English too
+    layout["sections"]["announcement"]["settings"]["background"] = "red"
+    error = owner.draft(layout).get_json()["error"]
+    assert "Must be a colour in #rrggbb form" in error and "(announcement)" in error and "须为" not in error
+
+    for path, english, chinese in (("/admin/theme/themes", "Content the current theme cannot show yet", "当前主题暂不能"),
+                                   ("/admin/theme/settings", "Site appearance", "全站外观")):
+        page = owner.client.get(path).get_data(as_text=True)
+        assert english in page and chinese not in page, path
+    owner.form("publish", page="home")
+    flashed = owner.client.get("/admin/theme/").get_data(as_text=True)
+    assert "Published: the shop now shows the new layout" in flashed and "已发布" not in flashed
+    assert "(theme default)" in flashed and "（主题默认）" not in flashed  # the earlier version's author

@@ -309,3 +309,13 @@ def test_client_address_comes_from_the_proxy_only_when_trusted(tmp_path, proxies
     response = client.get("/whoami", headers={"X-Forwarded-For": "203.0.113.9"},
                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert response.get_data(as_text=True) == expected
+
+
+def test_404_inside_a_site_speaks_the_visitors_language(shops, client_for):
+    client = client_for("shop1.localhost")
+    chinese = client.get("/no/such/page")
+    assert '<html lang="zh-CN">' in chinese.text and "返回首页" in chinese.text
+    english = client.get("/no/such/page?lang=en")
+    assert english.status_code == 404 and '<html lang="en">' in english.text
+    assert "Page not found" in english.text and "Back to the home page" in english.text
+    assert "页面不存在" not in english.text and "一号小店" in english.text  # the site's name is content

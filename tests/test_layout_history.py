@@ -55,7 +55,7 @@ def test_publishing_twice_keeps_the_earlier_version_and_restore_publishes_it(fol
     history.restore(folder, "home", found[1].id, theme=theme, by="owner")
     assert text_of(published(folder)) == "第一版"
     again = history.versions(folder, "home")
-    assert len(again) == 4 and again[0].note.startswith("恢复自") and found[1].id in again[0].note
+    assert len(again) == 4 and again[0].note.startswith("restored from") and found[1].id in again[0].note
     history.restore(folder, "home", again[1].id, theme=theme, by="owner")  # the restore itself is undone
     assert text_of(published(folder)) == "第二版"
 

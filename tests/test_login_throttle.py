@@ -150,3 +150,14 @@ def test_concurrent_failures_are_all_counted(db_instance):
         assert security.locked_until(site_id, "boss", None) is not None
     finally:
         release_connections()
+
+
+def test_the_login_page_and_the_lock_message_in_english(client_for, operator, clock):
+    client = client_for(MAIN)
+    assert "<h1>管理员登录</h1>" in client.get("/admin/login").get_data(as_text=True)
+    page = client.get("/admin/login?lang=en").get_data(as_text=True)
+    assert "<h1>Console sign-in</h1>" in page and "管理员登录" not in page
+    for _attempt in range(security.ACCOUNT_THRESHOLD):
+        login(client, password="wrong password")
+    assert any(re.fullmatch(r"Too many failed sign-ins: try again at \d\d:\d\d Beijing time \(in about 1 minute\)", e)
+               for e in errors(login(client)))

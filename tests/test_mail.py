@@ -306,3 +306,31 @@ def test_mail_settings_are_instance_config_keys(tmp_path):
     loaded = Instance.load(created.path)
     assert (loaded.smtp_url, loaded.mail_from, loaded.operator_email, loaded.redis_url) == (
         "smtps://m.example.com", "s@example.com", "o@example.com", "redis://127.0.0.1:6379/1")
+
+
+def test_mail_and_notices_are_written_in_the_selling_sites_language(shop, smtp):
+    shop["instance"].smtp_url = smtp.url
+    delivered(buy(shop, 1), shop)  # the site's locale: zh_CN, the default
+    message = smtp.messages[0][2]
+    assert message["Subject"].startswith("【Main Shop】订单 ") and message["Subject"].endswith(" 的卡密")
+    body = message.get_content().replace("\r\n", "\n")
+    assert "您好，您在 Main Shop 购买的商品已发货。" in body and "卡密：\nSECRET-KEY-000\n" in body
+    assert "Card keys" not in body
+    # Outside any request, whoever sends it (the worker): the language is the site's, not the process's.
+    assert mail.site_gettext("zh_CN")("Reason: %(reason)s", reason="x") == "原因：x"
+    assert mail.site_gettext("en")("Reason: %(reason)s", reason="x") == "Reason: x"
+    assert mail.site_gettext("xx")("Card keys:") == "卡密："  # an unknown locale: the default language
+
+
+def test_an_english_site_is_told_in_english_that_its_mail_failed(shop):
+    shop["instance"].smtp_url = f"smtp://127.0.0.1:{free_port()}"
+    shop["config"] = SiteConfig(slug="main", path=shop["instance"].sites_dir / "main", name="Key Shop",
+                                theme="default", locale="en")
+    order = buy(shop, 1)
+    delivered(order, shop)
+    while retry_due(shop["instance"]):
+        pass
+    with all_sites():
+        [notice] = list(Notice.select())
+    assert notice.title == f"The card keys mail of order {order.order_no} was not sent"
+    assert notice.body.startswith("Buyer's contact: buyer@example.com\nReason: ")

@@ -81,9 +81,9 @@ def test_register_normalises_the_email_and_stores_only_a_scrypt_hash(sites):
 
 
 @pytest.mark.parametrize("email, password, field, message", [
-    ("not-an-email", PASSWORD, "email", "请输入有效的邮箱地址"),
-    ("a@b", PASSWORD, "email", "请输入有效的邮箱地址"),
-    ("x" * 250 + "@example.com", PASSWORD, "email", "请输入有效的邮箱地址"),
+    ("not-an-email", PASSWORD, "email", "Please enter a valid email address"),  # outside a request: the English source
+    ("a@b", PASSWORD, "email", "Please enter a valid email address"),
+    ("x" * 250 + "@example.com", PASSWORD, "email", "Please enter a valid email address"),
     ("carol@example.com", "short", "password", members.PASSWORD_RULE),
     ("carol@example.com", " padded password ", "password", members.PASSWORD_RULE),
     ("carol@example.com", "x" * 300, "password", members.PASSWORD_RULE),
@@ -99,7 +99,7 @@ def test_register_refuses_bad_emails_and_weak_passwords(sites, email, password, 
 def test_an_email_registers_once_per_site_whatever_its_case(sites, alice):
     with pytest.raises(MemberError) as refused:
         members.register(sites["shop1"], "ALICE@example.com ", "another long password")
-    assert refused.value.field == "email" and "已注册" in str(refused.value)
+    assert refused.value.field == "email" and "already registered" in str(refused.value)
     other = members.register(sites["shop2"], "alice@example.com", "another long password")  # another site: its own
     assert other.id != alice.id and other.site_id == sites["shop2"]
 
@@ -147,7 +147,7 @@ def test_a_failed_registration_says_why_and_keeps_what_was_typed(sites, alice, c
     client = client_for(SHOP1)
     cases = [
         (dict(email="bob@example", display_name="小鲍"), "请输入有效的邮箱地址"),
-        (dict(email="bob@example.com", display_name="小鲍", password="short"), members.PASSWORD_RULE),
+        (dict(email="bob@example.com", display_name="小鲍", password="short"), "密码需 10 到 256 位，且首尾不能有空格"),
         (dict(email="bob@example.com", display_name="小鲍", confirm="something else entirely"), "两次输入的密码不一致"),
         (dict(email="ALICE@example.com", display_name="小鲍"), "该邮箱已注册，请直接登录"),
         (dict(email="bob@example.com", display_name="名" * 40), "昵称最多 32 个字"),
@@ -448,3 +448,17 @@ def test_member_cli_credits_debits_and_lists_wallets(cli):
     assert bad.exit_code == 1 and "amount" in bad.output
     nobody = cli("member", "credit", "--site", "main", "who@example.com", "1", "--reference", "y")
     assert nobody.exit_code == 1 and "no member 'who@example.com'" in nobody.output
+
+
+def test_member_pages_are_chinese_by_default_and_english_on_request(sites, alice, client_for):
+    client = client_for(SHOP1)
+    assert "会员登录" in text(client.get("/member/login"))
+    page = client.get("/member/login?lang=en")
+    assert "Member sign-in" in text(page) and "会员登录" not in text(page)
+    assert errors(login(client, password="wrong password!")) == ["Wrong email or password"]
+    refused = register(client, "bob@example.com", password="short")
+    assert errors(refused) == ["The password must be 10 to 256 characters, with no spaces at either end"]
+    assert login(client).status_code == 302
+    account = text(client.get("/member/"))
+    assert "My account" in account and "My orders" in account and "¥0.00" in account
+    assert "我的账户" not in account and "<h2>余额</h2>" not in account and "<h2>Balance</h2>" in account

@@ -76,7 +76,7 @@ def test_a_notification_without_a_payment_is_recorded_as_acknowledged(host):
     response = notify(host, {"out_trade_no": "K2024070100000000002", "sig": SECRET, "status": "TRADE_CLOSED"})
     assert (response.status_code, response.get_data()) == (200, b"success")
     [row] = rows()
-    assert (row.outcome, row.order_no, row.outcome_label) == ("acknowledged", "K2024070100000000002", "已确认（未付款）")
+    assert (row.outcome, row.order_no, row.outcome_label) == ("acknowledged", "K2024070100000000002", "Acknowledged (not paid)")
     assert "TRADE_CLOSED" in row.reason
 
 
@@ -158,3 +158,20 @@ def test_the_migrated_table_records_on_every_backend(db_instance):
             assert (found.reason, found.outcome, found.remote_ip) == ("状态 TRADE_CLOSED", "acknowledged", "198.51.100.7")
     finally:
         release_connections()
+
+
+def test_the_outcome_label_is_in_the_page_language():
+    from flask import Flask
+    from flask_babel import force_locale
+
+    from kamengsite import i18n
+
+    app = Flask(__name__)
+    i18n.install(app)
+    row = PaymentNotice(channel="fake", profile="a", outcome="acknowledged")
+    with app.test_request_context("/"):
+        with force_locale("zh_CN"):
+            assert (row.outcome_label, PaymentNotice(outcome="rejected").outcome_label) == ("已确认（未付款）", "已拒绝")
+        with force_locale("en"):
+            assert row.outcome_label == "Acknowledged (not paid)"
+    assert PaymentNotice(outcome="other").outcome_label == "other"

@@ -138,7 +138,8 @@ def test_apply_approve_then_the_site_serves_its_template_and_the_owner_signs_in(
 
     approved = opening.approve(host.registry, application.id, now=NOW)
     assert approved.status == "approved" and approved.decided_at == NOW
-    assert approved.notice == "未发送：未配置邮件服务器"
+    # Outside a request (this call, the command line) messages are the English source text.
+    assert (approved.notice, approved.notice_label) == ("no_smtp", "Not sent: no mail server is configured")
     site = Site.get(Site.slug == "shop9")
     assert approved.site_id == site.id
     assert site.parent_id == Site.get(Site.slug == "main").id and site.level == "bronze"
@@ -193,13 +194,13 @@ def test_the_operator_approves_and_rejects_in_the_console_with_csrf(levels, clie
 def test_reject_frees_the_name_and_creates_nothing(levels):
     host = levels
     application = opening.submit_application(host.registry, applicant("shop9"), submit_key=new_key())
-    with pytest.raises(OpeningError, match="已有人申请"):
+    with pytest.raises(OpeningError, match="already applied"):
         opening.submit_application(host.registry, applicant("shop9"), submit_key=new_key())
-    with pytest.raises(OpeningError, match="拒绝原因"):
+    with pytest.raises(OpeningError, match="reason for the rejection"):
         opening.reject(host.registry, application.id, "")
     opening.reject(host.registry, application.id, "名称不当", now=NOW)
     assert not (host.registry.root / "shop9").exists() and Site.get_or_none(Site.slug == "shop9") is None
-    with pytest.raises(OpeningError, match="不能开通"):
+    with pytest.raises(OpeningError, match="cannot be approved"):
         opening.approve(host.registry, application.id)
     again = opening.submit_application(host.registry, applicant("shop9"), submit_key=new_key())
     assert again.status == "requested"
@@ -209,8 +210,9 @@ def test_reject_frees_the_name_and_creates_nothing(levels):
 def test_names_that_are_taken_reserved_or_malformed_are_refused(levels, slug):
     host = levels
     host.registry.create("shop1", template="shop")
-    with pytest.raises(OpeningError, match="子域名"):
+    with pytest.raises(OpeningError, match="(?i)sub-domain") as refused:
         opening.submit_application(host.registry, applicant(slug), submit_key=new_key())
+    assert refused.value.field == "slug"  # the form shows it next to the sub-domain
     assert SiteApplication.select().count() == 0
 
 
@@ -220,7 +222,7 @@ def test_the_same_submit_key_is_one_application(levels):
     first = opening.submit_application(host.registry, applicant("shop9"), submit_key=key)
     again = opening.submit_application(host.registry, applicant("shop9"), submit_key=key)
     assert again.id == first.id and SiteApplication.select().count() == 1
-    with pytest.raises(OpeningError, match="表单已失效"):
+    with pytest.raises(OpeningError, match="form has expired"):
         opening.submit_application(host.registry, applicant("shop7"), submit_key="short")
 
 
@@ -245,7 +247,7 @@ def test_the_operator_decides_which_fields_are_required(levels, site_files):
     site_files.edit("main", settings={"opening": {"required_fields": ["business_info"]}})
     settings = opening.opening_settings(host.registry.load("main"))
     assert settings.required_fields == ("business_info",)
-    with pytest.raises(OpeningError, match="企业信息"):
+    with pytest.raises(OpeningError, match="Business information is required"):
         opening.submit_application(host.registry, applicant(real_name="", business_info=""), submit_key=new_key(),
                                    settings=settings)
     done = opening.submit_application(host.registry, applicant(real_name="", business_info="某某科技有限公司"),
@@ -290,11 +292,14 @@ def test_the_applicant_is_mailed_the_decision(levels, tmp_path):
         rejected = opening.reject(host.registry, rejected.id, "资料不全")
     finally:
         server.stop()
-    assert (approved.notice, rejected.notice) == ("已邮件通知", "已邮件通知")
+    assert (approved.notice, rejected.notice) == ("mailed", "mailed")
+    assert approved.notice_label == "Notified by email"
+    # Decided outside a request (as by the command line): the mail is in the main site's language all the same.
     bodies = [(rcpts, msg["Subject"], msg.get_content()) for _, rcpts, msg in server.messages]
     assert bodies[0][:2] == (["owner@example.com"], "分站已开通")
     assert "http://shop9.localhost/admin/" in bodies[0][2] and PASSWORD not in bodies[0][2]
-    assert bodies[1][1] == "分站申请未通过" and "资料不全" in bodies[1][2]
+    assert "后台用户名：owner" in bodies[0][2]
+    assert bodies[1][1] == "分站申请未通过" and "原因：资料不全" in bodies[1][2]
 
 
 # -- children ----------------------------------------------------------------------------------
@@ -346,7 +351,7 @@ def test_self_service_needs_a_member_and_a_self_service_level(levels, client_for
     response = main.post("/open", data=form_data(page, pay_now="y"))
     assert "自助开通需要先登录会员账号" in text(response)
     fund(wallet(host.registry), 200000, "topup-1")
-    with pytest.raises(OpeningError, match="需要人工审核"):
+    with pytest.raises(OpeningError, match="needs review"):
         opening.open_self_service(host.registry, applicant(level="gold"), submit_key=new_key(), member_id=MEMBER)
     assert SiteApplication.select().count() == 0 and ledger.balance(wallet(host.registry)) == 200000
 
@@ -355,7 +360,7 @@ def test_a_short_wallet_creates_nothing(levels):
     host = levels
     fund(wallet(host.registry), BRONZE_FEE - 1, "topup-1")
     txns = ledger.LedgerTxn.select().count()
-    with pytest.raises(OpeningError, match="余额不足：开通“青铜”需要 99.00 元"):
+    with pytest.raises(OpeningError, match="Insufficient balance: opening \"青铜\" costs ¥99.00"):
         opening.open_self_service(host.registry, applicant(), submit_key=new_key(), member_id=MEMBER)
     assert SiteApplication.select().count() == 0
     assert Site.get_or_none(Site.slug == "shop9") is None and not (host.registry.root / "shop9").exists()
@@ -370,7 +375,7 @@ def test_a_site_that_cannot_be_created_gets_its_fee_back(levels, monkeypatch):
         raise KamengsiteError("no space left on device")
 
     monkeypatch.setattr(host.registry, "create", refuse)
-    with pytest.raises(OpeningError, match="开通费已退回：no space left on device"):
+    with pytest.raises(OpeningError, match="the fee was refunded: no space left on device"):
         opening.open_self_service(host.registry, applicant(), submit_key=new_key(), member_id=MEMBER)
     application = SiteApplication.get(SiteApplication.slug == "shop9")
     assert (application.status, application.active_slug) == ("rejected", None)
@@ -446,7 +451,7 @@ def test_two_people_racing_for_one_name_get_one_site_on_every_backend(matrix_hos
         futures = [pool.submit(race, m) for m in (1, 2)]
         go.set()
         results = sorted(f.result() for f in futures)
-    assert [r[0] for r in results] == ["ok", "refused"] and "已" in results[1][2]
+    assert [r[0] for r in results] == ["ok", "refused"] and re.search("taken|already applied", results[1][2])
     winner = results[0][1]
     loser = 3 - winner
     assert ledger.balance(wallet(host.registry, winner)) == 40100
@@ -459,3 +464,31 @@ def test_levels_list_on_the_open_page(levels, client_for):
     body = text(client_for(MAIN).get("/open"))
     assert "钻石" in body and "¥1234.56" in body and "长期" in body
     assert get_level("diamond").opening_fee_fen == 123456
+
+
+# -- in English ----------------------------------------------------------------------------------
+
+
+def test_the_open_page_its_errors_and_the_operators_list_in_english(levels, client_for):
+    host = levels
+    host.registry.create("shop1", template="shop")
+    main = client_for(MAIN)
+    body = text(main.get("/open"))
+    assert "开通分站" in body and "365 天" in body and "Open a sub-site" not in body  # Chinese by default
+    page = main.get("/open?lang=en")  # the choice is kept in a cookie for the next requests
+    body = text(page)
+    assert "Open a sub-site" in body and "Shop name" in body and "365 days" in body and "Self-service" in body
+    assert "开通分站" not in body and "店铺名称" not in body and "自助开通" not in body
+    response = main.post("/open", data=form_data(page, contact="nope"))
+    assert "Please enter a valid email address or 11-digit mobile number" in text(response)
+    response = main.post("/open", data=form_data(page, slug="shop1"))
+    assert 'The sub-domain &#34;shop1&#34; is taken, please choose another' in text(response)
+    response = main.post("/open", data=form_data(page))
+    assert response.status_code == 302
+    status = text(main.get(response.headers["Location"]))
+    assert "Sub-site application: " in status and "Awaiting review" in status and "待审核" not in status
+
+    console = operator_console(host)
+    listing = text(console.get("/admin/sites/applications?lang=en"))
+    assert "Approve and open" in listing and "Real name: 张三" in listing and "通过并开通" not in listing
+    assert "通过并开通" in text(console.get("/admin/sites/applications?lang=zh_CN"))

@@ -270,3 +270,17 @@ def test_a_page_without_its_main_section_is_refused(store):
     data["sections"]["buy"] = {"type": "main_product"}  # another page's own content
     data["order"].append("buy")
     assert [p.section for p in layouts.validate_layout(theme, "order", data)] == ["buy"]
+
+
+@pytest.mark.parametrize("theme_name", THEMES)
+def test_the_category_page_and_its_sections_in_english(store, theme_name):
+    host, games = store["host"], store["games"]
+    host.registry.update("main", theme=theme_name)
+    client = SiteClient(host, "main.localhost")
+    chinese = client.get(f"/c/{games.id}").get_data(as_text=True)
+    assert "库存" in chinese and "in stock" not in chinese and "Skip to main content" not in chinese
+    english = client.get(f"/c/{games.id}?lang=en").get_data(as_text=True)
+    assert "Skip to main content" in english and "Order lookup" in english
+    assert "跳到主要内容" not in english and "订单查询" not in english and "已售罄" not in english
+    assert "页面测试月卡" in english  # product names are content
+    assert ("3 in stock" in english) or (theme_name == "business" and "Unit price" in english)

@@ -174,3 +174,53 @@ def test_a_buyer_borne_fee_is_added_to_what_the_buyer_pays(host_factory):
     with all_sites():
         order = Order.get(Order.order_no == created.headers["Location"].rsplit("/", 1)[1])
     assert (order.goods_fen, order.fee_fen, order.fee_bearer, order.amount_fen) == (1000, 15, "buyer", 1015)
+
+
+class QrFake(Fake):
+    """A channel that answers with a QR code, or refuses when the order's amount is odd."""
+
+    def create_payment(self, profile, request):
+        from kamengsite.payments import PaymentAction, PaymentError
+
+        if request.amount_fen % 2:
+            raise PaymentError("gateway says no")
+        return PaymentAction(kind="qrcode", qr="weixin://pay/123")
+
+
+class QrFakePlugin:
+    @hookimpl
+    def payment_channels(self, instance):
+        return [QrFake()]
+
+
+def test_the_payment_pages_are_chinese_by_default_and_english_on_request(host_factory):
+    from kamengsite.cardkeys import import_keys
+    from kamengsite.catalog import create_product
+    from kamengsite.crypto import CardKeyCipher
+    from kamengsite.models import Site
+    from kamengsite.testing import SiteClient, buy, csrf_token
+
+    host = host_factory("qr", payments={"fake": {"a": {"secret": "s"}}})
+    host.plugins.register(QrFakePlugin(), name="qr-channel")
+    main = Site.get(Site.slug == "main")
+    even, odd = create_product(main, "月卡", 100), create_product(main, "周卡", 101)
+    for product in (even, odd):
+        import_keys(product.skus[0], ["K-1"], CardKeyCipher.from_instance(host.instance))
+    client = SiteClient(host, "main.localhost")
+    order_path = buy(client, even, "fake/a").headers["Location"]
+    order_no = order_path.rsplit("/", 1)[1]
+    form = {"channel": "fake", "profile": "a", "type": "x"}
+    chinese = client.get(order_path).get_data(as_text=True)
+    assert "去支付 · X" in chinese
+    paying = client.post(f"/pay/{order_no}", data={**form, "csrf_token": csrf_token(client.get(order_path))})
+    assert "支付订单" in paying.get_data(as_text=True) and "请用手机扫码支付" in paying.get_data(as_text=True)
+
+    page = client.get(order_path + "?lang=en")
+    assert "Pay with X" in page.get_data(as_text=True) and "去支付" not in page.get_data(as_text=True)
+    paying = client.post(f"/pay/{order_no}", data={**form, "csrf_token": csrf_token(page)}).get_data(as_text=True)
+    assert f"Pay order {order_no}" in paying and "Scan the code with your phone to pay:" in paying
+    assert "支付" not in paying and "¥1.00" in paying
+    refused_path = buy(client, odd, "fake/a").headers["Location"]
+    refused = client.post(f"/pay/{refused_path.rsplit('/', 1)[1]}", data={**form, "csrf_token": csrf_token(page)})
+    text = client.get(refused.headers["Location"]).get_data(as_text=True)
+    assert "Could not start the payment: gateway says no" in text and "无法发起支付" not in text

@@ -103,16 +103,16 @@ def test_a_closed_site_stays_closed(host, shop, client_for):
     for action in (lambda: opening.resume(host.registry, "shop9"), lambda: opening.suspend(host.registry, "shop9"),
                    lambda: opening.renew(host.registry, "shop9"),
                    lambda: opening.change_level(host.registry, "shop9", "gold")):
-        with pytest.raises(OpeningError, match="已关闭"):
+        with pytest.raises(OpeningError, match="is closed"):
             action()
     states = {s.slug: s.state for s in opening.site_summaries(host.registry)}
     assert states == {"main": "active", "shop9": "closed"}
 
 
 def test_the_main_site_is_never_suspended(host, shop):
-    with pytest.raises(OpeningError, match="主站"):
+    with pytest.raises(OpeningError, match="main site"):
         opening.suspend(host.registry, "main")
-    with pytest.raises(OpeningError, match="没有名为"):
+    with pytest.raises(OpeningError, match="no sub-site named"):
         opening.suspend(host.registry, "nosuch")
 
 
@@ -127,14 +127,16 @@ def test_a_site_expires_after_its_term_and_a_renewal_reopens_it(host, shop, clie
     late = NOW + 400 * DAY
     assert opening.expire_sites(host.registry, now=late) == {"expired": ["shop9"], "reopened": []}
     assert opening.expire_sites(host.registry, now=late) == {"expired": [], "reopened": []}  # once
+    # The worker has no language of its own: the reason is in the site's (zh_CN here).
+    assert host.registry.load("shop9").settings["lifecycle"]["reason"] == "服务期已到"
     response = client_for("shop9.localhost").get("/")
     assert response.status_code == 503 and "服务已到期" in text(response)
-    with pytest.raises(OpeningError, match="到期，续费后才能恢复"):
+    with pytest.raises(OpeningError, match="expired on 2031-01-01; renew it to resume it"):
         opening.resume(host.registry, "shop9", now=late)
 
     # The renewal fee (白银: ¥299.00) from the site's balance; a late renewal buys a full term from now.
     fund(ledger.account("site_available", site=site_row().id), SILVER_FEE - 1, "profit-1")
-    with pytest.raises(OpeningError, match="余额不足：续费需要 299.00 元"):
+    with pytest.raises(OpeningError, match="Insufficient balance: the renewal costs ¥299.00"):
         opening.renew(host.registry, "shop9", now=late)
     assert site_row().expires_at == NOW + 365 * DAY and available() == 29899
     fund(ledger.account("site_available", site=site_row().id), 101, "profit-2")
@@ -158,12 +160,12 @@ def test_renewal_from_the_owners_wallet(host, shop):
     opening.open_self_service(host.registry, applicant("shop8", level="silver"), submit_key=new_key(),
                               member_id=MEMBER, now=NOW)
     assert ledger.balance(wallet(host.registry)) == 50000 - SILVER_FEE == 20100
-    with pytest.raises(OpeningError, match="余额不足"):
+    with pytest.raises(OpeningError, match="Insufficient balance"):
         opening.renew(host.registry, "shop8", pay_from="wallet", now=NOW)
     fund(wallet(host.registry), SILVER_FEE, "topup-2")
     assert opening.renew(host.registry, "shop8", pay_from="wallet", now=NOW) == NOW + 730 * DAY
     assert ledger.balance(wallet(host.registry)) == 20100
-    with pytest.raises(OpeningError, match="没有关联的会员钱包"):
+    with pytest.raises(OpeningError, match="no member wallet"):
         opening.renew(host.registry, "shop9", pay_from="wallet", now=NOW)  # opened without a member
 
 
@@ -182,7 +184,7 @@ def test_a_level_without_a_term_never_expires(host, shop):
     open_site(host.registry, "shop7", level="forever", now=NOW, username="o7")
     assert site_row("shop7").expires_at is None
     assert opening.expire_sites(host.registry, now=NOW + 5000 * DAY)["expired"] == ["shop9"]
-    with pytest.raises(OpeningError, match="无需续费"):
+    with pytest.raises(OpeningError, match="nothing to renew"):
         opening.renew(host.registry, "shop7")
 
 
@@ -214,7 +216,7 @@ def test_the_expiry_job_runs_every_ten_minutes_and_expires_due_sites(host, shop)
 def test_upgrading_pays_the_difference_from_the_site_balance(host, shop):
     difference = GOLD_FEE - SILVER_FEE  # 999.00 − 299.00 = 700.00
     fund(ledger.account("site_available", site=site_row().id), difference - 1, "profit-1")
-    with pytest.raises(OpeningError, match="需要补差价 700.00 元"):
+    with pytest.raises(OpeningError, match="costs ¥700.00 more"):
         opening.change_level(host.registry, "shop9", "gold")
     assert site_row().level == "silver" and host.registry.load("shop9").level == "silver" and available() == 69999
     fund(ledger.account("site_available", site=site_row().id), 1 + 500, "profit-2")
@@ -242,7 +244,7 @@ def test_the_operators_site_list_shows_balances_and_acts_with_csrf(host, shop, c
     assert page.status_code == 200
     row = body[body.index('id="site-shop9"'):]
     row = row[:row.index("</tr>")]
-    assert "silver" in row and "main" in row and "2031-01-01 12:00" in row and "¥18.00" in row  # 12.34 + 5.66
+    assert "silver" in row and "main" in row and "2031-01-01 20:00" in row and "¥18.00" in row  # Shanghai time; 12.34 + 5.66
     assert 'data-state="active"' in row
     assert console.post("/admin/sites/shop9/suspend", data={"reason": "x"}).status_code == 400  # no token
     assert host.registry.load("shop9").enabled is True
@@ -316,7 +318,7 @@ def test_cli_levels_applications_and_lifecycle(initialised):
     assert SiteApplication.get_by_id(second.id).reason == "资料不全"
     assert "no requested applications" in ok(cli("site", "applications"))
     refused = cli("site", "approve", second.id)
-    assert refused.exit_code == 1 and "已拒绝" in refused.output
+    assert refused.exit_code == 1 and '"Rejected" and cannot be approved' in refused.output
 
     assert ok(cli("site", "suspend", "shop9", "--reason", "核查")).strip() == "site 'shop9' suspended"
     values = tomllib.loads((cli.instance_path / "sites/shop9/site.toml").read_text())
@@ -327,5 +329,29 @@ def test_cli_levels_applications_and_lifecycle(initialised):
     Site.update(expires_at=datetime.datetime(2000, 1, 1)).where(Site.slug == "shop9").execute()
     assert "expired: shop9" in ok(cli("site", "expire"))
     refused = cli("site", "suspend", "nosuch")
-    assert refused.exit_code == 1 and "没有名为“nosuch”的分站" in refused.output
+    assert refused.exit_code == 1 and 'There is no sub-site named "nosuch"' in refused.output
     assert PASSWORD not in listed
+
+
+# -- in English ---------------------------------------------------------------------------------------
+
+
+def test_the_operators_and_the_owners_pages_in_english(host, shop, client_for):
+    console = operator_console(host)
+    assert "到期检查" in text(console.get("/admin/sites/"))  # Chinese by default
+    body = text(console.get("/admin/sites/?lang=en"))
+    assert "Expiry check" in body and "Open for business" in body and "1 Jan 2031, 20:00" in body
+    assert "到期检查" not in body and "营业中" not in body
+    levels = text(console.get("/admin/sites/levels"))
+    assert "Sub-site levels" in levels and "365 days" in levels and "分站等级" not in levels
+    page = console.get("/admin/sites/")
+    console.post("/admin/sites/shop9/suspend", data={"csrf_token": token(page), "reason": "x"})
+    assert 'Suspended sub-site "shop9"' in text(console.get("/admin/sites/")).replace("&#34;", '"')
+
+    opening.resume(host.registry, "shop9")
+    owner = client_for("shop9.localhost")
+    owner_login(owner)
+    assert "服务期至" in text(owner.get("/admin/"))
+    home = text(owner.get("/admin/?lang=en"))
+    assert "Term ends" in home and "Renew for ¥299.00 to extend the term by 365 days." in home
+    assert "服务期至" not in home and "续费" not in home

@@ -189,3 +189,24 @@ def test_the_reservation_lasts_the_instance_order_ttl(tmp_path, client_for):
         order = Order.get()
     held = order.expires_at - order.created_at
     assert datetime.timedelta(minutes=3) - datetime.timedelta(seconds=1) <= held <= datetime.timedelta(minutes=3)
+
+
+def test_the_buyer_pages_are_chinese_by_default_and_english_on_request(shop, client_for):
+    client = client_for("shop1.localhost")
+    chinese = client.get(f"/p/{shop.id}").get_data(as_text=True)
+    assert "立即购买" in chinese and "Buy now" not in chinese and '<html lang="zh-CN">' in chinese
+    english = client.get(f"/p/{shop.id}?lang=en").get_data(as_text=True)
+    assert "Buy now" in english and "Lookup password" in english and '<html lang="en">' in english
+    assert "立即购买" not in english and ">查询密码<" not in english  # (the layout's own sections are content)
+    assert "¥15.00" in english and "3 in stock" in english
+    # The choice is kept (cookie): the next pages are English too, and the footer marks it.
+    order_path = buy(client, shop).headers["Location"]
+    order = client.get(order_path).get_data(as_text=True)
+    assert "Status: Awaiting payment" in order and "待支付" not in order
+    assert re.search(r'<a href="\?lang=en"[^>]*aria-current="true"', order)
+    assert not re.search(r'<a href="\?lang=zh_CN"[^>]*aria-current', order)
+    lookup = client.get("/lookup")
+    refused = client.post("/lookup", data={"csrf_token": token(lookup)}).get_data(as_text=True)
+    assert "Enter an order number, or your contact and lookup password" in refused and "请输入订单号" not in refused
+    back = client.get(order_path + "?lang=zh_CN").get_data(as_text=True)
+    assert "状态：待支付" in back and re.search(r'<a href="\?lang=zh_CN"[^>]*aria-current="true"', back)

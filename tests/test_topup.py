@@ -34,9 +34,29 @@ def test_values_are_checked_against_pattern_choices_and_length():
     assert errors == {} and values == {"phone": "13800138000", "server": "电信一区", "note": "abc"}
     _, errors = collect(fields, {"topup_phone": "138", "topup_server": "火星区", "topup_note": "abcd"})
     assert set(errors) == {"phone", "server", "note"}
-    assert "格式不正确" in errors["phone"] and "11 位手机号" in errors["phone"]
+    # Outside a request the messages are the English source text (a buyer sees the Chinese on the page).
+    assert "not in the right format" in errors["phone"] and "11 位手机号" in errors["phone"]
     _, errors = collect(fields, {})
-    assert errors["phone"] == "请填写充值手机号"
+    assert errors["phone"] == "Please fill in 充值手机号"
     # The pattern must match the whole value, not a part of it.
     _, errors = collect(fields[:1], {"topup_phone": "x13800138000x"})
     assert "phone" in errors
+
+
+def test_a_buyer_reads_the_messages_in_the_page_language():
+    from flask import Flask
+    from flask_babel import force_locale
+
+    from kamengsite import i18n
+
+    app = Flask(__name__)
+    i18n.install(app)
+    fields = parse_fields([PHONE])
+    with app.test_request_context("/"):
+        with force_locale("zh_CN"):
+            assert collect(fields, {})[1] == {"phone": "请填写充值手机号"}
+            assert collect(fields, {"topup_phone": "138"})[1] == {"phone": "充值手机号格式不正确（11 位手机号）"}
+        with force_locale("en"):
+            assert collect(fields, {})[1] == {"phone": "Please fill in 充值手机号"}
+            assert collect(fields, {"topup_phone": "138"})[1] == {
+                "phone": "充值手机号 is not in the right format (11 位手机号)"}

@@ -260,3 +260,19 @@ def test_site_isolation_of_the_code_step(host, client_for, console, clock):
     assert password_step(owner, "owner").status_code == 302
     page = text(owner.get("/admin/account"))
     assert "owner" in page and "boss" not in page and "未开启" in page
+
+
+def test_account_security_and_the_code_step_in_english(console, clock, client_for):
+    zh = text(console.get("/admin/account"))
+    assert "<h1>账号安全 · boss</h1>" in zh and "开启两步验证" in zh
+    en = text(console.get("/admin/account?lang=en"))
+    assert "<h1>Account security · boss</h1>" in en and "Turn on two-step verification" in en
+    assert "Sign-in sessions" in en and "Change password" in en and "This session" in en
+    for chinese in ("账号安全", "开启两步验证", "登录会话", "修改密码", "当前会话", "未开启"):
+        assert chinese not in en
+    secret = start_setup(console)
+    setup = console.get("/admin/account/2fa/setup")
+    assert "If you cannot scan it, type this key into the app: <code" in text(setup) and "扫描" not in text(setup)
+    wrong = "000000" if clock.code(secret) != "000000" else "111111"
+    response = console.post("/admin/account/2fa/setup", data={"csrf_token": csrf_token(setup), "code": wrong})
+    assert "Wrong code: check the time on your phone and try again" in errors(response)

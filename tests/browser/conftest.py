@@ -127,3 +127,38 @@ def phone_page(browser):
     p = context.new_page()
     yield p
     context.close()
+
+
+#: Records CSP violations in every frame (a page and its iframes) where the test can read them.
+WATCH_CSP = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__csp.push(e.violatedDirective + " " + e.blockedURI + " at " + location.pathname);
+});
+"""
+
+
+@pytest.fixture
+def console_errors(page):
+    """The page's console errors (the favicon's 404 aside); also starts watching for CSP violations."""
+    found = []
+
+    def record(msg):
+        where = (msg.location or {}).get("url", "")
+        if msg.type == "error" and not where.endswith("/favicon.ico"):  # the browser asks every site for one
+            found.append(f"{msg.text} at {where}")
+
+    page.on("console", record)
+    page.add_init_script(WATCH_CSP)
+    return found
+
+
+def csp_violations(page) -> list[str]:
+    """The CSP violations seen so far in each frame of ``page`` (needs the ``console_errors`` fixture)."""
+    found = []
+    for frame in page.frames:
+        try:
+            found.extend(frame.evaluate("window.__csp || []"))
+        except Exception:  # noqa: BLE001 - a frame navigating away has nothing to report
+            pass
+    return found

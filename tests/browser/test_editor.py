@@ -16,15 +16,10 @@ from kamengsite.catalog import create_product
 from kamengsite.models import Site
 from kamengsite.testing import site_id
 
+from .conftest import csp_violations
+
 PASSWORD = "correct horse battery staple"
 NEW_TEXT = "浏览器里写的公告"
-#: Records CSP violations in every frame (the editor and its preview) where the test can read them.
-WATCH_CSP = """
-window.__csp = [];
-document.addEventListener("securitypolicyviolation", function (e) {
-  window.__csp.push(e.violatedDirective + " " + e.blockedURI + " at " + location.pathname);
-});
-"""
 
 
 @pytest.fixture
@@ -33,20 +28,6 @@ def shop(host, live_server):
     create_product(Site.get(Site.slug == host.instance.main_site), "浏览器测试月卡", 1500)
     create_account(site_id("shop1"), "owner", PASSWORD)
     return live_server
-
-
-@pytest.fixture
-def console_errors(page):
-    found = []
-
-    def record(msg):
-        where = (msg.location or {}).get("url", "")
-        if msg.type == "error" and not where.endswith("/favicon.ico"):  # the browser asks every site for one
-            found.append(f"{msg.text} at {where}")
-
-    page.on("console", record)
-    page.add_init_script(WATCH_CSP)
-    return found
 
 
 def sign_in(page, server):
@@ -87,16 +68,6 @@ def drag(page, source, target):
                         start["y"] + (end["y"] + 4 - start["y"]) * i / steps)
         page.wait_for_timeout(30)
     page.mouse.up()
-
-
-def csp_violations(page) -> list[str]:
-    found = []
-    for frame in page.frames:
-        try:
-            found.extend(frame.evaluate("window.__csp || []"))
-        except Exception:  # noqa: BLE001 - a frame navigating away has nothing to report
-            pass
-    return found
 
 
 def test_drag_edit_publish_undo_and_restore(shop, page, console_errors):

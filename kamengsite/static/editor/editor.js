@@ -13,6 +13,8 @@
   var stateNode = document.getElementById("editor-state");
   if (!root || !stateNode) return;
   var S = JSON.parse(stateNode.textContent);
+  var messagesNode = document.getElementById("editor-messages");
+  var M = messagesNode ? JSON.parse(messagesNode.textContent) : {};  // the page's words, in its language
   var layout = S.layout;
   var csrf = root.getAttribute("data-csrf");
   var list = document.getElementById("section-list");
@@ -44,6 +46,15 @@
     var b = el("button", Object.assign({type: "button", "class": "secondary small"}, attrs || {}), label);
     b.addEventListener("click", onClick);
     return b;
+  }
+
+  // A message of the page in its language, "{name}" filled from ``vars``.
+  function t(key, vars) {
+    var text = Object.prototype.hasOwnProperty.call(M, key) ? M[key] : key;
+    Object.keys(vars || {}).forEach(function (name) {
+      text = text.split("{" + name + "}").join(String(vars[name]));
+    });
+    return text;
   }
 
   function say(text, bad) {
@@ -92,7 +103,7 @@
       var input = field.querySelector("input, select, textarea");
       if (input) input.setAttribute("aria-invalid", "true");
     }
-    say("未保存：" + (answer.error || "请检查输入"), true);
+    say(t("not_saved", {error: answer.error || t("check_input")}), true);
   }
 
   function save(sectionId) {
@@ -101,21 +112,21 @@
       again = {section: again && again.section !== sectionId ? null : sectionId};
       return saving;
     }
-    say("正在保存草稿…");
+    say(t("saving"));
     saving = post(S.urls.draft, {page: S.page, layout: layout}).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (answer) {
         if (response.ok) {
           clearErrors();
-          say("草稿已保存");
+          say(t("saved"));
           enable("undo");
           enableDiscard();
           if (sectionId) renderSection(sectionId); else reloadPreview();
         } else {
-          showError(answer.error ? answer : {error: "保存失败（" + response.status + "），请刷新页面后重试"});
+          showError(answer.error ? answer : {error: t("save_failed", {status: response.status})});
         }
       });
     }).catch(function () {
-      say("网络错误：草稿未保存", true);
+      say(t("net_draft"), true);
     }).then(function () {
       saving = null;
       if (again) {
@@ -199,30 +210,30 @@
 
   function inputFor(spec, value, id) {
     var input;
-    var t = spec.type;
-    if (t === "textarea" || t === "richtext") {
-      input = el("textarea", {id: id, rows: t === "richtext" ? 6 : 3});
+    var kind = spec.type;
+    if (kind === "textarea" || kind === "richtext") {
+      input = el("textarea", {id: id, rows: kind === "richtext" ? 6 : 3});
       input.value = value || "";
-    } else if (t === "select") {
+    } else if (kind === "select") {
       input = el("select", {id: id});
       var pairs = (spec.options || []).map(function (o) { return [o.value, o.label]; });
-      if (spec.options_source === "plugin_sections") pairs = [["", "全部插件区块"]].concat(S.plugin_sections);
+      if (spec.options_source === "plugin_sections") pairs = [["", t("all_plugin_sections")]].concat(S.plugin_sections);
       options(input, pairs, value);
-    } else if (t === "product" || t === "category") {
+    } else if (kind === "product" || kind === "category") {
       input = el("select", {id: id});
-      options(input, [["", t === "product" ? "（不选）" : "（全部分类）"]].concat(t === "product" ? S.products : S.categories), value);
-    } else if (t === "checkbox") {
+      options(input, [["", kind === "product" ? t("no_choice") : t("all_categories")]].concat(kind === "product" ? S.products : S.categories), value);
+    } else if (kind === "checkbox") {
       input = el("input", {id: id, type: "checkbox"});
       input.checked = !!value;
-    } else if (t === "color") {
+    } else if (kind === "color") {
       input = el("input", {id: id, type: "color"});
       input.value = value || "#000000";
-    } else if (t === "number" || t === "range") {
-      input = el("input", {id: id, type: t, min: spec.min, max: spec.max, step: spec.step || (t === "range" ? 1 : "any")});
+    } else if (kind === "number" || kind === "range") {
+      input = el("input", {id: id, type: kind, min: spec.min, max: spec.max, step: spec.step || (kind === "range" ? 1 : "any")});
       input.value = value === null || value === undefined ? "" : value;
     } else {
-      input = el("input", {id: id, type: "text", maxlength: t === "text" ? 500 : 2000,
-                           inputmode: t === "url" || t === "image" ? "url" : false, placeholder: spec.placeholder || false});
+      input = el("input", {id: id, type: "text", maxlength: kind === "text" ? 500 : 2000,
+                           inputmode: kind === "url" || kind === "image" ? "url" : false, placeholder: spec.placeholder || false});
       input.value = value || "";
     }
     return input;
@@ -275,7 +286,7 @@
   function answerOf(response) {
     return response.json().catch(function () { return {}; }).then(function (answer) {
       if (!response.ok && !answer.error) {
-        answer.error = response.status === 429 ? "操作太频繁，请稍后再试" : "失败（" + response.status + "），请刷新页面后重试";
+        answer.error = response.status === 429 ? t("too_many") : t("failed", {status: response.status});
       }
       return answer;
     });
@@ -292,10 +303,10 @@
     var pickerId = id + "-picker";
     var file = el("input", {id: fileId, type: "file", accept: "image/png,image/jpeg,image/webp,image/gif"});
     var note = el("span", {"class": "upload-status", role: "status", "aria-live": "polite"});
-    var picker = el("div", {"class": "image-picker", id: pickerId, role: "group", "aria-label": "已上传的图片", hidden: true});
-    box.appendChild(el("label", {"for": fileId, "class": "upload-label"}, "上传图片"));
+    var picker = el("div", {"class": "image-picker", id: pickerId, role: "group", "aria-label": t("uploaded_images"), hidden: true});
+    box.appendChild(el("label", {"for": fileId, "class": "upload-label"}, t("upload")));
     box.appendChild(file);
-    var toggle = button("选择已上传的图片", function () {
+    var toggle = button(t("choose_uploaded"), function () {
       var show = picker.hidden;
       picker.hidden = !show;
       toggle.setAttribute("aria-expanded", show ? "true" : "false");
@@ -309,19 +320,19 @@
       if (!file.files.length) return;
       var data = new FormData();
       data.append("image", file.files[0]);
-      tell(note, "正在上传…");
+      tell(note, t("uploading"));
       fetch(imagesUrl, {method: "POST", credentials: "same-origin",
                         headers: {"X-CSRFToken": csrf, "Accept": "application/json"}, body: data})
         .then(answerOf).then(function (answer) {
           if (answer.url) {
-            tell(note, "已上传");
+            tell(note, t("uploaded"));
             useImage(input, answer.url);
             if (!picker.hidden) fillPicker(picker, input, note);
           } else {
-            tell(note, "未上传：" + answer.error, true);
+            tell(note, t("not_uploaded", {error: answer.error}), true);
           }
         })
-        .catch(function () { tell(note, "网络错误：图片未上传", true); })
+        .catch(function () { tell(note, t("net_upload"), true); })
         .then(function () { file.value = ""; });
     });
     return box;
@@ -329,37 +340,37 @@
 
   function fillPicker(picker, input, note) {
     picker.textContent = "";
-    picker.appendChild(el("p", {"class": "muted"}, "正在读取…"));
+    picker.appendChild(el("p", {"class": "muted"}, t("loading")));
     fetch(imagesUrl, {credentials: "same-origin", headers: {"Accept": "application/json"}})
       .then(answerOf).then(function (answer) {
         picker.textContent = "";
         var images = answer.images || [];
         if (answer.error) picker.appendChild(el("p", {"class": "error"}, answer.error));
-        else if (!images.length) picker.appendChild(el("p", {"class": "muted"}, "还没有上传过图片。"));
+        else if (!images.length) picker.appendChild(el("p", {"class": "muted"}, t("no_images")));
         images.forEach(function (image, index) {
           var item = el("figure", {"class": "image-choice"});
           var choose = button("", function () {
             useImage(input, image.url);
-            tell(note, "已选择图片");
-          }, {"class": "thumb", "aria-label": "使用图片 " + (index + 1) + "（" + image.name + "）",
+            tell(note, t("image_chosen"));
+          }, {"class": "thumb", "aria-label": t("use_image", {n: index + 1, name: image.name}),
               "aria-pressed": input.value === image.url ? "true" : "false"});
           choose.appendChild(el("img", {src: image.url, alt: "", width: 64, height: 64, loading: "lazy"}));
           item.appendChild(choose);
           var used = image.used && image.used.length;
-          item.appendChild(button("删除", function () {
-            if (!window.confirm("删除这张图片？删除后不能恢复。")) return;
+          item.appendChild(button(t("delete"), function () {
+            if (!window.confirm(t("confirm_delete_image"))) return;
             fetch(imagesUrl + "/" + encodeURIComponent(image.name) + "/delete", {
               method: "POST", credentials: "same-origin", headers: {"X-CSRFToken": csrf, "Accept": "application/json"}
             }).then(answerOf).then(function (result) {
-              if (result.ok) { tell(note, "图片已删除"); fillPicker(picker, input, note); }
-              else tell(note, "未删除：" + result.error, true);
-            }).catch(function () { tell(note, "网络错误：图片未删除", true); });
-          }, {"aria-label": "删除图片 " + (index + 1), disabled: !!used,
-              title: used ? "正在使用：" + image.used.join("、") : false}));
+              if (result.ok) { tell(note, t("image_deleted")); fillPicker(picker, input, note); }
+              else tell(note, t("not_deleted", {error: result.error}), true);
+            }).catch(function () { tell(note, t("net_delete"), true); });
+          }, {"aria-label": t("delete_image", {n: index + 1}), disabled: !!used,
+              title: used ? t("in_use", {files: image.used.join(t("list_separator"))}) : false}));
           picker.appendChild(item);
         });
       })
-      .catch(function () { picker.textContent = ""; tell(note, "网络错误：无法读取图片列表", true); });
+      .catch(function () { picker.textContent = ""; tell(note, t("net_list"), true); });
   }
 
   // -- the section list -----------------------------------------------------------------------
@@ -391,36 +402,36 @@
     var li = el("li", {"class": "section-item" + (section.disabled ? " is-hidden" : ""), "data-id": id,
                        "data-type": section.type});
     var head = el("div", {"class": "section-head"});
-    head.appendChild(el("span", {"class": "handle", "aria-hidden": "true", title: "拖动排序"}, "⠿"));
+    head.appendChild(el("span", {"class": "handle", "aria-hidden": "true", title: t("drag")}, "⠿"));
     var toggle = button(summary(section), function () {
       open[id] = !open[id];
       draw();
       refocus("li[data-id='" + CSS.escape(id) + "'] .toggle");
     }, {"class": "toggle", "aria-expanded": open[id] ? "true" : "false", "aria-controls": "body-" + id});
     head.appendChild(toggle);
-    if (section.disabled) head.appendChild(el("span", {"class": "tag tag-off"}, "已隐藏"));
+    if (section.disabled) head.appendChild(el("span", {"class": "tag tag-off"}, t("hidden")));
     var index = layout.order.indexOf(id);
     var name = summary(section);
-    head.appendChild(button("上移", function () {
+    head.appendChild(button(t("up"), function () {
       if (move(layout.order, index, -1)) { draw(); refocus("li[data-id='" + CSS.escape(id) + "'] .up"); save(null); }
-    }, {"class": "secondary small up", "aria-label": "上移 " + name, disabled: index === 0}));
-    head.appendChild(button("下移", function () {
+    }, {"class": "secondary small up", "aria-label": t("up_named", {name: name}), disabled: index === 0}));
+    head.appendChild(button(t("down"), function () {
       if (move(layout.order, index, 1)) { draw(); refocus("li[data-id='" + CSS.escape(id) + "'] .down"); save(null); }
-    }, {"class": "secondary small down", "aria-label": "下移 " + name, disabled: index === layout.order.length - 1}));
-    head.appendChild(button(section.disabled ? "显示" : "隐藏", function () {
+    }, {"class": "secondary small down", "aria-label": t("down_named", {name: name}), disabled: index === layout.order.length - 1}));
+    head.appendChild(button(section.disabled ? t("show") : t("hide"), function () {
       if (section.disabled) delete section.disabled; else section.disabled = true;
       draw();
       refocus("li[data-id='" + CSS.escape(id) + "'] .hide");
       save(null);
-    }, {"class": "secondary small hide", "aria-label": (section.disabled ? "显示 " : "隐藏 ") + name}));
+    }, {"class": "secondary small hide", "aria-label": t(section.disabled ? "show_named" : "hide_named", {name: name})}));
     if (type.presets && type.presets.length) {  // a page's own content (no preset) cannot be removed
-      head.appendChild(button("删除", function () {
+      head.appendChild(button(t("delete"), function () {
         delete layout.sections[id];
         layout.order = layout.order.filter(function (other) { return other !== id; });
         draw();
-        say("已删除区块“" + name + "”（可撤销）");
+        say(t("section_deleted", {name: name}));
         save(null);
-      }, {"class": "secondary small remove", "aria-label": "删除 " + name}));
+      }, {"class": "secondary small remove", "aria-label": t("delete_named", {name: name})}));
     }
     li.appendChild(head);
     if (open[id]) li.appendChild(sectionBody(id, section, type));
@@ -435,7 +446,7 @@
       }));
     });
     if (!(type.settings || []).length && !(type.blocks || []).length) {
-      body.appendChild(el("p", {"class": "muted"}, "这个区块没有可调整的设置。"));
+      body.appendChild(el("p", {"class": "muted"}, t("no_settings")));
     }
     if ((type.blocks || []).length) body.appendChild(blocksOf(id, section, type));
     return body;
@@ -448,7 +459,7 @@
     var order = section.block_order;
     var kinds = {};
     type.blocks.forEach(function (b) { kinds[b.type] = b; });
-    wrap.appendChild(el("h3", {}, "小块（" + order.length + " / " + type.max_blocks + "）"));
+    wrap.appendChild(el("h3", {}, t("blocks_count", {count: order.length, max: type.max_blocks})));
     order.forEach(function (bid, index) {
       var block = section.blocks[bid];
       if (!block) return;
@@ -463,23 +474,23 @@
         }));
       });
       var tools = el("div", {"class": "block-tools"});
-      tools.appendChild(button("上移", function () {
+      tools.appendChild(button(t("up"), function () {
         if (move(order, index, -1)) { draw(); save(id); }
-      }, {"aria-label": "上移 " + title, disabled: index === 0}));
-      tools.appendChild(button("下移", function () {
+      }, {"aria-label": t("up_named", {name: title}), disabled: index === 0}));
+      tools.appendChild(button(t("down"), function () {
         if (move(order, index, 1)) { draw(); save(id); }
-      }, {"aria-label": "下移 " + title, disabled: index === order.length - 1}));
-      tools.appendChild(button("删除", function () {
+      }, {"aria-label": t("down_named", {name: title}), disabled: index === order.length - 1}));
+      tools.appendChild(button(t("delete"), function () {
         delete section.blocks[bid];
         section.block_order = order.filter(function (other) { return other !== bid; });
         draw();
         save(id);
-      }, {"aria-label": "删除 " + title}));
+      }, {"aria-label": t("delete_named", {name: title})}));
       set.appendChild(tools);
       wrap.appendChild(set);
     });
     type.blocks.forEach(function (kind) {
-      wrap.appendChild(button("添加“" + kind.name + "”", function () {
+      wrap.appendChild(button(t("add_block", {name: kind.name}), function () {
         var bid = newId(kind.type, section.blocks);
         section.blocks[bid] = {type: kind.type, settings: {}};
         section.block_order.push(bid);
@@ -504,7 +515,7 @@
     Object.keys(S.types).forEach(function (name) {
       var type = S.types[name];
       (type.presets || []).forEach(function (preset, i) {
-        var label = preset.name === type.name ? type.name : preset.name + "（" + type.name + "）";
+        var label = preset.name === type.name ? type.name : t("preset_label", {preset: preset.name, type: type.name});
         select.appendChild(el("option", {value: name + "|" + i}, label));
       });
     });
@@ -523,7 +534,7 @@
       layout.order.push(id);
       open[id] = true;
       draw();
-      say("已添加区块“" + preset.name + "”");
+      say(t("section_added", {name: preset.name}));
       refocus("li[data-id='" + CSS.escape(id) + "'] .toggle");
       save(null);
     });
@@ -543,7 +554,7 @@
       event.preventDefault();
       flush().then(function () {
         var undo = document.getElementById("undo");
-        if (undo && !undo.disabled) undo.form.submit(); else say("没有可以撤销的修改", true);
+        if (undo && !undo.disabled) undo.form.submit(); else say(t("nothing_to_undo"), true);
       });
     }
   });

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _
 from kamengsite.payments import (Channel, Notification, PaymentAction, PaymentError, PayType, RefundResult, Rejection,
                                  fen_to_yuan, yuan_to_fen)
 
@@ -63,20 +64,20 @@ KEY_RE = r"^\s*(?:-----BEGIN [A-Z ]+-----[A-Za-z0-9+/=\s]+-----END [A-Z ]+-----|
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
-        "label": {"type": "string", "maxLength": 40, "description": "what buyers see; default 支付宝"},
+        "label": {"type": "string", "maxLength": 40, "description": "what buyers see; default 支付宝"},  # i18n: keep - names in the gateway's console
         "app_id": {"type": ["string", "integer"], "pattern": r"^[0-9]{6,32}$", "minimum": 0,
-                   "description": "APPID of the application (开放平台 → 应用 → APPID)"},
+                   "description": "APPID of the application (开放平台 → 应用 → APPID)"},  # i18n: keep - names in the gateway's console
         "seller_id": {"type": ["string", "integer"], "pattern": r"^2088[0-9]{12}$", "minimum": 0,
-                      "description": "optional 商户PID (2088…); checked on every notification when set"},
+                      "description": "optional 商户PID (2088…); checked on every notification when set"},  # i18n: keep - names in the gateway's console
         "app_private_key": {"type": "string", "minLength": 64, "pattern": KEY_RE, "writeOnly": True,
-                            "description": "应用私钥: PEM, or bare base64 PKCS#8 / PKCS#1 body"},
+                            "description": "应用私钥: PEM, or bare base64 PKCS#8 / PKCS#1 body"},  # i18n: keep - names in the gateway's console
         "alipay_public_key": {"type": "string", "minLength": 64, "pattern": KEY_RE,
-                              "description": "支付宝公钥 (not the 应用公钥): PEM or bare base64 SPKI body"},
+                              "description": "支付宝公钥 (not the 应用公钥): PEM or bare base64 SPKI body"},  # i18n: keep - names in the gateway's console
         "gateway": {"type": "string", "pattern": r"^https://[^\s/?#]+/[^\s?#]*$",
                     "description": "default https://openapi.alipay.com/gateway.do"},
-        "sandbox": {"type": "boolean", "description": "use the 沙箱 gateway (refused on production instances)"},
+        "sandbox": {"type": "boolean", "description": "use the 沙箱 gateway (refused on production instances)"},  # i18n: keep - names in the gateway's console
         "product": {"enum": ["page", "qr"],
-                    "description": "page = 电脑/手机网站支付 redirect (default); qr = 当面付 precreate, a QR code"},
+                    "description": "page = 电脑/手机网站支付 redirect (default); qr = 当面付 precreate, a QR code"},  # i18n: keep - names in the gateway's console
         "timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 60,
                     "description": "seconds to wait for the gateway's server calls (precreate, refunds; default 10)"},
     },
@@ -208,8 +209,6 @@ def amount_to_fen(text) -> int:
 
 class AlipayChannel(Channel):
     id = "alipay"
-    name = "支付宝"
-    pay_types = (PayType("alipay", "支付宝"),)
     devices = ("pc", "mobile")
     settings_schema = SETTINGS_SCHEMA
     success_body = "success"
@@ -217,6 +216,14 @@ class AlipayChannel(Channel):
     failure_status = 400
 
     supports_refund = True
+
+    @property
+    def name(self):
+        return _("Alipay")
+
+    @property
+    def pay_types(self):
+        return (PayType("alipay", _("Alipay")),)
 
     def __init__(self, production: bool = False, post=None):
         self.production = production
@@ -272,7 +279,7 @@ class AlipayChannel(Channel):
     def create_payment(self, profile, request):
         """QR precreate (``product = "qr"``), else a redirect: wap pay for a phone, page pay for a PC."""
         if self._sandbox_refused(profile):
-            raise PaymentError("支付渠道配置有误（沙箱账号不能用于正式站点），请联系站长")
+            raise PaymentError(_("The payment channel is misconfigured (a sandbox account cannot be used on a live site); please contact the site owner"))
         biz = {
             "out_trade_no": request.order_no,
             "total_amount": fen_to_yuan(request.amount_fen),
@@ -287,7 +294,7 @@ class AlipayChannel(Channel):
         try:
             params = self.signed_params(profile, method, biz, request.notify_url, request.return_url)
         except (ValueError, TypeError) as exc:
-            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+            raise PaymentError(_("The payment channel is misconfigured; please contact the site owner")) from exc
         return PaymentAction.redirect(f"{self.gateway(profile)}?{urllib.parse.urlencode(params)}")
 
     def _precreate(self, profile, request, biz: dict) -> PaymentAction:
@@ -295,17 +302,17 @@ class AlipayChannel(Channel):
         try:
             node = self.call(profile, "alipay.trade.precreate", biz, notify_url=request.notify_url)
         except SigningFailed as exc:
-            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+            raise PaymentError(_("The payment channel is misconfigured; please contact the site owner")) from exc
         except Exception as exc:  # noqa: BLE001 - network, unreadable or unsigned answer: one message
             log.warning("alipay precreate failed: profile=%s order=%s error=%s: %s",
                         profile.name, request.order_no, type(exc).__name__, str(exc)[:200])
-            raise PaymentError("无法连接支付宝，请稍后再试") from exc
+            raise PaymentError(_("Cannot reach Alipay; please try again later")) from exc
         qr = str(node.get("qr_code") or "")
         if (str(node.get("code")) != SUCCESS_CODE or node.get("out_trade_no") != request.order_no
                 or not QR_RE.match(qr)):
             log.warning("alipay precreate refused: profile=%s order=%s answer=%s",
                         profile.name, request.order_no, _gateway_message(node))
-            raise PaymentError("支付宝下单失败，请稍后再试或联系站长")
+            raise PaymentError(_("Alipay could not create the payment; please try again later or contact the site owner"))
         return PaymentAction.qrcode(qr)
 
     # -- refunds --------------------------------------------------------------------------
@@ -313,9 +320,9 @@ class AlipayChannel(Channel):
     def refund(self, profile, request):
         """``alipay.trade.refund``; ``out_request_no`` (our refund number) makes a retry idempotent."""
         if not 0 < request.amount_fen <= request.total_fen:
-            return RefundResult(False, message="退款金额必须大于 0 且不超过订单金额")
+            return RefundResult(False, message=_("The refund amount must be more than 0 and at most the order amount"))
         if self._sandbox_refused(profile):
-            return RefundResult(False, message="沙箱账号不能用于正式站点")
+            return RefundResult(False, message=_("A sandbox account cannot be used on a live site"))
         biz = {"out_trade_no": request.order_no, "trade_no": request.trade_no,
                "refund_amount": fen_to_yuan(request.amount_fen), "out_request_no": request.refund_no,
                "refund_reason": (request.reason or "")[:REASON_MAX_CHARS]}
@@ -323,17 +330,22 @@ class AlipayChannel(Channel):
         try:
             node = self.call(profile, "alipay.trade.refund", biz)
         except SigningFailed:
-            return RefundResult(False, message="应用私钥无法签名，请检查支付宝配置")
+            return RefundResult(False, message=_("The application private key cannot sign; check the Alipay settings"))
         except Exception as exc:  # noqa: BLE001 - never raise to the caller: the refund is not known to have happened
             log.warning("alipay refund call failed: profile=%s order=%s error=%s: %s",
                         profile.name, request.order_no, type(exc).__name__, str(exc)[:200])
-            why = ("支付宝应答验签失败" if isinstance(exc, AnswerNotTrusted)
-                   else f"无法连接支付宝或应答无法识别（{type(exc).__name__}）")
-            return RefundResult(False, message=f"{why}，退款结果未知，请到支付宝商家中心核对后重试")
+            if isinstance(exc, AnswerNotTrusted):
+                return RefundResult(False, message=_(
+                    "Alipay's answer failed signature verification, so the refund's outcome is unknown: "
+                    "check it in the Alipay merchant center before retrying"))
+            return RefundResult(False, message=_(
+                "Cannot reach Alipay or its answer is unreadable (%(error)s), so the refund's outcome is unknown: "
+                "check it in the Alipay merchant center before retrying", error=type(exc).__name__))
         if str(node.get("code")) != SUCCESS_CODE:
-            return RefundResult(False, message=f"支付宝拒绝退款：{_gateway_message(node) or '未说明原因'}")
+            return RefundResult(False, message=_("Alipay refused the refund: %(reason)s",
+                                                 reason=_gateway_message(node) or _("no reason given")))
         if node.get("out_trade_no") not in (None, request.order_no):
-            return RefundResult(False, message="支付宝应答的订单号与退款订单不符")
+            return RefundResult(False, message=_("The order number in Alipay's answer does not match the refunded order"))
         # fund_change "Y": money moved by this call; otherwise Alipay says to confirm with a refund query.
         return RefundResult(True, pending=node.get("fund_change") != "Y", message=_gateway_message(node))
 

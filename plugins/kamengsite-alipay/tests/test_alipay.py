@@ -489,7 +489,7 @@ def test_a_sandbox_profile_does_nothing_on_a_production_instance(alipay):
     fields = alipay.notification("K2024070100000000001", app_id=OTHER_APP_ID)
     verdict = channel.verify_notification(profile, NotifyRequest("POST", fields), time.time())
     assert isinstance(verdict, Rejection) and "sandbox" in verdict.reason
-    with pytest.raises(Exception, match="沙箱"):
+    with pytest.raises(Exception, match="sandbox"):  # outside a request: English
         channel.create_payment(profile, PayRequest("K1", 100, "x", "https://a/n", "https://a/r"))
     # the same notification on a non-production instance passes verification
     assert AlipayChannel().verify_notification(profile, NotifyRequest("POST", fields), time.time()).status == "paid"
@@ -587,7 +587,7 @@ def test_a_precreate_answer_that_is_refused_or_not_alipays_shows_a_message(shop,
 def test_a_precreate_signed_with_another_app_key_is_refused_by_alipay(alipay, server):
     channel = AlipayChannel()
     request = PayRequest("K20240701000000000001", 1500, "月卡", "https://s/n", "https://s/r")
-    with pytest.raises(PaymentError, match="支付宝下单失败"):
+    with pytest.raises(PaymentError, match="Alipay could not create the payment"):
         channel.create_payment(profile_of(alipay, "qr", app_private_key=_body_pkcs8(alipay.stranger)), request)
     assert channel.create_payment(profile_of(alipay, "qr"), request).kind == "qrcode"
 
@@ -640,7 +640,7 @@ def test_a_refund_alipay_refuses_is_not_ok_with_its_reason(alipay, server):
 def test_a_success_answer_not_signed_by_alipay_is_not_ok(alipay, server, answer):
     server.answer = answer
     result = _refund(alipay)
-    assert not result.ok and "验签失败" in result.message
+    assert not result.ok and "failed signature verification" in result.message
 
 
 def test_a_refund_signed_with_another_app_key_is_refused_by_alipay(alipay, server):
@@ -657,7 +657,7 @@ def test_network_errors_and_unreadable_answers_are_not_ok_and_never_raise(alipay
 
     request = RefundRequest("K1", "T1", "RF1", 100, 100)
     result = AlipayChannel(post=post).refund(profile_of(alipay), request)
-    assert not result.ok and "无法连接支付宝或应答无法识别" in result.message
+    assert not result.ok and "Cannot reach Alipay or its answer is unreadable" in result.message
     assert "PRIVATE" not in result.message
 
 
@@ -669,9 +669,25 @@ def test_a_refund_amount_outside_the_payment_is_refused_before_any_call(alipay, 
 def test_a_sandbox_profile_refunds_nothing_on_a_production_instance(alipay, server):
     request = RefundRequest("K1", "T1", "RF1", 100, 100)
     result = AlipayChannel(production=True).refund(profile_of(alipay, "second"), request)
-    assert not result.ok and "沙箱" in result.message and server.calls == []
+    assert not result.ok and "sandbox" in result.message and server.calls == []
 
 
 def test_product_is_validated(alipay):
     with pytest.raises(ConfigError, match=r"payments\.alipay\.main\.product"):
         profile_of(alipay, product="app")
+
+
+# -- languages ------------------------------------------------------------------------------------
+
+
+def test_the_buyer_reads_alipays_messages_in_english_on_request(shop, server):
+    server.answer = "refuse"
+    client = shop.client()
+    client.get("/?lang=en")  # the visitor's choice, kept in a cookie
+    order_no = new_order(shop, "alipay/qr", client)
+    page = client.get(f"/order/{order_no}")
+    client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "alipay", "profile": "qr"})
+    shown = client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert "Alipay could not create the payment" in shown and "支付宝下单失败" not in shown
+    channel = AlipayChannel()  # outside a request: the English names (支付宝 in a Chinese request)
+    assert channel.name == "Alipay" and [(t.id, t.name) for t in channel.pay_types] == [("alipay", "Alipay")]

@@ -17,6 +17,7 @@ import logging
 from kamengsite import ledger, members, orders
 from kamengsite.db import is_sqlite
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _
 from kamengsite.payments import Channel, PaymentAction, PaymentError, Rejection
 from kamengsite.tenancy import all_sites
 
@@ -38,7 +39,6 @@ def trade_no(order_no: str) -> str:
 
 class BalanceChannel(Channel):
     id = CHANNEL_ID
-    name = "余额支付"
     needs_member = True
     pay_types = ()
     settings_schema = {
@@ -47,13 +47,17 @@ class BalanceChannel(Channel):
         "additionalProperties": False,
     }
 
+    @property
+    def name(self):
+        return _("Pay with balance")
+
     def create_payment(self, profile, request):
         if request.member_id is None:
-            raise PaymentError("请先登录会员账户")
+            raise PaymentError(_("Please sign in to your member account first"))
         with all_sites():
             order = orders.find_order(request.order_no)
         if order is None or order.member_id != request.member_id or order.site_id != request.site_id:
-            raise PaymentError("这不是您的订单，不能用您的余额支付")
+            raise PaymentError(_("This is not your order: it cannot be paid from your balance"))
         # Outside the payment's transaction: ledger.account may open its own atomic block.
         wallet = members.wallet_account(order.site_id, order.member_id)
         clearing = ledger.account("channel_clearing", channel=CHANNEL_ID)
@@ -65,20 +69,20 @@ class BalanceChannel(Channel):
                 raise OrderNotPayable(status)
             ledger.post_in_transaction("wallet_pay", order.order_no, [(wallet, -order.amount_fen),
                                                                       (clearing, order.amount_fen)],
-                                       memo=f"订单 {order.order_no}")
+                                       memo=_("Order %(no)s", no=order.order_no))
 
         try:
             result = orders.mark_paid(order.order_no, channel=CHANNEL_ID, trade_no=trade_no(order.order_no),
                                       amount_fen=order.amount_fen, channel_profile=profile.name, within=debit)
         except ledger.InsufficientFunds:
-            raise PaymentError("余额不足") from None
+            raise PaymentError(_("Insufficient balance")) from None
         except OrderNotPayable as exc:
             if exc.status in ("paid", "delivered") and _paid_by_balance(order.id):
                 return PaymentAction.redirect(request.return_url)  # a second click raced the first: paid once
-            raise PaymentError("订单已过期或已关闭，请重新下单") from None
+            raise PaymentError(_("The order has expired or been closed; please place a new order")) from None
         except orders.PaymentRejected as exc:
             log.warning("balance payment of %s refused: %s", order.order_no, exc)
-            raise PaymentError("此订单不能用余额支付") from None
+            raise PaymentError(_("This order cannot be paid from the balance")) from None
         from kamengsite.storefront import after_payment
 
         after_payment(result, order)  # the order_delivered hook (mail) and the low-stock check, once

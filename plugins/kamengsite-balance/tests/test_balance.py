@@ -145,7 +145,7 @@ def test_guests_are_not_offered_the_balance_and_cannot_use_it(balance_host):
     assert refused.status_code == 200 and "请选择支付方式" in page_text(refused)
     assert snapshot()[1] == []  # no order
     order_no = shop.order()
-    with pytest.raises(PaymentError, match="请先登录会员账户"):
+    with pytest.raises(PaymentError, match="Please sign in to your member account"):
         BalanceChannel().create_payment(PROFILE, PayRequest(
             order_no=order_no, amount_fen=PRICE_FEN, subject="x", notify_url="", return_url="/",
             member_id=None, site_id=shop.site_id))
@@ -165,7 +165,7 @@ def test_another_members_order_or_another_sites_order_is_refused(balance_host):
     before = snapshot()
     channel = BalanceChannel()
     for member_id, site_id in ((bob.id, shop.site_id), (shop.alice.id, shop.site_id + 1), (shop.alice.id, None)):
-        with pytest.raises(PaymentError, match="不是您的订单"):
+        with pytest.raises(PaymentError, match="not your order"):
             channel.create_payment(PROFILE, PayRequest(order_no=order_no, amount_fen=PRICE_FEN, subject="x",
                                                        notify_url="", return_url="/", member_id=member_id,
                                                        site_id=site_id))
@@ -185,7 +185,7 @@ def test_an_expired_order_is_refused_not_paid_late(balance_host):
     order_no = shop.order()
     expire_due(now=utcnow() + datetime.timedelta(days=1))
     assert status_of(order_no) == "expired"
-    with pytest.raises(PaymentError, match="过期"):
+    with pytest.raises(PaymentError, match="expired"):
         BalanceChannel().create_payment(PROFILE, PayRequest(order_no=order_no, amount_fen=PRICE_FEN, subject="x",
                                                             notify_url="", return_url="/", member_id=shop.alice.id,
                                                             site_id=shop.site_id))
@@ -204,7 +204,7 @@ def test_the_channel_takes_no_notifications_and_checks_its_settings(balance_host
     with pytest.raises(ConfigError, match=r"payments\.balance\.default\.key: unknown setting"):
         check_payments_config({"balance": {"default": {"key": "x"}}}, channels)
     channel = plugin.payment_channels(instance=balance_host.instance)[0]
-    assert (channel.id, channel.name, channel.needs_member) == ("balance", "余额支付", True)
+    assert (channel.id, channel.name, channel.needs_member) == ("balance", "Pay with balance", True)  # no request: English
 
 
 # -- concurrency on every backend -----------------------------------------------------------------
@@ -267,3 +267,18 @@ def test_one_order_paid_concurrently_is_debited_and_delivered_once(db_shop):
     assert (payments, sold) == (1, 1)
     assert shop.delivered == [(order_no, "shop1")]
     assert ledger.check() == []
+
+
+# -- languages ---------------------------------------------------------------------------------------
+
+
+def test_the_balance_channel_speaks_english_on_request(balance_host):
+    shop = Shop(balance_host, wallet_fen=500)  # not enough for one order
+    order_no = shop.order()
+    assert "余额支付" in page_text(shop.client.get(f"/order/{order_no}"))
+    english = page_text(shop.client.get(f"/order/{order_no}?lang=en"))
+    assert "Pay with balance" in english and "余额支付" not in english
+    refused = shop.pay(order_no)  # the cookie keeps English
+    assert refused.status_code == 302
+    shown = page_text(shop.client.get(f"/order/{order_no}"))
+    assert "Insufficient balance" in shown and "余额不足" not in shown

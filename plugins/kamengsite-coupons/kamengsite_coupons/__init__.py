@@ -18,6 +18,7 @@ import logging
 
 from kamengsite.checkout import CheckoutInput, CheckoutRefused
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _, _l
 from kamengsite.plugin_settings import settings_for
 from kamengsite.sections import Section
 
@@ -31,8 +32,10 @@ SETTINGS_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
-        "show_flash_banner": {"type": "boolean", "title": "在首页和商品页显示“限时秒杀”专区", "default": True},
-        "coupon_field": {"type": "boolean", "title": "下单页显示“优惠码”输入框", "default": True},
+        "show_flash_banner": {"type": "boolean", "default": True,
+                              "title": _l("Show the “Flash sales” section on the home and product pages")},
+        "coupon_field": {"type": "boolean", "default": True,
+                         "title": _l("Show the “Coupon code” field on the order form")},
     },
 }
 
@@ -58,14 +61,15 @@ def prepare_site_app(app, site):
 
 @hookimpl
 def admin_menu(site):
-    return [("优惠营销", "coupons.index")]
+    return [(_("Promotions"), "coupons.index")]
 
 
 @hookimpl
 def checkout_inputs(site):
     if not settings(site)["coupon_field"]:
         return []
-    return [CheckoutInput(rules.INPUT, "优惠码", placeholder="有优惠码？在此输入", max_length=32)]
+    return [CheckoutInput(rules.INPUT, _l("Coupon code"), placeholder=_l("Have a coupon code? Enter it here"),
+                          max_length=32)]
 
 
 @hookimpl
@@ -106,7 +110,7 @@ def theme_sections(site):
         return []
     from .sections import render_flash_sales
 
-    return [Section("flash_sales", "限时秒杀", render_flash_sales, pages=("home", "product"))]
+    return [Section("flash_sales", _l("Flash sales"), render_flash_sales, pages=("home", "product"))]
 
 
 __all__ = ["SETTINGS_SCHEMA", "Coupon", "CouponUse", "FlashSale", "FlashSaleUse", "NewcomerPrice", "QuantityTier",

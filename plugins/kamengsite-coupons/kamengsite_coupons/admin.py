@@ -20,6 +20,7 @@ from wtforms.validators import InputRequired, Length, Optional
 from kamengsite import admin
 from kamengsite.app import current_site
 from kamengsite.catalog import Product, Sku
+from kamengsite.i18n import _, _l
 
 from . import rules
 from .models import KIND_LABELS, Coupon, FlashSale, NewcomerPrice, QuantityTier
@@ -33,41 +34,45 @@ LISTED = 200
 
 
 class CouponForm(FlaskForm):
-    code = StringField("优惠码", validators=[InputRequired("请填写优惠码"), Length(max=32)])
-    kind = admin.ChoiceField("类型", choices=[admin._option("fixed", "立减（元）"), admin._option("percent", "折扣（减百分之几）")],
-                            default="fixed")
-    value = StringField("额度：立减填元，折扣填百分比（如 10 表示减 10%）", validators=[InputRequired("请填写额度")])
-    max_discount = StringField("折扣最多减（元，可空）", validators=[Optional()])
-    min_spend = StringField("满多少元可用（满减门槛，可空）", validators=[Optional()])
-    product_ids = StringField("仅限商品 ID（逗号分隔，可空）", validators=[Optional(), Length(max=500)])
-    category_ids = StringField("仅限分类 ID（逗号分隔，可空）", validators=[Optional(), Length(max=500)])
-    total_limit = StringField("总共可用次数（0 或空：不限）", validators=[Optional()])
-    per_member_limit = StringField("每人可用次数（0 或空：不限）", validators=[Optional()])
-    starts_at = StringField("开始时间（UTC，如 2026-11-22 10:00，可空）", validators=[Optional()])
-    ends_at = StringField("结束时间（UTC，可空）", validators=[Optional()])
-    stackable = BooleanField("可与秒杀价、新人价同时使用")
-    members_only = BooleanField("仅限会员")
-    note = StringField("备注", validators=[Optional(), Length(max=120)])
+    code = StringField(_l("Coupon code"), validators=[InputRequired(_l("Enter a coupon code")), Length(max=32)])
+    kind = admin.ChoiceField(_l("Type"), default="fixed", choices=[
+        admin._option("fixed", _l("Money off (yuan)")),
+        admin._option("percent", _l("Percent off (a percentage of the price)"))])
+    value = StringField(_l("Amount: yuan for money off, or a percentage for percent off (e.g. 10 takes off 10%)"),
+                        validators=[InputRequired(_l("Enter the amount"))])
+    max_discount = StringField(_l("Percent off at most (yuan, optional)"), validators=[Optional()])
+    min_spend = StringField(_l("Minimum spend in yuan (optional)"), validators=[Optional()])
+    product_ids = StringField(_l("Only these product IDs (comma-separated, optional)"),
+                              validators=[Optional(), Length(max=500)])
+    category_ids = StringField(_l("Only these category IDs (comma-separated, optional)"),
+                               validators=[Optional(), Length(max=500)])
+    total_limit = StringField(_l("Total uses (0 or empty: unlimited)"), validators=[Optional()])
+    per_member_limit = StringField(_l("Uses per customer (0 or empty: unlimited)"), validators=[Optional()])
+    starts_at = StringField(_l("Starts (UTC, e.g. 2026-11-22 10:00, optional)"), validators=[Optional()])
+    ends_at = StringField(_l("Ends (UTC, optional)"), validators=[Optional()])
+    stackable = BooleanField(_l("Can be combined with flash sale and newcomer prices"))
+    members_only = BooleanField(_l("Only for members"))
+    note = StringField(_l("Note"), validators=[Optional(), Length(max=120)])
 
 
 class FlashForm(FlaskForm):
-    sku = admin.ChoiceField("规格", coerce=int)
-    price = StringField("秒杀价（元）", validators=[InputRequired("请填写秒杀价")])
-    cap = StringField("秒杀数量（件）", validators=[InputRequired("请填写数量")])
-    per_member_limit = StringField("每人限购（件，0 或空：不限）", validators=[Optional()])
-    starts_at = StringField("开始时间（UTC）", validators=[InputRequired("请填写开始时间")])
-    ends_at = StringField("结束时间（UTC）", validators=[InputRequired("请填写结束时间")])
+    sku = admin.ChoiceField(_l("SKU"), coerce=int)
+    price = StringField(_l("Flash sale price (yuan)"), validators=[InputRequired(_l("Enter the flash sale price"))])
+    cap = StringField(_l("Units on sale"), validators=[InputRequired(_l("Enter the quantity"))])
+    per_member_limit = StringField(_l("Limit per customer (units, 0 or empty: unlimited)"), validators=[Optional()])
+    starts_at = StringField(_l("Starts (UTC)"), validators=[InputRequired(_l("Enter the start time"))])
+    ends_at = StringField(_l("Ends (UTC)"), validators=[InputRequired(_l("Enter the end time"))])
 
 
 class NewcomerForm(FlaskForm):
-    sku = admin.ChoiceField("规格", coerce=int)
-    price = StringField("新人价（元）", validators=[InputRequired("请填写新人价")])
+    sku = admin.ChoiceField(_l("SKU"), coerce=int)
+    price = StringField(_l("Newcomer price (yuan)"), validators=[InputRequired(_l("Enter the newcomer price"))])
 
 
 class TierForm(FlaskForm):
-    sku = admin.ChoiceField("规格", coerce=int)
-    min_qty = StringField("起批数量（件）", validators=[InputRequired("请填写数量")])
-    price = StringField("批发单价（元）", validators=[InputRequired("请填写单价")])
+    sku = admin.ChoiceField(_l("SKU"), coerce=int)
+    min_qty = StringField(_l("Wholesale minimum (units)"), validators=[InputRequired(_l("Enter the quantity"))])
+    price = StringField(_l("Wholesale unit price (yuan)"), validators=[InputRequired(_l("Enter the unit price"))])
 
 
 def _site_id() -> int:
@@ -75,7 +80,7 @@ def _site_id() -> int:
 
 
 def _fen(text, *, blank=0) -> int:
-    text = unicodedata.normalize("NFKC", text or "").strip().removeprefix("¥").removesuffix("元").strip()
+    text = unicodedata.normalize("NFKC", text or "").strip().removeprefix("¥").removesuffix("元").strip()  # i18n: keep
     if not text:
         return blank
     return admin.parse_yuan(text)
@@ -86,7 +91,7 @@ def _whole(text, what) -> int:
     if not text:
         return 0
     if not re.fullmatch(r"\d{1,9}", text):
-        raise ValueError(f"{what}须为整数")
+        raise ValueError(_("%(what)s must be a whole number", what=what))
     return int(text)
 
 
@@ -95,16 +100,16 @@ def _percent_bp(text) -> int:
     try:
         value = Decimal(text)
     except InvalidOperation:
-        raise ValueError("折扣请填写百分比，如 10 或 12.5") from None
+        raise ValueError(_("Enter the discount as a percentage, e.g. 10 or 12.5")) from None
     if value <= 0 or value >= 100 or value != value.quantize(Decimal("0.01")):
-        raise ValueError("折扣须在 0 到 100 之间，最多两位小数")
+        raise ValueError(_("The discount must be between 0 and 100, with at most two decimals"))
     return int(value * 100)
 
 
 def _ids(text) -> list[int]:
-    parts = [p for p in re.split(r"[\s,，]+", unicodedata.normalize("NFKC", text or "").strip()) if p]
+    parts = [p for p in re.split(r"[\s,，]+", unicodedata.normalize("NFKC", text or "").strip()) if p]  # i18n: keep
     if any(not p.isdigit() for p in parts):
-        raise ValueError("ID 须为数字，用逗号分隔")
+        raise ValueError(_("IDs must be numbers separated by commas"))
     return [int(p) for p in parts]
 
 
@@ -123,8 +128,12 @@ def sku_choices(site_id: int) -> list[tuple[int, str]]:
         if quote is None:
             continue
         cost = quote.costs[0][1] if quote.costs else 0
-        label = f"#{product_id} {product_name} {sku_name}".strip() + f"（售价 ¥{rules.yuan(quote.unit_price_fen)}"
-        label += f"，成本 ¥{rules.yuan(cost)}）" if quote.costs else "）"
+        name = f"#{product_id} {product_name} {sku_name}".strip()
+        if quote.costs:
+            label = _("%(name)s (price ¥%(price)s, cost ¥%(cost)s)", name=name, price=rules.yuan(quote.unit_price_fen),
+                      cost=rules.yuan(cost))
+        else:
+            label = _("%(name)s (price ¥%(price)s)", name=name, price=rules.yuan(quote.unit_price_fen))
         choices.append((sku_id, label))
     return choices
 
@@ -181,13 +190,14 @@ def coupon_create():
             _site_id(), form.code.data, kind, value, min_spend_fen=_fen(form.min_spend.data),
             max_discount_fen=_fen(form.max_discount.data) if kind == "percent" else 0,
             product_ids=_ids(form.product_ids.data), category_ids=_ids(form.category_ids.data),
-            total_limit=_whole(form.total_limit.data, "总次数"), per_member_limit=_whole(form.per_member_limit.data, "每人次数"),
+            total_limit=_whole(form.total_limit.data, _("Total uses")),
+            per_member_limit=_whole(form.per_member_limit.data, _("Uses per customer")),
             starts_at=rules.parse_local(form.starts_at.data), ends_at=rules.parse_local(form.ends_at.data),
             stackable=form.stackable.data, members_only=form.members_only.data, note=form.note.data or "")
     except ValueError as exc:
-        flash(f"未保存：{exc}", "error")
+        flash(_("Not saved: %(error)s", error=exc), "error")
         return _page(forms, 400)
-    flash(f"已创建优惠码 {coupon.code}", "ok")
+    flash(_("Coupon %(code)s created", code=coupon.code), "ok")
     return redirect(url_for("coupons.index"))
 
 
@@ -199,13 +209,13 @@ def flash_create():
     if not form.validate_on_submit():
         return _page(forms, 400)
     try:
-        rules.create_flash_sale(_site_id(), form.sku.data, _fen(form.price.data), _whole(form.cap.data, "数量"),
+        rules.create_flash_sale(_site_id(), form.sku.data, _fen(form.price.data), _whole(form.cap.data, _("Quantity")),
                                 rules.parse_local(form.starts_at.data), rules.parse_local(form.ends_at.data),
-                                per_member_limit=_whole(form.per_member_limit.data, "每人限购"))
+                                per_member_limit=_whole(form.per_member_limit.data, _("Limit per customer")))
     except ValueError as exc:
-        flash(f"未保存：{exc}", "error")
+        flash(_("Not saved: %(error)s", error=exc), "error")
         return _page(forms, 400)
-    flash("已创建秒杀活动", "ok")
+    flash(_("Flash sale created"), "ok")
     return redirect(url_for("coupons.index"))
 
 
@@ -219,9 +229,9 @@ def newcomer_set():
     try:
         rules.set_newcomer_price(_site_id(), form.sku.data, _fen(form.price.data))
     except ValueError as exc:
-        flash(f"未保存：{exc}", "error")
+        flash(_("Not saved: %(error)s", error=exc), "error")
         return _page(forms, 400)
-    flash("已设置新人价", "ok")
+    flash(_("Newcomer price set"), "ok")
     return redirect(url_for("coupons.index"))
 
 
@@ -233,11 +243,12 @@ def tier_set():
     if not form.validate_on_submit():
         return _page(forms, 400)
     try:
-        rules.set_tier(_site_id(), form.sku.data, _whole(form.min_qty.data, "起批数量"), _fen(form.price.data))
+        rules.set_tier(_site_id(), form.sku.data, _whole(form.min_qty.data, _("Wholesale minimum")),
+                       _fen(form.price.data))
     except ValueError as exc:
-        flash(f"未保存：{exc}", "error")
+        flash(_("Not saved: %(error)s", error=exc), "error")
         return _page(forms, 400)
-    flash("已设置批发价", "ok")
+    flash(_("Wholesale price set"), "ok")
     return redirect(url_for("coupons.index"))
 
 
@@ -253,10 +264,10 @@ def toggle(kind, row_id, state):
     if kind == "tier":
         if state != "off" or not QuantityTier.delete().where(QuantityTier.id == row_id).execute():
             abort(404)
-        flash("已删除批发价", "ok")
+        flash(_("Wholesale price deleted"), "ok")
         return redirect(url_for("coupons.index"))
     model = _TOGGLES.get(kind)
     if model is None or not model.update(active=(state == "on")).where(model.id == row_id).execute():
         abort(404)  # another site's row is not in this request's scope
-    flash("已启用" if state == "on" else "已停用", "ok")
+    flash(_("Enabled") if state == "on" else _("Disabled"), "ok")
     return redirect(url_for("coupons.index"))

@@ -6,11 +6,12 @@ import json
 
 import peewee
 
+from kamengsite.i18n import _l
 from kamengsite.models import utcnow
 from kamengsite.tenancy import TenantModel
 
 KINDS = ("fixed", "percent")
-KIND_LABELS = {"fixed": "立减", "percent": "折扣"}
+KIND_LABELS = {"fixed": _l("Money off"), "percent": _l("Percent off")}
 BP = 10000  # basis points in 100 %
 
 

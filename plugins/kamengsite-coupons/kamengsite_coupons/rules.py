@@ -17,6 +17,7 @@ import peewee
 
 from kamengsite.checkout import CheckoutRefused
 from kamengsite.db import database, is_sqlite
+from kamengsite.i18n import _, _n, format_when
 from kamengsite.models import utcnow
 from kamengsite.tenancy import acting_for, all_sites
 
@@ -47,25 +48,25 @@ def create_coupon(site_id: int, code: str, kind: str, value: int, *, min_spend_f
                   max_discount_fen: int = 0, product_ids=(), category_ids=(), total_limit: int = 0,
                   per_member_limit: int = 0, starts_at=None, ends_at=None, stackable: bool = False,
                   members_only: bool = False, note: str = "") -> Coupon:
-    """A new coupon; ValueError (Chinese, for the owner) when a rule does not make sense."""
+    """A new coupon; ValueError (for the owner, in their language) when a rule does not make sense."""
     code = normalize_code(code)
     if not CODE_RE.match(code):
-        raise ValueError("优惠码为 2–32 位字母、数字、- 或 _")
+        raise ValueError(_("A coupon code is 2–32 letters, digits, - or _"))
     if kind not in KINDS:
-        raise ValueError("类型须为立减或折扣")
+        raise ValueError(_("The type must be money off or percent off"))
     for name, v in (("value", value), ("min_spend_fen", min_spend_fen), ("max_discount_fen", max_discount_fen),
                     ("total_limit", total_limit), ("per_member_limit", per_member_limit)):
         if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > MAX_FEN:
-            raise ValueError(f"{name} 须为不小于 0 的整数")
+            raise ValueError(_("%(name)s must be a whole number of at least 0", name=name))
     if value == 0:
-        raise ValueError("优惠额度须大于 0")
+        raise ValueError(_("The discount must be more than 0"))
     if kind == "percent" and value >= BP:
-        raise ValueError("折扣须小于 100%")
+        raise ValueError(_("A percent off must be less than 100%"))
     if starts_at and ends_at and ends_at <= starts_at:
-        raise ValueError("结束时间须晚于开始时间")
+        raise ValueError(_("The end time must be after the start time"))
     with acting_for(site_id):
         if Coupon.select(Coupon.id).where(Coupon.code == code).exists():
-            raise ValueError(f"优惠码 {code} 已存在")
+            raise ValueError(_("Coupon code %(code)s already exists", code=code))
         return Coupon.create(site=site_id, code=code, kind=kind, value=value, min_spend_fen=min_spend_fen,
                              max_discount_fen=max_discount_fen, product_ids=dump_ids(product_ids),
                              category_ids=dump_ids(category_ids), total_limit=total_limit,
@@ -79,31 +80,31 @@ def create_flash_sale(site_id: int, sku_id: int, price_fen: int, cap: int, start
 
     sku = Sku.get_or_none(Sku.id == sku_id)
     if sku is None:
-        raise ValueError("没有这个规格")
-    _whole(price_fen, "秒杀价")
-    _whole(cap, "数量")
-    _whole(per_member_limit, "每人限购")
+        raise ValueError(_("No such SKU"))
+    _whole(price_fen, _("Flash sale price"))
+    _whole(cap, _("Quantity"))
+    _whole(per_member_limit, _("Limit per customer"))
     if cap < 1:
-        raise ValueError("秒杀数量须至少 1 件")
+        raise ValueError(_("A flash sale needs at least 1 unit"))
     if not (starts_at and ends_at) or ends_at <= starts_at:
-        raise ValueError("请填写开始和结束时间，结束须晚于开始")
+        raise ValueError(_("Enter a start and an end time; the end must be after the start"))
     with acting_for(site_id):
         return FlashSale.create(site=site_id, product_id=sku.product_id, sku_id=sku_id, price_fen=price_fen, cap=cap,
                                 per_member_limit=per_member_limit, starts_at=starts_at, ends_at=ends_at)
 
 
 def set_newcomer_price(site_id: int, sku_id: int, price_fen: int) -> NewcomerPrice:
-    _whole(price_fen, "新人价")
+    _whole(price_fen, _("Newcomer price"))
     with acting_for(site_id), database.atomic():
         NewcomerPrice.delete().where(NewcomerPrice.sku_id == sku_id).execute()
         return NewcomerPrice.create(site=site_id, sku_id=sku_id, price_fen=price_fen)
 
 
 def set_tier(site_id: int, sku_id: int, min_qty: int, unit_price_fen: int) -> QuantityTier:
-    _whole(unit_price_fen, "批发价")
-    _whole(min_qty, "起批数量")
+    _whole(unit_price_fen, _("Wholesale price"))
+    _whole(min_qty, _("Wholesale minimum"))
     if min_qty < 2:
-        raise ValueError("起批数量须至少 2 件")
+        raise ValueError(_("The wholesale minimum must be at least 2"))
     with acting_for(site_id), database.atomic():
         QuantityTier.delete().where((QuantityTier.sku_id == sku_id) & (QuantityTier.min_qty == min_qty)).execute()
         return QuantityTier.create(site=site_id, sku_id=sku_id, min_qty=min_qty, unit_price_fen=unit_price_fen)
@@ -111,7 +112,7 @@ def set_tier(site_id: int, sku_id: int, min_qty: int, unit_price_fen: int) -> Qu
 
 def _whole(v, what):
     if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > MAX_FEN:
-        raise ValueError(f"{what}须为不小于 0 的整数")
+        raise ValueError(_("%(what)s must be a whole number of at least 0", what=what))
 
 
 # -- pricing (reads only) ------------------------------------------------------------------------
@@ -124,7 +125,7 @@ def price_quantity(checkout) -> bool:
                .where((QuantityTier.sku_id == checkout.sku_id) & (QuantityTier.min_qty <= checkout.quantity)).scalar())
     if row is None:
         return False
-    return checkout.offer_unit_price(int(row), source=PLUGIN, label="批发价")
+    return checkout.offer_unit_price(int(row), source=PLUGIN, label=_("Wholesale price"))
 
 
 def active_flash_sales(site_id: int, sku_id: int | None = None, now=None) -> list[FlashSale]:
@@ -182,15 +183,16 @@ def price_promotion(checkout, now=None) -> str | None:
         if sale.remaining <= 0:
             continue
         if sale.remaining < checkout.quantity:
-            problem = problem or f"秒杀商品仅剩 {sale.remaining} 件，请减少购买数量"
+            problem = problem or _("Only %(n)s left at the flash sale price; please buy fewer", n=sale.remaining)
             continue
         if sale.per_member_limit:
             if checkout.member_id is None and not checkout.contact and not checkout.preview:
-                problem = problem or "秒杀商品每人限购，请登录或填写联系方式"
+                problem = problem or _("Flash sale items are limited per customer: "
+                                         "sign in or enter your contact")
                 continue
             held = flash_units_held(checkout.site_id, sale.id, checkout.member_id, checkout.contact)
             if held + checkout.quantity > sale.per_member_limit:
-                problem = problem or f"秒杀商品每人限购 {sale.per_member_limit} 件"
+                problem = problem or _("Flash sale limit: %(n)s per customer", n=sale.per_member_limit)
                 continue
         candidates.append((sale.price_fen, "flash", sale.id))
         break  # the cheapest sale that can serve the buyer
@@ -204,7 +206,7 @@ def price_promotion(checkout, now=None) -> str | None:
             checkout.note(PLUGIN, flash_error=problem)
         return None
     price, kind, ident = min(candidates)
-    label = "秒杀价" if kind == "flash" else "新人专享价"
+    label = _("Flash sale price") if kind == "flash" else _("Newcomer special price")
     if not checkout.offer_unit_price(price, source=PLUGIN, label=label):
         return None
     if kind == "flash":
@@ -250,35 +252,40 @@ def coupon_problem(coupon: Coupon | None, checkout, now=None) -> str | None:
     """Why ``coupon`` cannot be used on this checkout (for the buyer), or None."""
     now = now or utcnow()
     if coupon is None:
-        return "优惠码不存在，请检查后重新输入"
+        return _("No such coupon code; please check it and try again")
     if not coupon.active:
-        return "该优惠码已停用"
+        return _("This coupon has been disabled")
     if coupon.starts_at and now < coupon.starts_at:
-        return f"该优惠码尚未生效（{coupon.starts_at:%Y-%m-%d %H:%M} UTC 起可用）"
+        return _("This coupon is not valid yet (usable from %(when)s)", when=_when(coupon.starts_at))
     if coupon.ends_at and now >= coupon.ends_at:
-        return "该优惠码已过期"
+        return _("This coupon has expired")
     if coupon.members_only and checkout.member_id is None:
-        return "该优惠码仅限会员使用，请先登录"
+        return _("This coupon is for members only; please sign in")
     if not _in_scope(coupon, checkout.product):
-        return "该优惠码不适用于此商品"
+        return _("This coupon does not apply to this product")
     notes = checkout.notes.get(PLUGIN, {})
     if not coupon.stackable and (notes.get("flash_sale_id") or notes.get("newcomer")):
-        return "该优惠码不能与秒杀价、新人价同时使用"
+        return _("This coupon cannot be combined with a flash sale or newcomer price")
     if checkout.goods_fen < coupon.min_spend_fen:
-        return f"未达到使用门槛：满 {yuan(coupon.min_spend_fen)} 元可用"
+        return _("Minimum spend not reached: usable from ¥%(amount)s", amount=yuan(coupon.min_spend_fen))
     if coupon.total_limit and coupon.used >= coupon.total_limit:
-        return "优惠券已被领完"
+        return _("This coupon has run out")
     if coupon.per_member_limit:
         if checkout.member_id is None and not checkout.contact:
             if checkout.preview:
                 return None
-            return "该优惠码每人限用，请登录或填写联系方式"
+            return _("This coupon is limited per customer: sign in or enter your contact")
         held = coupon_uses_held(checkout.site_id, coupon.id, checkout.member_id, checkout.contact)
         if held >= coupon.per_member_limit:
-            return f"该优惠码每人限用 {coupon.per_member_limit} 次，您已用完"
+            return _used_up(coupon.per_member_limit)
     if checkout.room_fen <= 0 or discount_of(coupon, checkout.goods_fen) <= 0:
-        return "此商品已是最低价，不能再使用优惠码"
+        return _("This product is already at its lowest price; no coupon can be used")
     return None
+
+
+def _used_up(limit: int) -> str:
+    return _n("This coupon can be used %(num)d time per customer, and you have used it",
+              "This coupon can be used %(num)d times per customer, and you have used them all", limit)
 
 
 def price_coupon(checkout, now=None) -> int:
@@ -291,7 +298,7 @@ def price_coupon(checkout, now=None) -> int:
     if problem:
         checkout.note(PLUGIN, coupon_error=problem)
         return 0
-    label = f"优惠券 {coupon.code}"
+    label = _("Coupon %(code)s", code=coupon.code)
     taken = checkout.take_off(discount_of(coupon, checkout.goods_fen), source=PLUGIN, label=label)
     checkout.note(PLUGIN, coupon_id=coupon.id, coupon_discount=taken)
     return taken
@@ -307,7 +314,8 @@ def refusal(checkout) -> str | None:
     if notes.get("coupon_error"):
         return notes["coupon_error"]
     if (checkout.inputs or {}).get(INPUT) and not notes.get("coupon_id"):
-        return "优惠码暂时无法使用，请稍后再试或清空优惠码"  # pricing failed: never charge without it silently
+        # pricing failed: never charge without it silently
+        return _("The coupon code cannot be used right now; try again later or clear it")
     return None
 
 
@@ -331,13 +339,13 @@ def reserve(order, checkout, now=None):
             if taken != 1:
                 sale = FlashSale.get_or_none(FlashSale.id == sale_id)
                 if sale is None or not sale.active or not sale.starts_at <= now < sale.ends_at:
-                    raise CheckoutRefused("秒杀活动已结束，请刷新页面查看最新价格")
-                raise CheckoutRefused("秒杀商品已抢完")
+                    raise CheckoutRefused(_("The flash sale has ended; refresh the page for the current price"))
+                raise CheckoutRefused(_("The flash sale is sold out"))
             sale = FlashSale.get_by_id(sale_id)  # our row lock is held: the count below is exact
             if sale.per_member_limit:
                 held = flash_units_held(order.site_id, sale_id, order.member_id, contact)
                 if held + q > sale.per_member_limit:
-                    raise CheckoutRefused(f"秒杀商品每人限购 {sale.per_member_limit} 件")
+                    raise CheckoutRefused(_("Flash sale limit: %(n)s per customer", n=sale.per_member_limit))
             FlashSaleUse.create(site=order.site_id, sale=sale_id, order_id=order.id, member_id=order.member_id,
                                 contact=contact, quantity=q, created_at=now)
         coupon_id = notes.get("coupon_id")
@@ -347,22 +355,23 @@ def reserve(order, checkout, now=None):
                 & ((Coupon.total_limit == 0) | (Coupon.used < Coupon.total_limit))).execute()
             if taken != 1:
                 coupon = Coupon.get_or_none(Coupon.id == coupon_id)
-                raise CheckoutRefused("该优惠码已停用" if coupon is None or not coupon.active else "优惠券已被领完")
+                raise CheckoutRefused(_("This coupon has been disabled") if coupon is None or not coupon.active
+                                      else _("This coupon has run out"))
             coupon = Coupon.get_by_id(coupon_id)
             if coupon.per_member_limit and \
                     coupon_uses_held(order.site_id, coupon_id, order.member_id, contact) >= coupon.per_member_limit:
-                raise CheckoutRefused(f"该优惠码每人限用 {coupon.per_member_limit} 次，您已用完")
+                raise CheckoutRefused(_used_up(coupon.per_member_limit))
             CouponUse.create(site=order.site_id, coupon=coupon_id, order_id=order.id, member_id=order.member_id,
                              contact=contact, discount_fen=int(notes.get("coupon_discount", 0)), created_at=now)
         if notes.get("newcomer"):
             if order.member_id is None:
-                raise CheckoutRefused("新人价仅限登录会员")
+                raise CheckoutRefused(_("Newcomer prices are for signed-in members only"))
             if not is_sqlite():  # one member's orders queue here (SQLite's write lock already does)
                 from kamengsite.members import Member
 
                 list(Member.select(Member.id).where(Member.id == order.member_id).for_update().tuples())
             if not is_newcomer(order.site_id, order.member_id, excluding_order=order.id):
-                raise CheckoutRefused("新人专享价仅限在本站的首单使用")
+                raise CheckoutRefused(_("The newcomer price is only for your first order on this site"))
 
 
 def release(order) -> bool:
@@ -400,6 +409,13 @@ def retake(order) -> bool:
     return took
 
 
+def _when(value) -> str:
+    """A stored UTC time for a buyer: the site's time and language in a request, plain UTC outside one."""
+    from flask import has_request_context
+
+    return format_when(value) if has_request_context() else f"{value:%Y-%m-%d %H:%M} UTC"
+
+
 def parse_local(text: str) -> datetime.datetime | None:
     """'2026-11-22 10:00' (or the browser's 'T' form) → naive UTC datetime; '' → None; ValueError otherwise."""
     text = (text or "").strip().replace("T", " ")
@@ -410,4 +426,4 @@ def parse_local(text: str) -> datetime.datetime | None:
             return datetime.datetime.strptime(text, fmt)
         except ValueError:
             continue
-    raise ValueError("时间格式为 2026-11-22 10:00（UTC）")
+    raise ValueError(_("Write times as 2026-11-22 10:00 (UTC)"))

@@ -6,8 +6,8 @@ from flask import url_for
 from markupsafe import Markup
 
 from kamengsite.catalog import Product, Sku
+from kamengsite.i18n import _, _n, format_money, format_when
 from kamengsite.models import utcnow
-from kamengsite.themes import format_fen
 
 from . import rules
 
@@ -37,12 +37,13 @@ def render_flash_sales(context: dict) -> Markup:
     for sale in sales:
         pname, sname = names.get(sale.sku_id, ("", ""))
         title = f"{pname} {sname}".strip()
-        left = "已抢完" if sale.remaining <= 0 else f"剩 {sale.remaining} 件"
+        left = _("Sold out") if sale.remaining <= 0 else _n("%(num)d unit left", "%(num)d units left", sale.remaining)
         items.append(Markup(
-            '<li data-flash-sale="{id}"><a href="{href}">{title}</a> <strong class="price">秒杀价 ¥{price}</strong> '
-            '<span class="left">{left}</span> <small>截止 {ends} UTC</small></li>').format(
+            '<li data-flash-sale="{id}"><a href="{href}">{title}</a> <strong class="price">{price}</strong> '
+            '<span class="left">{left}</span> <small>{ends}</small></li>').format(
             id=sale.id, href=url_for("storefront.product", product_id=sale.product_id), title=title,
-            price=format_fen(sale.price_fen), left=left, ends=sale.ends_at.strftime("%m-%d %H:%M")))
-    return Markup('<h2>限时秒杀</h2><ul class="flash-sales">{}</ul>').format(Markup("").join(items))
+            price=_("Flash sale price ¥%(price)s", price=format_money(sale.price_fen)), left=left,
+            ends=_("Ends %(when)s", when=format_when(sale.ends_at))))
+    return Markup('<h2>{}</h2><ul class="flash-sales">{}</ul>').format(_("Flash sales"), Markup("").join(items))
 
 

@@ -80,22 +80,23 @@ def test_a_coupon_at_the_floor_already_is_refused_with_a_reason(shop):
     assert buy(shop.shop, shop.sku, code="AA").goods_fen == SHOP_COST
     checkout = checkout_for(shop.shop, shop.sku, code="BB")
     checkout.take_off(SHOP_PRICE - SHOP_COST, source="other", label="x")  # another plugin got there first
-    assert rules.coupon_problem(rules.find_coupon(shop.shop, "BB"), checkout) == "此商品已是最低价，不能再使用优惠码"
+    assert rules.coupon_problem(rules.find_coupon(shop.shop, "BB"), checkout) == \
+        "This product is already at its lowest price; no coupon can be used"
 
 
 # -- why a code cannot be used ---------------------------------------------------------------------
 
 
 def test_unknown_disabled_and_out_of_window_codes_are_refused_with_their_reason(shop):
-    assert "优惠码不存在" in refused(shop.shop, shop.sku, code="NOPE")
+    assert "No such coupon code" in refused(shop.shop, shop.sku, code="NOPE")
     c = coupon(shop.shop, "OFF")
     with all_sites():
         Coupon.update(active=False).where(Coupon.id == c.id).execute()
-    assert refused(shop.shop, shop.sku, code="OFF") == "该优惠码已停用"
+    assert refused(shop.shop, shop.sku, code="OFF") == "This coupon has been disabled"
     coupon(shop.shop, "LATER", starts_at=hours(2))
-    assert "尚未生效" in refused(shop.shop, shop.sku, code="LATER")
+    assert "not valid yet" in refused(shop.shop, shop.sku, code="LATER")
     coupon(shop.shop, "OLD", starts_at=hours(-5), ends_at=hours(-1))
-    assert refused(shop.shop, shop.sku, code="OLD") == "该优惠码已过期"
+    assert refused(shop.shop, shop.sku, code="OLD") == "This coupon has expired"
     coupon(shop.shop, "NOW", starts_at=hours(-1), ends_at=hours(1))
     assert buy(shop.shop, shop.sku, code="NOW").discount_fen == 500
     assert order_count() == 1  # refused checkouts left no order
@@ -103,29 +104,29 @@ def test_unknown_disabled_and_out_of_window_codes_are_refused_with_their_reason(
 
 def test_a_code_on_another_site_does_not_exist_here(shop):
     coupon(shop.main, "MAINONLY")
-    assert "优惠码不存在" in refused(shop.shop, shop.sku, code="MAINONLY")
+    assert "No such coupon code" in refused(shop.shop, shop.sku, code="MAINONLY")
     assert buy(shop.main, shop.sku, code="MAINONLY").discount_fen == 500
 
 
 def test_minimum_spend_counts_the_goods_at_the_coupon_stage(shop):
     coupon(shop.shop, "MAN200", value=2000, min_spend_fen=20000)  # 满 200 减 20
-    assert refused(shop.shop, shop.sku, code="MAN200") == "未达到使用门槛：满 200 元可用"
+    assert refused(shop.shop, shop.sku, code="MAN200") == "Minimum spend not reached: usable from ¥200"
     assert buy(shop.shop, shop.sku, 2, code="MAN200").discount_fen == 2000  # 21600 ≥ 20000
 
 
 def test_product_and_category_scope(shop):
     coupon(shop.shop, "WEEK", product_ids=[shop.second.id])
-    assert refused(shop.shop, shop.sku, code="WEEK") == "该优惠码不适用于此商品"
+    assert refused(shop.shop, shop.sku, code="WEEK") == "This coupon does not apply to this product"
     assert buy(shop.shop, shop.second_sku, code="WEEK").discount_fen == 500
     coupon(shop.shop, "GAMES", category_ids=[shop.games])
-    assert refused(shop.shop, shop.second_sku, code="GAMES") == "该优惠码不适用于此商品"
+    assert refused(shop.shop, shop.second_sku, code="GAMES") == "This coupon does not apply to this product"
     assert buy(shop.shop, shop.sku, code="GAMES").discount_fen == 500
 
 
 def test_members_only(shop):
     member = members.register(shop.shop, "m@example.com", "secret-pass-1")
     coupon(shop.shop, "VIP", members_only=True)
-    assert refused(shop.shop, shop.sku, code="VIP") == "该优惠码仅限会员使用，请先登录"
+    assert refused(shop.shop, shop.sku, code="VIP") == "This coupon is for members only; please sign in"
     assert buy(shop.shop, shop.sku, code="VIP", member_id=member.id).discount_fen == 500
 
 
@@ -133,7 +134,7 @@ def test_the_total_limit_is_checked_when_pricing_and_taken_atomically_when_order
     c = coupon(shop.shop, "TWO", total_limit=2)
     buy(shop.shop, shop.sku, code="TWO", contact="a@x")
     buy(shop.shop, shop.sku, code="TWO", contact="b@x")
-    assert refused(shop.shop, shop.sku, code="TWO", contact="c@x") == "优惠券已被领完"
+    assert refused(shop.shop, shop.sku, code="TWO", contact="c@x") == "This coupon has run out"
     assert used(c.id) == 2
     # Two buyers priced while one use was left: the second to order is refused, not given the discount.
     last = coupon(shop.shop, "LAST", total_limit=1)
@@ -141,7 +142,7 @@ def test_the_total_limit_is_checked_when_pricing_and_taken_atomically_when_order
     assert first.discount_fen == second.discount_fen == 500
     place(first)
     before = order_count()
-    with pytest.raises(CheckoutRefused, match="优惠券已被领完"):
+    with pytest.raises(CheckoutRefused, match="This coupon has run out"):
         place(second)
     assert order_count() == before and used(last.id) == 1
 
@@ -151,17 +152,18 @@ def test_the_per_member_limit_counts_members_and_guests_by_contact(shop):
     b = members.register(shop.shop, "b@example.com", "secret-pass-1")
     c = coupon(shop.shop, "ONCE", per_member_limit=1)
     buy(shop.shop, shop.sku, code="ONCE", member_id=a.id)
-    assert refused(shop.shop, shop.sku, code="ONCE", member_id=a.id) == "该优惠码每人限用 1 次，您已用完"
+    assert refused(shop.shop, shop.sku, code="ONCE", member_id=a.id) == \
+        "This coupon can be used 1 time per customer, and you have used it"
     buy(shop.shop, shop.sku, code="ONCE", member_id=b.id)
     buy(shop.shop, shop.sku, code="ONCE", contact="guest@x")
-    assert "每人限用 1 次" in refused(shop.shop, shop.sku, code="ONCE", contact="guest@x")
+    assert "used 1 time per customer" in refused(shop.shop, shop.sku, code="ONCE", contact="guest@x")
     assert used(c.id) == 3
     # Priced twice before either order: the database refuses the second use.
     twice = coupon(shop.shop, "TWICE", per_member_limit=1)
     m = members.register(shop.shop, "m@example.com", "secret-pass-1")
     first, second = (checkout_for(shop.shop, shop.sku, code="TWICE", member_id=m.id) for _ in range(2))
     place(first)
-    with pytest.raises(CheckoutRefused, match="每人限用 1 次"):
+    with pytest.raises(CheckoutRefused, match="used 1 time per customer"):
         place(second)
     assert used(twice.id) == 1
 
@@ -182,7 +184,7 @@ def test_an_expired_order_gives_its_use_back_exactly_once_and_a_late_payment_tak
     c = coupon(shop.shop, "BACK", total_limit=1)
     order = buy(shop.shop, shop.sku, code="BACK")
     assert used(c.id) == 1
-    assert refused(shop.shop, shop.sku, code="BACK", contact="other@x") == "优惠券已被领完"
+    assert refused(shop.shop, shop.sku, code="BACK", contact="other@x") == "This coupon has run out"
     assert expire(order) == 1
     assert used(c.id) == 0
     with all_sites():
@@ -227,19 +229,19 @@ def test_the_buy_form_asks_for_a_code_unless_switched_off(shop):
     from types import SimpleNamespace
 
     asked = checkout_inputs(SimpleNamespace(settings={}, config_file="site.toml"))
-    assert [(i.name, i.label) for i in asked] == [("coupon", "优惠码")]
+    assert [(i.name, i.label) for i in asked] == [("coupon", "Coupon code")]
     off = SimpleNamespace(settings={"coupons": {"coupon_field": False}}, config_file="site.toml")
     assert checkout_inputs(off) == []
     assert SETTINGS_SCHEMA["properties"]["show_flash_banner"]["default"] is True
 
 
 def test_owner_rules_are_checked(shop):
-    with pytest.raises(ValueError, match="已存在"):
+    with pytest.raises(ValueError, match="already exists"):
         coupon(shop.shop, "DUP")
         coupon(shop.shop, "dup")
     with pytest.raises(ValueError, match="100%"):
         coupon(shop.shop, "FULL", "percent", 10000)
-    with pytest.raises(ValueError, match="结束时间"):
+    with pytest.raises(ValueError, match="end time"):
         coupon(shop.shop, "BACKWARDS", starts_at=hours(2), ends_at=hours(1))
-    with pytest.raises(ValueError, match="优惠码为"):
+    with pytest.raises(ValueError, match="A coupon code is"):
         coupon(shop.shop, "有空格 的码")

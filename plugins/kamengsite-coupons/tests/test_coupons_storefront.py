@@ -207,3 +207,30 @@ def test_a_late_payment_of_an_expired_coupon_order_counts_its_use_again(host, cl
     hooks.notify("order_paid", order)  # (a second call changes nothing)
     with all_sites():
         assert Coupon.get(Coupon.code == "LATE").used == 1
+
+
+# -- languages ----------------------------------------------------------------------------------
+
+
+def test_the_console_page_and_the_flash_section_speak_english_on_request(host, client_for, product):
+    shop = _shop(host)
+    now = utcnow()
+    rules.create_coupon(shop, "LANG5", "percent", 500, max_discount_fen=300, min_spend_fen=1000, members_only=True)
+    rules.create_flash_sale(shop, product.skus[0].id, 9500, 3, now - datetime.timedelta(hours=1),
+                            now + datetime.timedelta(hours=1))
+    client = _owner(host, client_for, shop)
+    chinese = client.get("/admin/coupons/").get_data(as_text=True)
+    assert "<h1>优惠营销</h1>" in chinese and "Promotions" not in chinese and "减 5%" in chinese
+    english = client.get("/admin/coupons/?lang=en").get_data(as_text=True)
+    assert "<h1>Promotions</h1>" in english and "优惠营销" not in english
+    assert "New coupon code" in english and "新建优惠码" not in english
+    assert "5% off (at most ¥3)" in english and "Members-only code" in english and "Wholesale minimum" in english
+    home = client_for(HOST).get("/?lang=en").get_data(as_text=True)
+    assert "<h2>Flash sales</h2>" in home and "Flash sale price ¥95.00" in home and "3 units left" in home
+    assert "限时秒杀" not in home and "秒杀价" not in home
+    refused = _post_buy(client_for(HOST), product, "WRONG")  # a new client: Chinese by default
+    assert "优惠码不存在" in refused.get_data(as_text=True)
+    english_client = client_for(HOST)
+    english_client.get("/?lang=en")  # the choice is kept in a cookie
+    page = _post_buy(english_client, product, "WRONG").get_data(as_text=True)
+    assert "No such coupon code" in page and "优惠码不存在" not in page

@@ -25,6 +25,7 @@ from wtforms.validators import InputRequired, Length
 
 from kamengsite import admin, members
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _, _l
 from kamengsite.member_routes import current_member
 from kamengsite.models import utcnow
 from kamengsite.sections import Section
@@ -85,12 +86,12 @@ def site_template_context(site):
 
 @hookimpl
 def admin_menu(site):
-    return [("会员营销", "crm.index")]
+    return [(_l("Member marketing"), "crm.index")]
 
 
 @hookimpl
 def theme_sections(site):
-    return [Section("crm_inbox", "站内信与生日", _inbox_section, pages=("member",))]
+    return [Section("crm_inbox", _l("Messages and birthday"), _inbox_section, pages=("member",))]
 
 
 def _inbox_section(context) -> Markup:
@@ -98,8 +99,9 @@ def _inbox_section(context) -> Markup:
     if member_id is None:
         return Markup("")
     unread = campaigns.unread_count(_site_id(), member_id)
-    return Markup('<p class="crm-links"><a href="{}">站内信{}</a> · <a href="{}">我的资料（生日）</a></p>').format(
-        url_for("crm_member.messages"), f"（{unread} 条未读）" if unread else "", url_for("crm_member.profile"))
+    return Markup('<p class="crm-links"><a href="{}">{}</a> · <a href="{}">{}</a></p>').format(
+        url_for("crm_member.messages"), _("Messages (%(n)s unread)", n=unread) if unread else _("Messages"),
+        url_for("crm_member.profile"), _("My profile (birthday)"))
 
 
 @hookimpl
@@ -116,7 +118,7 @@ def register_jobs(huey, instance):
 
 
 class ProfileForm(FlaskForm):
-    birthday = StringField("生日", validators=[Length(max=10, message="请按 年-月-日 填写")])
+    birthday = StringField(_l("Birthday"), validators=[Length(max=10, message=_l("Please write it as year-month-day"))])
 
 
 class ReadForm(FlaskForm):
@@ -130,7 +132,7 @@ def parse_birthday(text: str) -> datetime.date | None:
     try:
         return datetime.date.fromisoformat(text)
     except ValueError:
-        raise CrmError("请按 年-月-日 填写生日，如 1995-08-16") from None
+        raise CrmError(_("Please write the birthday as year-month-day, e.g. 1995-08-16")) from None
 
 
 @member_bp.after_request
@@ -161,7 +163,7 @@ def profile():
         except CrmError as exc:
             error = str(exc)
         else:
-            flash("已保存", "ok")
+            flash(_("Saved"), "ok")
             return redirect(url_for("crm_member.profile"))
     elif form.is_submitted() and "csrf_token" in form.errors:
         abort(400)
@@ -201,22 +203,26 @@ def messages_read():
 
 
 class TagForm(FlaskForm):
-    name = StringField("标签名", validators=[InputRequired("请填写标签名"), Length(max=campaigns.TAG_MAX)])
+    name = StringField(_l("Tag name"), validators=[InputRequired(_l("Please enter a tag name")), Length(max=campaigns.TAG_MAX)])
 
 
 class TagMemberForm(FlaskForm):
-    email = StringField("会员邮箱", validators=[InputRequired("请填写会员邮箱"), Length(max=members.EMAIL_MAX)])
+    email = StringField(_l("Member email"), validators=[InputRequired(_l("Please enter the member's email")),
+                                                     Length(max=members.EMAIL_MAX)])
 
 
 class CampaignForm(FlaskForm):
-    name = StringField("活动名称", validators=[InputRequired("请填写活动名称"), Length(max=campaigns.NAME_MAX)])
-    fires_on = StringField("触发条件", validators=[InputRequired("请填写触发条件"), Length(max=48)])
-    subject = StringField("标题", validators=[InputRequired("请填写标题"), Length(max=campaigns.SUBJECT_MAX)])
-    body = TextAreaField("正文（纯文本，可写优惠券码；{name} 换成会员昵称）",
-                         validators=[Length(max=campaigns.BODY_MAX, message=f"最多 {campaigns.BODY_MAX} 个字")])
-    send_email = BooleanField("发邮件", default=True)
-    send_inbox = BooleanField("发站内信", default=True)
-    active = BooleanField("立即启用")
+    name = StringField(_l("Campaign name"), validators=[InputRequired(_l("Please enter a campaign name")),
+                                                        Length(max=campaigns.NAME_MAX)])
+    fires_on = StringField(_l("Trigger"), validators=[InputRequired(_l("Please enter a trigger")), Length(max=48)])
+    subject = StringField(_l("Subject"), validators=[InputRequired(_l("Please enter a subject")),
+                                                    Length(max=campaigns.SUBJECT_MAX)])
+    body = TextAreaField(_l("Message (plain text, may include coupon codes; {name} becomes the member's nickname)"),
+                         validators=[Length(max=campaigns.BODY_MAX,
+                                            message=_l("At most %(max)s characters", max=campaigns.BODY_MAX))])
+    send_email = BooleanField(_l("Send email"), default=True)
+    send_inbox = BooleanField(_l("Send in-site message"), default=True)
+    active = BooleanField(_l("Enable now"))
 
 
 def _check(form) -> bool:
@@ -247,7 +253,8 @@ def run_now():
     if not _check(admin.ActionForm()):
         abort(400)
     result = campaigns.run_site(_site_id(), site=_site().config, instance=_site().instance)
-    flash(f"已刷新分群；本次触达 {result['reached']} 人，重试邮件 {result['retried']} 封", "ok")
+    flash(_("Segments refreshed; reached %(reached)s members this time, retried %(retried)s emails",
+            reached=result["reached"], retried=result["retried"]), "ok")
     return redirect(url_for("crm.index"))
 
 
@@ -259,7 +266,7 @@ def segment(name):
     site_id = _site_id()
     rows = segments.segment_members(site_id, name, limit=MEMBERS_SHOWN)
     ids = [m for m, _ in rows]
-    return _render("admin_members.html", title=f"分群：{SEGMENTS[name]}", rows=_member_rows(site_id, rows),
+    return _render("admin_members.html", title=_("Segment: %(name)s", name=SEGMENTS[name]), rows=_member_rows(site_id, rows),
                    tag=None, form=None, total=segments.segment_counts(site_id)[name], shown=len(ids))
 
 
@@ -288,7 +295,7 @@ def tag_create():
     except CrmError as exc:
         form.name.errors = [str(exc)]
         return _index_page(tag_form=form), 400
-    flash("标签已创建", "ok")
+    flash(_("Tag created"), "ok")
     return redirect(url_for("crm.index"))
 
 
@@ -311,13 +318,13 @@ def tag(tag_id):
     if _check(form):
         member = members.find_member(site_id, form.email.data)
         if member is None:
-            form.email.errors = ["本站没有这个会员"]
+            form.email.errors = [_("This site has no such member")]
         else:
             campaigns.tag_member(site_id, found.id, member.id)
-            flash(f"已给 {member.email} 打上标签", "ok")
+            flash(_("Tagged %(email)s", email=member.email), "ok")
             return redirect(url_for("crm.tag", tag_id=found.id))
     ids = campaigns.tagged_members(site_id, found.id, limit=MEMBERS_SHOWN)
-    return _render("admin_members.html", title=f"标签：{found.name}", rows=_member_rows(site_id, [(m, None) for m in ids]),
+    return _render("admin_members.html", title=_("Tag: %(name)s", name=found.name), rows=_member_rows(site_id, [(m, None) for m in ids]),
                    tag=found, form=form, action_form=admin.ActionForm(formdata=None), total=len(ids), shown=len(ids))
 
 
@@ -328,7 +335,7 @@ def tag_remove(tag_id, member_id):
         abort(400)
     found = _tag_or_404(tag_id)
     campaigns.untag_member(_site_id(), found.id, member_id)
-    flash("已移除标签", "ok")
+    flash(_("Tag removed"), "ok")
     return redirect(url_for("crm.tag", tag_id=found.id))
 
 
@@ -338,7 +345,7 @@ def tag_delete(tag_id):
     if not _check(admin.ActionForm()):
         abort(400)
     campaigns.delete_tag(_site_id(), _tag_or_404(tag_id).id)
-    flash("标签已删除", "ok")
+    flash(_("Tag deleted"), "ok")
     return redirect(url_for("crm.index"))
 
 
@@ -354,7 +361,7 @@ def campaign_create():
                                   send_inbox=form.send_inbox.data, active=form.active.data)
     except CrmError as exc:
         return _index_page(campaign_form=form, error=str(exc)), 400
-    flash("活动已创建", "ok")
+    flash(_("Campaign created"), "ok")
     return redirect(url_for("crm.index"))
 
 
@@ -365,7 +372,7 @@ def campaign_toggle(campaign_id, action):
         abort(400)
     if not campaigns.set_active(_site_id(), campaign_id, action == "activate"):
         abort(404)
-    flash("活动已启用" if action == "activate" else "活动已停用", "ok")
+    flash(_("Campaign enabled") if action == "activate" else _("Campaign disabled"), "ok")
     return redirect(url_for("crm.index"))
 
 

@@ -23,6 +23,7 @@ from peewee import fn
 
 from kamengsite import mail
 from kamengsite.db import database, retry_transient
+from kamengsite.i18n import _, _l
 from kamengsite.members import Member
 from kamengsite.models import Site, utcnow
 from kamengsite.tenancy import acting_for, all_sites
@@ -41,8 +42,8 @@ TAG_MAX = 32
 TAG_RE = re.compile(r"^[^\s:<>\"'&]{1,32}$")
 DATE_RE = re.compile(r"^date:(\d{4})-(\d{2})-(\d{2})$")
 CHUNK = 500
-EMAIL_LABELS = {"": "不发邮件", "sending": "发送中", "sent": "已发送", "failed": "失败，下次重试",
-                "skipped": "未发送（未配置邮件服务器）", "gave_up": "多次失败，已放弃"}
+EMAIL_LABELS = {"": _l("No email"), "sending": _l("Sending"), "sent": _l("Sent"), "failed": _l("Failed, retrying next time"),
+                "skipped": _l("Not sent (no mail server configured)"), "gave_up": _l("Failed repeatedly, given up")}
 
 
 class CrmError(ValueError):
@@ -74,7 +75,7 @@ def _birthday_keys(today: datetime.date) -> list[int]:
 def check_tag_name(name: str) -> str:
     name = (name or "").strip()
     if not TAG_RE.match(name):
-        raise CrmError(f"标签名需 1 到 {TAG_MAX} 个字，不能有空格、冒号或引号")
+        raise CrmError(_("A tag name is 1 to %(max)s characters, without spaces, colons or quotes", max=TAG_MAX))
     return name
 
 
@@ -85,7 +86,7 @@ def create_tag(site_id: int, name: str) -> Tag:
             with database.atomic():
                 return Tag.create(name=name)
         except peewee.IntegrityError:
-            raise CrmError(f"标签“{name}”已存在") from None
+            raise CrmError(_("The tag “%(name)s” already exists", name=name)) from None
 
 
 def delete_tag(site_id: int, tag_id: int) -> bool:
@@ -106,9 +107,9 @@ def tag_member(site_id: int, tag_id: int, member_id: int) -> bool:
     """Tag a member of this site; False when they already had it. CrmError for another site's tag or member."""
     with acting_for(site_id):
         if Tag.get_or_none(Tag.id == tag_id) is None:
-            raise CrmError("没有这个标签")
+            raise CrmError(_("No such tag"))
         if Member.get_or_none(Member.id == member_id) is None:
-            raise CrmError("本站没有这个会员")
+            raise CrmError(_("This site has no such member"))
         if MemberTag.select().where((MemberTag.tag == tag_id) & (MemberTag.member == member_id)).exists():
             return False
         try:
@@ -156,11 +157,11 @@ def set_birthday(site_id: int, member_id: int, birthday: datetime.date | None, t
     """Set (or clear with None) the member's birthday; CrmError for a date in the future or before 1900."""
     today = today or datetime.date.today()
     if birthday is not None and not (datetime.date(1900, 1, 1) <= birthday <= today):
-        raise CrmError("请填写真实的生日")
+        raise CrmError(_("Please enter a real birthday"))
     md = birthday.month * 100 + birthday.day if birthday is not None else None
     with acting_for(site_id):
         if Member.get_or_none(Member.id == member_id) is None:
-            raise CrmError("本站没有这个会员")
+            raise CrmError(_("This site has no such member"))
 
         def save():
             with database.atomic():
@@ -202,13 +203,13 @@ def mark_read(site_id: int, member_id: int, message_id: int | None = None) -> in
 def check_trigger(site_id: int, text: str) -> str:
     """The normalised trigger, or CrmError saying what is wrong."""
     text = (text or "").strip()
-    kind, _, arg = text.partition(":")
+    kind, _sep, arg = text.partition(":")
     if kind == "segment" and arg in SEGMENTS:
         return text
     if kind == "tag":
         with acting_for(site_id):
             if Tag.get_or_none(Tag.name == arg) is None:
-                raise CrmError(f"没有名为“{arg}”的标签")
+                raise CrmError(_("There is no tag named “%(name)s”", name=arg))
         return text
     if text == "date:birthday":
         return text
@@ -217,22 +218,22 @@ def check_trigger(site_id: int, text: str) -> str:
         try:
             datetime.date(*map(int, match.groups()))
         except ValueError:
-            raise CrmError("日期不存在") from None
+            raise CrmError(_("No such date")) from None
         return text
-    raise CrmError("触发条件须为 segment:分群名、tag:标签名、date:birthday 或 date:YYYY-MM-DD")
+    raise CrmError(_("The trigger must be segment:<segment>, tag:<tag name>, date:birthday or date:YYYY-MM-DD"))
 
 
 def create_campaign(site_id: int, *, name: str, fires_on: str, subject: str, body: str, send_email: bool = True,
                     send_inbox: bool = True, active: bool = False) -> Campaign:
     name, subject, body = (name or "").strip(), (subject or "").strip(), (body or "").strip()
     if not 0 < len(name) <= NAME_MAX:
-        raise CrmError(f"活动名称需 1 到 {NAME_MAX} 个字")
+        raise CrmError(_("A campaign name is 1 to %(max)s characters", max=NAME_MAX))
     if not 0 < len(subject) <= SUBJECT_MAX or "\n" in subject or "\r" in subject:
-        raise CrmError(f"标题需 1 到 {SUBJECT_MAX} 个字，且只有一行")
+        raise CrmError(_("The subject is 1 to %(max)s characters, on one line", max=SUBJECT_MAX))
     if len(body) > BODY_MAX:
-        raise CrmError(f"正文最多 {BODY_MAX} 个字")
+        raise CrmError(_("The message is at most %(max)s characters", max=BODY_MAX))
     if not (send_email or send_inbox):
-        raise CrmError("请至少选择一种发送方式（邮件或站内信）")
+        raise CrmError(_("Choose at least one way to send (email or in-site message)"))
     fires_on = check_trigger(site_id, fires_on)
     with acting_for(site_id):
         return Campaign.create(name=name, fires_on=fires_on, subject=subject, body=body, send_email=bool(send_email),
@@ -264,7 +265,7 @@ def _active_ids(query):
 
 def targets(site_id: int, campaign: Campaign, now: datetime.datetime, rules: dict) -> tuple[int, list[int]] | None:
     """``(occasion, member ids)`` the campaign is due for now, or None when it is not its day."""
-    kind, _, arg = campaign.fires_on.partition(":")
+    kind, _sep, arg = campaign.fires_on.partition(":")
     today = local_date(now, rules)
     with acting_for(site_id):
         if kind == "segment":

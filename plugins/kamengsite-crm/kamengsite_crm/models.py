@@ -8,37 +8,38 @@ from __future__ import annotations
 
 import peewee
 
+from kamengsite.i18n import _l
 from kamengsite.members import Member
 from kamengsite.models import utcnow
 from kamengsite.tenancy import TenantModel
 
 #: The segments, in the order the console lists them, with their labels.
 SEGMENTS = {
-    "high_value": "高价值",
-    "potential": "潜力",
-    "dormant": "沉睡",
-    "new": "新会员",
+    "high_value": _l("High value"),
+    "potential": _l("Potential"),
+    "dormant": _l("Dormant"),
+    "new": _l("New members"),
 }
 
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
         "window_days": {"type": "integer", "minimum": 1, "maximum": 3650, "default": 90,
-                        "title": "统计周期（天）：消费频次与金额按最近多少天计算"},
+                        "title": _l("Window (days): order count and spending are counted over this many recent days")},
         "high_value_spend_fen": {"type": "integer", "minimum": 1, "maximum": 10**11, "default": 50000,
-                                 "title": "高价值：统计周期内消费满多少（分，50000 即 500 元）"},
+                                 "title": _l("High value: spending within the window of at least (fen; 50000 = ¥500)")},
         "high_value_min_orders": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1,
-                                  "title": "高价值：统计周期内至少几笔订单"},
+                                  "title": _l("High value: at least this many orders within the window")},
         "potential_max_orders": {"type": "integer", "minimum": 1, "maximum": 100000, "default": 1,
-                                 "title": "潜力：累计已付订单不超过几笔"},
+                                 "title": _l("Potential: at most this many paid orders in total")},
         "potential_recent_days": {"type": "integer", "minimum": 1, "maximum": 3650, "default": 30,
-                                  "title": "潜力：最近一次购买在多少天内"},
+                                  "title": _l("Potential: last purchase within this many days")},
         "dormant_days": {"type": "integer", "minimum": 1, "maximum": 3650, "default": 60,
-                         "title": "沉睡：买过东西，但已有多少天没有购买"},
+                         "title": _l("Dormant: has bought before, but nothing for this many days")},
         "new_days": {"type": "integer", "minimum": 1, "maximum": 3650, "default": 30,
-                     "title": "新会员：注册多少天内、还没有下过已付订单"},
+                     "title": _l("New members: signed up within this many days, no paid order yet")},
         "utc_offset_hours": {"type": "integer", "minimum": -12, "maximum": 14, "default": 8,
-                             "title": "日期类活动（生日、指定日期）按哪个时区算（UTC 偏移小时，北京时间为 8）"},
+                             "title": _l("Time zone of date campaigns (birthday, a given date), as a UTC offset in hours (Beijing time is 8)")},
     },
     "additionalProperties": False,
 }

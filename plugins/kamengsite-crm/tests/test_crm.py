@@ -619,3 +619,34 @@ def test_the_member_page_section_links_the_inbox_with_the_unread_count(shop):
         html = str(section.render({"page": "member", "member_id": a}))
         assert '<a href="/member/messages">站内信（1 条未读）</a>' in html and "/member/profile" in html
         assert str(section.render({"page": "member", "member_id": None})) == ""
+
+
+# -- languages -------------------------------------------------------------------------------
+
+
+def test_the_console_and_member_pages_speak_english_on_request(shop, client_for):
+    s = shop.site1
+    a = shop.member(s, "alice")
+    shop.order(s, a, 100, NOW - 61 * DAY)
+    campaign(s, send_email=False)
+    campaigns.run_site(s, NOW, shop.host.instance, shop.config())
+    segments.refresh_segments(s, NOW, RULES)
+
+    console = _console(shop, client_for)
+    chinese = console.get("/admin/crm/").get_data(as_text=True)
+    assert "<h1>会员营销</h1>" in chinese and "自动分群" in chinese and "沉睡" in chinese
+    english = console.get("/admin/crm/?lang=en").get_data(as_text=True)
+    assert "<h1>Member marketing</h1>" in english and "Automatic segments" in english and "Dormant" in english
+    assert "会员营销" not in english and "自动分群" not in english and "营销活动" not in english
+    members_page = console.get("/admin/crm/segment/dormant").get_data(as_text=True)  # the cookie keeps English
+    assert "Segment: Dormant" in members_page and "Back to member marketing" in members_page
+    assert "返回会员营销" not in members_page
+
+    alice = client_for("shop1.localhost")
+    sign_in_member(alice, "alice@example.com", PASSWORD)
+    assert "全部标为已读" in alice.get("/member/messages").get_data(as_text=True)
+    inbox = alice.get("/member/messages?lang=en").get_data(as_text=True)
+    assert "Messages (1 unread)" in inbox and "Mark all as read" in inbox and "Back to my account" in inbox
+    assert "站内信" not in inbox and "全部标为已读" not in inbox
+    profile = alice.get("/member/profile").get_data(as_text=True)
+    assert "<h1>My profile</h1>" in profile and "我的资料" not in profile

@@ -211,7 +211,20 @@ def invite():
                                   frozen_fen=members.frozen_commissions(site_id, member.id),
                                   wallet_fen=members.wallet_balance(site_id, member.id),
                                   earnings=earnings(site_id, member.id, settings.freeze_days),
-                                  products=_products_on_sale(), code_for_links=code)
+                                  products=_products_on_sale(), code_for_links=code, day=_day)
+
+
+def _day(value) -> str:
+    """A stored UTC time as its date in the site's timezone, written the current language's way."""
+    from flask_babel import to_user_timezone
+
+    from kamengsite.i18n import format_when
+
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return format_when(to_user_timezone(value).date())
 
 
 def _products_on_sale() -> list[dict]:

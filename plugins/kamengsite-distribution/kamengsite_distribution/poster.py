@@ -20,6 +20,8 @@ from functools import cache
 import segno
 from PIL import Image, ImageDraw, ImageFont
 
+from kamengsite.i18n import _
+
 log = logging.getLogger(__name__)
 
 WIDTH, HEIGHT = 720, 1080
@@ -150,10 +152,10 @@ def render(site_name: str, product_name: str, price_fen: int, url: str, fonts: F
 
     hint = fonts.get(30)
     text_top = QR_TOP + QR_SIZE + 40
-    if fonts.cjk:
-        draw.text((WIDTH // 2, text_top), "长按识别二维码，立即购买", font=hint, fill=INK, anchor="mm")
-    else:
-        draw.text((WIDTH // 2, text_top), "Scan the QR code to buy", font=hint, fill=INK, anchor="mm")
+    hint_text = _("Press and hold the QR code to buy now")
+    if not fonts.can_draw(hint_text):
+        hint_text = "Scan the QR code to buy"  # the fallback font has no Chinese
+    draw.text((WIDTH // 2, text_top), hint_text, font=hint, fill=INK, anchor="mm")
     small = fonts.get(22)
     draw.text((WIDTH // 2, text_top + 60), _fit(draw, url, small, inner), font=small, fill=MUTED, anchor="mm")
 

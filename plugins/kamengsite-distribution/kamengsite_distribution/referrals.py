@@ -16,6 +16,7 @@ import peewee
 
 from kamengsite.db import database
 from kamengsite.errors import ConfigError
+from kamengsite.i18n import _l
 from kamengsite.members import Member
 from kamengsite.models import utcnow
 from kamengsite.plugin_settings import settings_for
@@ -38,12 +39,14 @@ SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
         "depth": {"type": "integer", "minimum": 1, "maximum": MAX_DEPTH, "default": DEFAULT_DEPTH,
-                  "title": "分销层级（1–3 级；不填时等于佣金比例的项数）"},
+                  "title": _l("Levels (1–3; when empty, as many as there are commission rates)")},
         "rates": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 100},
                   "minItems": 1, "maxItems": MAX_DEPTH, "default": list(DEFAULT_RATES),
-                  "title": "每级佣金比例（占卖家利润的百分比，从 1 级开始，合计不超过 100）"},
+                  "title": _l("Commission rate per level (percent of the seller's margin, from level 1; "
+                              "at most 100 in total)")},
         "freeze_days": {"type": "integer", "minimum": 0, "maximum": MAX_FREEZE_DAYS, "default": DEFAULT_FREEZE_DAYS,
-                        "title": "佣金冻结天数（期满转入会员余额；0 = 立即可用）"},
+                        "title": _l("Days commissions stay frozen (then moved to the member's balance; "
+                                    "0 = available at once)")},
     },
     "additionalProperties": False,
 }

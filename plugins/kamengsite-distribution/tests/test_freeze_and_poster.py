@@ -219,6 +219,18 @@ def test_the_invite_page_shows_frozen_and_available_and_a_poster_link_per_produc
     assert "另有待结算佣金" not in page_client.get("/member/").get_data(as_text=True)
 
 
+def test_the_invite_page_speaks_english_on_request(host, client_for, product):
+    shop, (a, b, c), order_no = _buyer_chain(host, client_for, product)
+    page_client = client_for("shopx.localhost")
+    sign_in_member(page_client, "b@example.com", PASSWORD)
+    chinese = page_client.get("/member/invite").get_data(as_text=True)
+    assert "<h1>我的推广</h1>" in chinese and "My referrals" not in chinese and "1 级 10%，2 级 5%" in chinese
+    page = page_client.get("/member/invite?lang=en").get_data(as_text=True)
+    assert "<h1>My referrals</h1>" in page and "<h2>Commission earnings</h2>" in page
+    assert "level 1 10%, level 2 5%" in page and "Commissions pending" in page and "Pending (available around" in page
+    assert "我的推广" not in page and "待结算佣金" not in page and "生成海报" not in page and "Make a poster" in page
+
+
 def _png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
     return struct.unpack(">II", data[16:24])

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _
 from kamengsite.payments import (MASK, Channel, Notification, PaymentAction, PaymentError, PayType, RefundResult,
                                  Rejection, fen_to_yuan, sign_content, yuan_to_fen)
 
@@ -62,15 +63,15 @@ QR_MAX = 2048
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
-        "label": {"type": "string", "maxLength": 40, "description": "what buyers see, e.g. 支付宝/微信"},
+        "label": {"type": "string", "maxLength": 40, "description": "what buyers see, e.g. 支付宝/微信"},  # i18n: keep - names in the gateway's console
         "version": {"enum": ["v1", "v2"], "description": "v1 = MD5 key, v2 = RSA keys"},
         "api": {"type": "string", "pattern": r"^https?://[^\s/]+", "description": "gateway address, e.g. https://pay.example.com/"},
-        "pid": {"type": ["string", "integer"], "pattern": r"^\d{1,20}$", "description": "商户ID"},
-        "key": {"type": "string", "minLength": 8, "writeOnly": True, "description": "V1 商户密钥 (MD5)"},
+        "pid": {"type": ["string", "integer"], "pattern": r"^\d{1,20}$", "description": "商户ID"},  # i18n: keep - names in the gateway's console
+        "key": {"type": "string", "minLength": 8, "writeOnly": True, "description": "V1 商户密钥 (MD5)"},  # i18n: keep - names in the gateway's console
         "merchant_private_key": {"type": "string", "minLength": 64, "writeOnly": True,
-                                 "description": "V2 商户私钥: bare base64 PKCS#8 body (or PEM)"},
+                                 "description": "V2 商户私钥: bare base64 PKCS#8 body (or PEM)"},  # i18n: keep - names in the gateway's console
         "platform_public_key": {"type": "string", "minLength": 64,
-                                "description": "V2 平台公钥: bare base64 SPKI body (or PEM)"},
+                                "description": "V2 平台公钥: bare base64 SPKI body (or PEM)"},  # i18n: keep - names in the gateway's console
         "pay_types": {"type": "array", "items": {"enum": ["alipay", "wxpay", "qqpay", "bank", "jdpay", "usdt"]},
                       "minItems": 1, "uniqueItems": True, "description": "the types offered to buyers"},
         "sitename": {"type": "string", "maxLength": 60},
@@ -216,13 +217,19 @@ def _action_for(kind: str, payload: str) -> PaymentAction | None:
 
 class EpayChannel(Channel):
     id = "epay"
-    name = "易支付"
-    pay_types = (PayType("alipay", "支付宝"), PayType("wxpay", "微信支付"), PayType("qqpay", "QQ钱包"))
     devices = ("pc", "mobile", "qq", "wechat", "alipay", "jump")
     settings_schema = SETTINGS_SCHEMA
     success_body = "success"
     failure_body = "fail"
     failure_status = 400
+
+    @property
+    def name(self):
+        return _("Epay")
+
+    @property
+    def pay_types(self):
+        return (PayType("alipay", _("Alipay")), PayType("wxpay", _("WeChat Pay")), PayType("qqpay", _("QQ Wallet")))
     supports_refund = True
 
     def __init__(self, post=None):
@@ -270,7 +277,7 @@ class EpayChannel(Channel):
                 fields["sign_type"] = "RSA"
                 return PaymentAction.form(f"{api}/api/pay/submit", fields)
         except (ValueError, TypeError) as exc:
-            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+            raise PaymentError(_("The payment channel is misconfigured; please contact the site owner")) from exc
         fields["sign"] = md5_sign(fields, profile.get("key"))
         fields["sign_type"] = "MD5"
         return PaymentAction.form(f"{api}/submit.php", fields)
@@ -299,18 +306,18 @@ class EpayChannel(Channel):
         try:
             signed = self._signed(profile, fields)
         except (ValueError, TypeError) as exc:
-            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+            raise PaymentError(_("The payment channel is misconfigured; please contact the site owner")) from exc
         try:
             answer = self._call(profile, "api/pay/create" if v2 else "mapi.php", signed)
         except Exception as exc:  # noqa: BLE001 - network, TLS, HTTP status, not JSON: one message for the buyer
             log.warning("epay server API failed: profile=%s order=%s error=%s",
                         profile.name, request.order_no, type(exc).__name__)
-            raise PaymentError("无法连接支付网关，请稍后再试") from exc
+            raise PaymentError(_("Cannot reach the payment gateway; please try again later")) from exc
         action = self._action_from_v2(profile, answer) if v2 else self._action_from_v1(answer)
         if action is None:
             log.warning("epay server API refused or answered badly: profile=%s order=%s code=%r msg=%s",
                         profile.name, request.order_no, answer.get("code"), _gateway_message(answer))
-            raise PaymentError("支付网关未能创建订单，请稍后再试或联系站长")
+            raise PaymentError(_("The payment gateway could not create the order; please try again later or contact the site owner"))
         return action
 
     @staticmethod
@@ -336,7 +343,7 @@ class EpayChannel(Channel):
 
     def refund(self, profile, request):
         if not 0 < request.amount_fen <= request.total_fen:
-            return RefundResult(False, message="退款金额必须大于 0 且不超过订单金额")
+            return RefundResult(False, message=_("The refund amount must be more than 0 and at most the order amount"))
         if self.version(profile) == "v2":
             return self._refund_v2(profile, request)
         return self._refund_v1(profile, request)
@@ -344,7 +351,7 @@ class EpayChannel(Channel):
     def _refund_v1(self, profile, request):
         if not profile.get("api", "").lower().startswith("https://"):
             # The V1 refund API takes the merchant key itself: never send it in clear text.
-            return RefundResult(False, message="易支付 V1 退款需要把商户密钥发给网关，接口地址必须是 https://")
+            return RefundResult(False, message=_("An Epay V1 refund sends the merchant key to the gateway: the API address must be https://"))
         fields = {"pid": str(profile.get("pid")), "key": profile.get("key"), "trade_no": request.trade_no,
                   "out_trade_no": request.order_no, "money": fen_to_yuan(request.amount_fen)}
         fields = {k: v for k, v in fields.items() if v}
@@ -353,7 +360,8 @@ class EpayChannel(Channel):
             return answer
         message = _gateway_message(answer, profile.get("key"))
         if str(answer.get("code")) != "1":
-            return RefundResult(False, message=f"网关拒绝退款：{message or '未说明原因'}")
+            return RefundResult(False, message=_("The gateway refused the refund: %(reason)s",
+                                                 reason=message or _("no reason given")))
         return RefundResult(True, gateway_refund_no=str(answer.get("refund_no") or "")[:64], message=message)
 
     def _refund_v2(self, profile, request):
@@ -366,18 +374,21 @@ class EpayChannel(Channel):
         try:
             signed = self._signed(profile, fields)
         except (ValueError, TypeError):
-            return RefundResult(False, message="易支付 V2 商户私钥无法签名，请检查配置")
+            return RefundResult(False, message=_("The Epay V2 merchant private key cannot sign; check the settings"))
         answer = self._refund_call(profile, request, "api/pay/refund", signed)
         if isinstance(answer, RefundResult):
             return answer
         message = _gateway_message(answer)
         if str(answer.get("code")) != "0":
-            return RefundResult(False, message=f"网关拒绝退款：{message or '未说明原因'}")
+            return RefundResult(False, message=_("The gateway refused the refund: %(reason)s",
+                                                 reason=message or _("no reason given")))
         why = verify_v2_answer(answer, profile, time.time())
         if why:
             log.warning("epay V2 refund answer refused: profile=%s order=%s reason=%s",
                         profile.name, request.order_no, why)
-            return RefundResult(False, message=f"网关应答验签失败（{why}），退款结果未知，请到易支付后台核对")
+            return RefundResult(False, message=_(
+                "The gateway's answer failed signature verification (%(why)s), so the refund's outcome is unknown: "
+                "check it in the Epay back office", why=why))
         return RefundResult(True, gateway_refund_no=str(answer.get("refund_no") or "")[:64], message=message)
 
     def _refund_call(self, profile, request, path: str, fields: dict):
@@ -387,8 +398,9 @@ class EpayChannel(Channel):
         except Exception as exc:  # noqa: BLE001 - network, TLS, HTTP status, not JSON: never raise to the caller
             log.warning("epay refund call failed: profile=%s order=%s error=%s",
                         profile.name, request.order_no, type(exc).__name__)
-            return RefundResult(False, message=f"无法连接易支付网关或应答无法识别（{type(exc).__name__}），"
-                                               "退款结果未知：请先到易支付后台核对再重试")
+            return RefundResult(False, message=_(
+                "Cannot reach the Epay gateway or its answer is unreadable (%(error)s), so the refund's outcome is "
+                "unknown: check it in the Epay back office before retrying", error=type(exc).__name__))
 
     def verify_notification(self, profile, notice, now):
         fields = notice.fields

@@ -655,7 +655,7 @@ def test_a_refund_the_gateway_refuses_is_not_ok_with_its_reason(gateway, server,
 def test_a_v2_refund_answer_with_a_bad_signature_is_not_ok(gateway, server):
     server.answer = "forged"  # a "yes" signed by someone other than the platform
     result = _refund(gateway, "v2")
-    assert not result.ok and "验签" in result.message
+    assert not result.ok and "failed signature verification" in result.message
 
 
 def test_a_v2_refund_signed_with_the_wrong_merchant_key_is_refused_by_the_gateway(gateway, server):
@@ -669,7 +669,7 @@ def test_a_v2_refund_signed_with_the_wrong_merchant_key_is_refused_by_the_gatewa
 def test_a_network_error_is_not_ok_and_never_raises(gateway, server, profile):
     server.down = True
     result = _refund(gateway, profile)
-    assert not result.ok and "无法连接" in result.message
+    assert not result.ok and "Cannot reach" in result.message
 
 
 @pytest.mark.parametrize("answer", [b"<html>502 Bad Gateway</html>", b"[1]", b""])
@@ -700,3 +700,20 @@ def test_a_refund_amount_outside_the_payment_is_refused_before_any_call(gateway,
 def test_mode_is_validated(gateway):
     with pytest.raises(ConfigError, match=r"payments\.epay\.v1\.mode"):
         profile_of(gateway, "v1", mode="qr")
+
+
+# -- languages ------------------------------------------------------------------------------------
+
+
+def test_the_buyer_reads_the_gateways_messages_in_english_on_request(shop, server):
+    server.answer = "refuse"
+    client = shop.client()
+    client.get("/?lang=en")  # the visitor's choice, kept in a cookie
+    order_no = new_order(shop, "epay/mapi", client)
+    page = client.get(f"/order/{order_no}")
+    client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "epay", "profile": "mapi"})
+    shown = client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert "The payment gateway could not create the order" in shown and "支付网关未能创建订单" not in shown
+    channel = EpayChannel()  # outside a request: the English names
+    assert channel.name == "Epay"
+    assert [t.name for t in channel.pay_types] == ["Alipay", "WeChat Pay", "QQ Wallet"]

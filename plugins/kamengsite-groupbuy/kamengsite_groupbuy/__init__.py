@@ -29,6 +29,7 @@ from wtforms.validators import Length, Optional
 from kamengsite import admin, hooks
 from kamengsite.checkout import CheckoutInput, CheckoutRefused
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _, _l, _n
 from kamengsite.sections import Section
 from kamengsite.tenancy import acting_for
 
@@ -43,7 +44,7 @@ BEIJING = datetime.timedelta(hours=8)  # the console shows and reads times in Be
 
 share_bp = Blueprint("groupbuy_share", __name__)
 bp = admin.console_blueprint("groupbuy", __name__, "/admin/groupbuy")
-STATUS_LABELS = {"open": "拼团中", "filled": "已成团", "failed": "未成团（已退款）"}
+STATUS_LABELS = {"open": _l("Group open"), "filled": _l("Group filled"), "failed": _l("Group not filled (refunded)")}
 
 
 @cache
@@ -82,12 +83,12 @@ def prepare_site_app(app, site):
 
 @hookimpl
 def admin_menu(site):
-    return [("拼团", "groupbuy.index")]
+    return [(_("Group buys"), "groupbuy.index")]
 
 
 @hookimpl
 def checkout_inputs(site):
-    return [CheckoutInput(INPUT, "拼团下单", max_length=24, hidden=True)]
+    return [CheckoutInput(INPUT, _l("Group-buy order"), max_length=24, hidden=True)]
 
 
 @hookimpl
@@ -100,7 +101,7 @@ def adjust_price(checkout, stage):
                                             checkout.inputs[INPUT])
     except CheckoutRefused:
         return  # validate_checkout says why
-    checkout.offer_unit_price(int(offer.group_price_fen), source=PLUGIN, label="拼团价")
+    checkout.offer_unit_price(int(offer.group_price_fen), source=PLUGIN, label=_("Group price"))
     checkout.note(PLUGIN, mode=mode, offer_id=offer.id, group_id=group.id if group is not None else None)
     checkout.hold_delivery = HOLD
 
@@ -113,9 +114,10 @@ def validate_checkout(checkout):
     groups.resolve(checkout.site_id, checkout.product.id, checkout.sku_id, value, member_id=checkout.member_id,
                    contact=checkout.contact, max_open=settings(checkout.site)["max_open_groups_per_member"])
     if checkout.quantity != 1:
-        raise CheckoutRefused("拼团每人限购 1 件")
+        raise CheckoutRefused(_("A group buy is limited to 1 unit per person"))
     if PLUGIN not in checkout.notes or checkout.hold_delivery != HOLD:
-        raise CheckoutRefused("拼团暂不可用，请稍后再试")  # the price step failed: never sell without the hold
+        # the price step failed: never sell without the hold
+        raise CheckoutRefused(_("Group buying is unavailable right now; please try again later"))
 
 
 @hookimpl
@@ -132,7 +134,7 @@ def order_paid(order, site):
 
 @hookimpl
 def theme_sections(site):
-    return [Section("groupbuy", "拼团", _render_section, pages=("product",))]
+    return [Section("groupbuy", _l("Group buys"), _render_section, pages=("product",))]
 
 
 @hookimpl
@@ -232,20 +234,21 @@ def _duration(seconds: int) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes = rest // 60
     if hours:
-        return f"{hours} 小时 {minutes} 分"
-    return f"{minutes} 分钟" if minutes else "不到 1 分钟"
+        return _("%(hours)s h %(minutes)s min", hours=hours, minutes=minutes)
+    return _n("%(num)d minute", "%(num)d minutes", minutes) if minutes else _("less than 1 minute")
 
 
 # -- the owner's console: /admin/groupbuy/ -------------------------------------------------
 
 
 class OfferForm(FlaskForm):
-    sku = admin.ChoiceField("商品规格", coerce=int)
-    group_size = admin.WholeNumberField("成团人数（2-50）", default=2)
-    group_price = admin.YuanField("拼团价（元）")
-    window_minutes = admin.WholeNumberField("成团时限（分钟，发起后多久内凑满）")
-    starts_at = StringField("开始时间（北京时间，如 2026-12-01 10:00，可空）", validators=[Optional(), Length(max=16)])
-    ends_at = StringField("结束时间（北京时间，可空）", validators=[Optional(), Length(max=16)])
+    sku = admin.ChoiceField(_l("Product SKU"), coerce=int)
+    group_size = admin.WholeNumberField(_l("Group size (2-50)"), default=2)
+    group_price = admin.YuanField(_l("Group price (yuan)"))
+    window_minutes = admin.WholeNumberField(_l("Time to fill (minutes after a group starts)"))
+    starts_at = StringField(_l("Starts (Beijing time, e.g. 2026-12-01 10:00, optional)"),
+                            validators=[Optional(), Length(max=16)])
+    ends_at = StringField(_l("Ends (Beijing time, optional)"), validators=[Optional(), Length(max=16)])
 
 
 def _parse_time(text: str | None):
@@ -255,11 +258,11 @@ def _parse_time(text: str | None):
     try:
         return datetime.datetime.strptime(text, "%Y-%m-%d %H:%M") - BEIJING
     except ValueError:
-        raise ValueError("时间格式：2026-12-01 10:00") from None
+        raise ValueError(_("Time format: 2026-12-01 10:00")) from None
 
 
 def _catalogue_skus():
-    """``[(sku id, "商品 · 规格 ¥价格")]`` of the goods this site sells."""
+    """``[(sku id, "product · SKU")]`` of the goods this site sells."""
     from kamengsite.catalog import Product, Sku
     from kamengsite.storefront import catalog_owners
 
@@ -287,9 +290,9 @@ def index():
                 window_minutes=form.window_minutes.data, starts_at=_parse_time(form.starts_at.data),
                 ends_at=_parse_time(form.ends_at.data), owners=owners)
         except (groups.OfferError, ValueError) as exc:
-            flash(f"未保存：{exc}", "error")
+            flash(_("Not saved: %(error)s", error=exc), "error")
         else:
-            flash(f"拼团活动 #{offer.id} 已创建", "ok")
+            flash(_("Group-buy offer #%(id)s created", id=offer.id), "ok")
             return redirect(url_for("groupbuy.index"))
     from kamengsite.catalog import Product, Sku
 
@@ -317,7 +320,8 @@ def toggle(offer_id):
     if offer is None:
         abort(404)
     groups.set_offer_active(site_id, offer_id, not offer.active)
-    flash(f"拼团活动 #{offer_id} 已{'停用' if offer.active else '启用'}", "ok")
+    flash(_("Group-buy offer #%(id)s disabled", id=offer_id) if offer.active
+          else _("Group-buy offer #%(id)s enabled", id=offer_id), "ok")
     return redirect(url_for("groupbuy.index"))
 
 

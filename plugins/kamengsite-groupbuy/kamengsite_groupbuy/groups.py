@@ -32,6 +32,7 @@ from kamengsite import orders
 from kamengsite.catalog import Product, Sku
 from kamengsite.checkout import CheckoutRefused
 from kamengsite.db import database, is_sqlite, retry_transient
+from kamengsite.i18n import _, _l, _n, format_money
 from kamengsite.models import utcnow
 from kamengsite.tenancy import TenantModel, acting_for, all_sites
 
@@ -44,16 +45,19 @@ MAX_WINDOW_MINUTES = 7 * 24 * 60
 #: Member orders that keep their place in a group: unpaid (not yet expired) or paid.
 PLACE_HOLDING = orders.HOLDING
 PAID = ("paid", "delivered")
-REFUND_REASON = "拼团未成团，自动退款"
-EXTRA_REASON = "拼团已满，多出的付款自动退款"
+#: Refund reasons, stored with the refund by the sweep (a job, outside any request): written in the
+#: shop's default language, as records.
+REFUND_REASON = "拼团未成团，自动退款"  # i18n: keep
+EXTRA_REASON = "拼团已满，多出的付款自动退款"  # i18n: keep
 
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
         "default_window_minutes": {"type": "integer", "minimum": 5, "maximum": MAX_WINDOW_MINUTES,
-                                   "title": "默认成团时限（分钟）", "default": 1440},
+                                   "title": _l("Default time to fill a group (minutes)"), "default": 1440},
         "max_open_groups_per_member": {"type": "integer", "minimum": 0, "maximum": 100,
-                                       "title": "每位会员同时发起的拼团上限（0 为不限）", "default": 3},
+                                       "default": 3,
+                                       "title": _l("Open groups a member may lead at once (0: no limit)")},
     },
     "additionalProperties": False,
 }
@@ -115,7 +119,7 @@ def now_() -> datetime.datetime:
 
 
 class OfferError(ValueError):
-    """An offer the owner may not create (message in Chinese, for the console)."""
+    """An offer the owner may not create (message for the console, in the owner's language)."""
 
 
 def create_offer(site_id: int, sku_id: int, *, group_size: int, group_price_fen: int, window_minutes: int,
@@ -123,29 +127,31 @@ def create_offer(site_id: int, sku_id: int, *, group_size: int, group_price_fen:
     """A group offer on one SKU the site sells (``owners``: the catalogues it sells, None = any)."""
     for value in (group_size, group_price_fen, window_minutes):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise OfferError("请填写整数")
+            raise OfferError(_("Enter whole numbers"))
     if not MIN_SIZE <= group_size <= MAX_SIZE:
-        raise OfferError(f"成团人数须在 {MIN_SIZE} 到 {MAX_SIZE} 之间")
+        raise OfferError(_("The group size must be between %(min)s and %(max)s", min=MIN_SIZE, max=MAX_SIZE))
     if group_price_fen < 1:
-        raise OfferError("拼团价须大于 0")
+        raise OfferError(_("The group price must be more than 0"))
     if not 1 <= window_minutes <= MAX_WINDOW_MINUTES:
-        raise OfferError(f"成团时限须在 1 到 {MAX_WINDOW_MINUTES} 分钟之间")
+        raise OfferError(_("The time to fill must be between 1 and %(max)s minutes", max=MAX_WINDOW_MINUTES))
     if starts_at and ends_at and ends_at <= starts_at:
-        raise OfferError("结束时间须晚于开始时间")
+        raise OfferError(_("The end time must be after the start time"))
     sku = Sku.get_or_none(Sku.id == sku_id)
     if sku is None:
-        raise OfferError("没有这个规格")
+        raise OfferError(_("No such SKU"))
     product = Product.get_by_id(sku.product_id)
     if owners is not None and product.site_id not in owners:
-        raise OfferError("没有这个规格")
+        raise OfferError(_("No such SKU"))
     if product.min_qty > 1:
-        raise OfferError("该商品起购数量大于 1，不能拼团（每位团员买 1 件）")
+        raise OfferError(_("This product's minimum order is more than 1, so it cannot be a group buy "
+                           "(each member buys 1 unit)"))
     from kamengsite import pricing
 
     quote = pricing.quote_sku(site_id, sku.id)
     if quote is not None and quote.costs and group_price_fen < quote.costs[0][1]:
         # The price pipeline never goes below the site's cost: the buyers would pay more than shown.
-        raise OfferError(f"拼团价不能低于本站成本 ¥{quote.costs[0][1] / 100:.2f}")
+        raise OfferError(_("The group price cannot be below this site's cost of ¥%(cost)s",
+                            cost=format_money(quote.costs[0][1])))
     with acting_for(site_id):
         return GroupOffer.create(product=product.id, sku=sku.id, group_size=group_size,
                                  group_price_fen=group_price_fen, window_minutes=window_minutes,
@@ -230,21 +236,21 @@ def resolve(site_id: int, product_id: int, sku_id: int, value: str, now=None, *,
     now = now or now_()
     choice = parse_choice(value)
     if choice is None:
-        raise CheckoutRefused("拼团链接无效")
+        raise CheckoutRefused(_("Invalid group-buy link"))
     mode, ident = choice
     with acting_for(site_id):
         group = Group.get_or_none(Group.id == ident) if mode == "join" else None
         offer_id = group.offer_id if group is not None else (ident if mode == "start" else None)
         offer = GroupOffer.get_or_none(GroupOffer.id == offer_id) if offer_id else None
     if offer is None or (mode == "join" and group is None):
-        raise CheckoutRefused("拼团不存在或已结束")
+        raise CheckoutRefused(_("This group buy does not exist or has ended"))
     if offer.product_id != product_id:
-        raise CheckoutRefused("拼团不存在或已结束")
+        raise CheckoutRefused(_("This group buy does not exist or has ended"))
     if offer.sku_id != sku_id:
-        raise CheckoutRefused("该规格不参加拼团，请选择拼团的规格")
+        raise CheckoutRefused(_("This SKU is not in the group buy; please choose the group-buy SKU"))
     if mode == "start":
         if not offer.live(now):
-            raise CheckoutRefused("拼团活动未开始或已结束")
+            raise CheckoutRefused(_("The group-buy offer has not started or has ended"))
         if member_id is not None and max_open > 0:
             with acting_for(site_id):  # open groups the member leads and still holds a place in
                 mine = (Group.select(Group.id).distinct()
@@ -254,16 +260,18 @@ def resolve(site_id: int, product_id: int, sku_id: int, value: str, now=None, *,
                                & (GroupMember.member_id == member_id)
                                & orders.Order.status.in_(PLACE_HOLDING)).count())
             if mine >= max_open:
-                raise CheckoutRefused(f"你同时发起的拼团最多 {max_open} 个，请等已有的团结束")
+                raise CheckoutRefused(_n("You can lead at most %(num)d open group at once; please wait for it to end",
+                                         "You can lead at most %(num)d open groups at once; please wait for one to end",
+                                         max_open))
         return mode, offer, None
     if not offer.active:
-        raise CheckoutRefused("拼团活动已结束")
+        raise CheckoutRefused(_("The group-buy offer has ended"))
     if group.status != "open" or group.closes_at <= now:
-        raise CheckoutRefused("该团已结束")
+        raise CheckoutRefused(_("This group has ended"))
     if places_taken(group.id) >= group.group_size:
-        raise CheckoutRefused("该团已满")
+        raise CheckoutRefused(_("This group is full"))
     if _already_in(group.id, member_id, contact):
-        raise CheckoutRefused("你已在该团中")
+        raise CheckoutRefused(_("You are already in this group"))
     return mode, offer, group
 
 
@@ -290,7 +298,8 @@ def reserve_place(order, note: dict, now=None):
     """Inside the order's creating transaction: start the group, or take a place in it (CheckoutRefused)."""
     now = now or now_()
     if order.hold != HOLD:
-        raise CheckoutRefused("拼团暂不可用，请稍后再试")  # never a member whose order delivers at once
+        # never a member whose order delivers at once
+        raise CheckoutRefused(_("Group buying is unavailable right now; please try again later"))
     with acting_for(order.site_id):
         if note["mode"] == "start":
             offer = GroupOffer.get_by_id(note["offer_id"])
@@ -300,9 +309,9 @@ def reserve_place(order, note: dict, now=None):
         else:
             group = _lock_group(note["group_id"])  # joiners of one group queue here
             if group is None or group.status != "open" or group.closes_at <= now:
-                raise CheckoutRefused("该团已结束")
+                raise CheckoutRefused(_("This group has ended"))
             if places_taken(group.id) >= group.group_size:
-                raise CheckoutRefused("该团已满")
+                raise CheckoutRefused(_("This group is full"))
             group_id = group.id
         GroupMember.insert(group=group_id, order=order.id, member_id=order.member_id, contact=order.contact,
                            joined_at=now).execute()

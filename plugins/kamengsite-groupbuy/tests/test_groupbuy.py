@@ -159,7 +159,7 @@ def test_a_group_is_never_over_joined_and_an_expired_place_is_freed(shop):
     group_id, leader = _start(shop)
     a = _order(shop, "join", group_id, 1)
     _order(shop, "join", group_id, 2)
-    with pytest.raises(CheckoutRefused, match="该团已满"):
+    with pytest.raises(CheckoutRefused, match="This group is full"):
         _order(shop, "join", group_id, 3)
     assert _stock(shop) == 17  # the refused order took nothing
     with all_sites():
@@ -280,7 +280,7 @@ def test_concurrent_joiners_never_over_fill_a_group(db_instance):
 
         results = _threads(*[join(i) for i in range(1, 9)])
         joined = [r for r in results if r.startswith("K")]
-        assert len(joined) == 2 and results.count("该团已满") == 6
+        assert len(joined) == 2 and results.count("This group is full") == 6
         assert groups.places_taken(group_id) == 3
         assert _stock(shop) == 17  # only the members' units are reserved
     finally:
@@ -316,20 +316,20 @@ def test_the_price_pipeline_offers_the_group_price_and_holds_delivery(shop):
     for stage in ("quantity", "member", "promotion", "coupon"):
         adjust_price(checkout, stage)
     assert checkout.unit_price_fen == GROUP_PRICE and checkout.hold_delivery == "groupbuy"
-    assert checkout.lines[0].label == "拼团价"
+    assert checkout.lines[0].label == "Group price"
     validate_checkout(checkout)
 
     plain = _checkout(shop, "")
     adjust_price(plain, "promotion")
     assert plain.unit_price_fen == PRICE and plain.hold_delivery == ""
 
-    for value, message in (("join:999999", "拼团不存在"), ("bogus", "拼团链接无效")):
+    for value, message in (("join:999999", "does not exist"), ("bogus", "Invalid group-buy link")):
         refused = _checkout(shop, value)
         adjust_price(refused, "promotion")
         assert refused.unit_price_fen == PRICE
         with pytest.raises(CheckoutRefused, match=message):
             validate_checkout(refused)
-    with pytest.raises(CheckoutRefused, match="限购 1 件"):
+    with pytest.raises(CheckoutRefused, match="limited to 1 unit"):
         two = _checkout(shop, f"start:{shop.offer.id}", quantity=2)
         adjust_price(two, "promotion")
         validate_checkout(two)
@@ -341,10 +341,10 @@ def test_joining_is_refused_when_full_closed_or_the_offer_is_off(shop):
         _order(shop, "join", group_id, i)
     full = _checkout(shop, f"join:{group_id}")
     adjust_price(full, "promotion")
-    with pytest.raises(CheckoutRefused, match="该团已满"):
+    with pytest.raises(CheckoutRefused, match="This group is full"):
         validate_checkout(full)
     groups.set_offer_active(shop.site, shop.offer.id, False)
-    with pytest.raises(CheckoutRefused, match="未开始或已结束"):
+    with pytest.raises(CheckoutRefused, match="has not started or has ended"):
         validate_checkout(_checkout(shop, f"start:{shop.offer.id}"))
 
 
@@ -429,7 +429,7 @@ def test_settings_default_and_cap_the_groups_a_member_leads(shop):
     second = _checkout(shop, f"start:{shop.offer.id}", member_id=buyer.id)
     second.site = site
     adjust_price(second, "promotion")
-    with pytest.raises(CheckoutRefused, match="最多 1 个"):
+    with pytest.raises(CheckoutRefused, match="at most 1 open group at once"):
         validate_checkout(second)
     second.site = SimpleNamespace(settings={})
     validate_checkout(second)  # the default allows 3

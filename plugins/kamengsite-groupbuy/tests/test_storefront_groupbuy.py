@@ -151,11 +151,11 @@ def test_a_sub_site_cannot_offer_a_group_price_below_its_cost(site, host):
     main, product = site
     levels.seed_default_levels()
     shop = open_plugin_site(host, "shopx", ["groupbuy"], markup_bp=None)  # silver: cost 9000 of a 10000 product
-    with pytest.raises(groups.OfferError, match="不能低于本站成本"):
+    with pytest.raises(groups.OfferError, match="cannot be below this site's cost"):
         groups.create_offer(shop, product.skus[0].id, group_size=2, group_price_fen=8999, window_minutes=30)
     offer = groups.create_offer(shop, product.skus[0].id, group_size=2, group_price_fen=9500, window_minutes=30)
     assert offer.site_id == shop
-    with pytest.raises(groups.OfferError, match="成团人数"):
+    with pytest.raises(groups.OfferError, match="group size"):
         groups.create_offer(shop, product.skus[0].id, group_size=51, group_price_fen=9500, window_minutes=30)
 
 
@@ -164,3 +164,25 @@ def test_the_sweep_command(cli):
     result = cli("groupbuy-sweep")
     assert result.exit_code == 0, result.output
     assert "filled 0, failed 0, settled 0" in result.output
+
+
+def test_the_console_product_section_and_share_page_speak_english_on_request(site, client_for):
+    main, product = site
+    offer = groups.create_offer(main.id, product.skus[0].id, group_size=3, group_price_fen=7000, window_minutes=90)
+    console = client_for(MAIN)
+    _login(console)
+    chinese = _text(console.get("/admin/groupbuy/"))
+    assert "<h1>拼团</h1>" in chinese and "Group buys" not in chinese
+    english = _text(console.get("/admin/groupbuy/?lang=en"))
+    assert "<h1>Group buys</h1>" in english and "New group-buy offer" in english and "Time to fill" in english
+    assert "新建拼团活动" not in english and "成团时限" not in english
+    assert "Group price ¥70.00, groups of 3" in _text(client_for(MAIN).get(f"/p/{product.id}?lang=en"))
+    leader = client_for(MAIN)
+    first = _buy(leader, product, f"start:{offer.id}", "leader@example.com")
+    _demo_pay(leader, first)
+    group_id = groups.group_of_order(_order(first).id).group_id
+    chinese = _text(client_for(MAIN).get(f"/groupbuy/{group_id}"))
+    assert "还差 2 人" in chinese and "拼团中" in chinese and "1 joined" not in chinese
+    share = _text(client_for(MAIN).get(f"/groupbuy/{group_id}?lang=en"))
+    assert "1 joined (1 paid), 2 more needed" in share and "Group open" in share and "Join now" in share
+    assert "还差" not in share and "拼团中" not in share and "立即参团" not in share

@@ -21,6 +21,7 @@ from wtforms.validators import InputRequired
 
 from kamengsite import admin
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _, _l
 from kamengsite.member_routes import current_member
 from kamengsite.members import Member
 
@@ -42,7 +43,7 @@ bp.context_processor(admin._console_context)
 
 class GrantForm(FlaskForm):
     member_id = IntegerField(validators=[InputRequired()])
-    level = SelectField("等级", choices=[], validate_choice=True)
+    level = SelectField(_l("Level"), choices=[], validate_choice=True)
 
 
 def _site():
@@ -86,7 +87,7 @@ def site_template_context(site):
 
 @hookimpl
 def admin_menu(site):
-    return [("会员等级", "member_levels.index")]
+    return [(_l("Member levels"), "member_levels.index")]
 
 
 @hookimpl
@@ -98,7 +99,7 @@ def adjust_price(checkout, stage):
     if level is None or not level.discount_bp:
         return
     unit = checkout.unit_price_fen
-    checkout.offer_unit_price(levels.discounted(unit, level.discount_bp), source=PLUGIN, label=f"{level.name}价")
+    checkout.offer_unit_price(levels.discounted(unit, level.discount_bp), source=PLUGIN, label=_("%(level)s price", level=level.name))
 
 
 @hookimpl
@@ -171,7 +172,7 @@ def index():
 
 def _grant_form(config: levels.Config, **kwargs) -> GrantForm:
     form = GrantForm(**kwargs)
-    form.level.choices = [("", "按规则自动")] + [(lv.name, lv.name) for lv in config.levels]
+    form.level.choices = [("", _("Automatic (by the rules)"))] + [(lv.name, lv.name) for lv in config.levels]
     return form
 
 
@@ -181,7 +182,7 @@ def grant():
     config = _config()
     form = _grant_form(config)
     if not form.validate_on_submit():
-        flash("设置失败：请刷新页面后重试", "error")
+        flash(_("Could not set the level: please reload the page and try again"), "error")
         return redirect(url_for("member_levels.index"))
     member = Member.get_or_none(Member.id == form.member_id.data)  # scoped: this site's members only
     if member is None:
@@ -189,11 +190,12 @@ def grant():
     try:
         levels.grant(config, _site().site_id, member.id, form.level.data or "")
     except ValueError:
-        flash("设置失败：没有这个等级", "error")
+        flash(_("Could not set the level: no such level"), "error")
     else:
         log.info("site %s: operator %s set member %s's level to %r", _site().slug, g.operator.username,
                  member.id, form.level.data or "(auto)")
-        flash(f"已将 {member.email} 的等级设为「{form.level.data or '按规则自动'}」", "ok")
+        flash(_("Set the level of %(email)s to “%(level)s”", email=member.email,
+                level=form.level.data or _("Automatic (by the rules)")), "ok")
     return redirect(url_for("member_levels.index"))
 
 

@@ -18,6 +18,7 @@ import peewee
 
 from kamengsite.db import database, retry_transient
 from kamengsite.errors import ConfigError
+from kamengsite.i18n import _, _l, current_locale
 from kamengsite.members import Member
 from kamengsite.models import utcnow
 from kamengsite.orders import Order
@@ -35,10 +36,10 @@ SPEND = "spend"  # levels follow cumulative spend (an owner's grant still wins)
 BOUGHT = "bought"  # levels are granted by the owner (after the member paid for one)
 
 DEFAULT_LEVELS = [
-    {"name": "普通会员", "min_spend_fen": 0, "discount_bp": 0},
-    {"name": "银卡", "min_spend_fen": 10000, "discount_bp": 200},
-    {"name": "金卡", "min_spend_fen": 50000, "discount_bp": 500},
-    {"name": "钻石", "min_spend_fen": 200000, "discount_bp": 800},
+    {"name": "普通会员", "min_spend_fen": 0, "discount_bp": 0},  # i18n: keep - default level names, the owner's data
+    {"name": "银卡", "min_spend_fen": 10000, "discount_bp": 200},  # i18n: keep - default level names, the owner's data
+    {"name": "金卡", "min_spend_fen": 50000, "discount_bp": 500},  # i18n: keep - default level names, the owner's data
+    {"name": "钻石", "min_spend_fen": 200000, "discount_bp": 800},  # i18n: keep - default level names, the owner's data
 ]
 
 SETTINGS_SCHEMA = {
@@ -46,20 +47,22 @@ SETTINGS_SCHEMA = {
     "properties": {
         "basis": {
             "type": "string", "enum": [SPEND, BOUGHT], "default": SPEND,
-            "enumNames": ["按本站累计消费自动升级", "由站长在后台开通（会员线下付费后）"],
-            "title": "定级方式",
+            "enumNames": [_l("Upgrade automatically by total spending on this site"),
+                          _l("Granted by the owner in the console (after the member pays offline)")],
+            "title": _l("How levels are given"),
         },
         "levels": {
             "type": "array", "maxItems": MAX_LEVELS, "default": DEFAULT_LEVELS,
-            "title": "等级：名称、累计消费门槛（分）、折扣（万分比，500 = 减 5%，最多 5000）、开通价（分，仅展示）",
+            "title": _l("Levels: name, spending threshold (fen), discount (basis points, 500 = 5 percent off, at most 5000), "
+                        "price (fen, shown only)"),
             "items": {
                 "type": "object",
                 "properties": {
-                    "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "title": "名称"},
-                    "min_spend_fen": {"type": "integer", "minimum": 0, "maximum": 10**12, "title": "累计消费门槛（分）"},
+                    "name": {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "title": _l("Name")},
+                    "min_spend_fen": {"type": "integer", "minimum": 0, "maximum": 10**12, "title": _l("Spending threshold (fen)")},
                     "discount_bp": {"type": "integer", "minimum": 0, "maximum": MAX_DISCOUNT_BP,
-                                    "title": "折扣（万分比）"},
-                    "price_fen": {"type": "integer", "minimum": 0, "maximum": 10**12, "title": "开通价（分）"},
+                                    "title": _l("Discount (basis points)")},
+                    "price_fen": {"type": "integer", "minimum": 0, "maximum": 10**12, "title": _l("Price (fen)")},
                 },
                 "required": ["name", "min_spend_fen", "discount_bp"],
                 "additionalProperties": False,
@@ -92,10 +95,13 @@ class Level:
 
     @property
     def zhe(self) -> str:
-        """The discount as Chinese shops write it: 500 bp off → "9.5 折"; none → "无折扣"."""
+        """The discount as Chinese shops write it: 500 bp off → "9.5 折" (English: "95% of the price"); none → "无折扣"."""
         if not self.discount_bp:
-            return "无折扣"
-        return f"{(10000 - self.discount_bp) / 1000:g} 折"
+            return _("No discount")
+        if current_locale() == "zh_CN":
+            return f"{(10000 - self.discount_bp) / 1000:g} 折"  # i18n: keep - the Chinese way of writing a discount
+        paid = "{:g}%".format((10000 - self.discount_bp) / 100)
+        return _("%(percent)s of the price", percent=paid)
 
     @property
     def percent_off(self) -> str:
@@ -227,7 +233,7 @@ def _upsert(site_id: int, member_id: int, **values):
     values["updated_at"] = utcnow()
     with all_sites():
         mine = (MemberLevel.site == site_id) & (MemberLevel.member == member_id)
-        for _ in range(3):
+        for _attempt in range(3):
             # Not "update, and create when no row changed": MySQL counts changed rows, not matched ones.
             if MemberLevel.select(MemberLevel.id).where(mine).exists():
                 MemberLevel.update(**values).where(mine).execute()

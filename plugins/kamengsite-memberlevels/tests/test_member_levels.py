@@ -155,7 +155,7 @@ def test_a_members_level_discount_is_offered_at_the_member_stage_only(host, prod
     assert checkout.unit_price_fen == 10800 and checkout.lines == []
     adjust_price(checkout, "member")
     assert checkout.unit_price_fen == 10260 and checkout.goods_fen == 20520
-    assert [(line.source, line.label, line.saved_fen) for line in checkout.lines] == [("member_levels", "金卡价", 1080)]
+    assert [(line.source, line.label, line.saved_fen) for line in checkout.lines] == [("member_levels", "金卡 price", 1080)]  # no request: English
 
 
 def test_the_discount_rounds_in_the_sellers_favour(host, product):
@@ -228,7 +228,7 @@ def test_the_owners_grant_wins_over_spend_and_clearing_it_goes_back_to_spend(hos
     assert levels.grant(config, shop, a.id, "钻石").level.name == "钻石"
     checkout = _checkout(host, shop, a.id)
     adjust_price(checkout, "member")
-    assert checkout.unit_price_fen == 10800 - 864 and checkout.lines[0].label == "钻石价"
+    assert checkout.unit_price_fen == 10800 - 864 and checkout.lines[0].label == "钻石 price"
     now = levels.grant(config, shop, a.id, "银卡")  # the owner may also set a lower level
     assert (now.level.name, now.granted, now.next_level) == ("银卡", True, None)
     assert levels.grant(config, shop, a.id, "").level.name == "金卡"
@@ -356,7 +356,7 @@ def test_templates_of_the_site_know_the_plugin_is_on_and_the_menu_names_the_cons
     for slug, expected in (("shopx", "True"), ("plain", "")):
         with host.app_for(slug).test_request_context("/", headers={"Host": f"{slug}.localhost"}):
             assert render_template_string("{{ member_levels_enabled or '' }}") == expected
-    assert admin_menu(None) == [("会员等级", "member_levels.index")]
+    assert [(str(label), endpoint) for label, endpoint in admin_menu(None)] == [("Member levels", "member_levels.index")]
     with host.app_for("shopx").test_request_context("/", headers={"Host": "shopx.localhost"}):
         from flask import url_for
 
@@ -383,3 +383,26 @@ def test_concurrent_refreshes_and_grants_keep_one_row_per_member(host, product):
     with all_sites():
         rows = list(MemberLevel.select())
     assert [(r.member_id, r.granted_level, r.spend_fen, r.level) for r in rows] == [(a.id, "钻石", 54000, "钻石")]
+
+
+# -- languages ------------------------------------------------------------------------------
+
+
+def test_the_level_pages_speak_english_on_request(host, client_for, product):
+    shop = _shop(host)
+    a = members.register(shop, "a@example.com", PASSWORD)
+    _paid(shop, product, a.id, quantity=2)  # 21600: 银卡
+    client = client_for("shopx.localhost")
+    sign_in_member(client, "a@example.com", PASSWORD)
+    assert "<h1>会员等级</h1>" in client.get("/member/level").get_data(as_text=True)
+    page = client.get("/member/level?lang=en").get_data(as_text=True)
+    assert "<h1>Member level</h1>" in page and "Current level:" in page and "98% of the price" in page
+    assert "Spend <strong>¥284.00</strong> more to reach “金卡” (95% of the price)" in page  # level names are the owner's
+    assert "当前等级" not in page and "折" not in page and "返回我的账户" not in page
+
+    console = _operator(client_for, shop, "shopx")
+    assert "<h1>会员等级</h1>" in console.get("/admin/member-levels/").get_data(as_text=True)
+    admin_page = console.get("/admin/member-levels/?lang=en").get_data(as_text=True)
+    assert "<h1>Member levels</h1>" in admin_page and "Search by email" in admin_page
+    assert "98% of the price (2% off)" in admin_page and "Automatic (by the rules)" in admin_page
+    assert "会员等级" not in admin_page and "按邮箱搜索" not in admin_page

@@ -18,10 +18,10 @@ from markupsafe import Markup
 from kamengsite.catalog import Product, Sku
 from kamengsite.errors import ConfigError
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _, _l, format_money
 from kamengsite.member_routes import current_member_id
 from kamengsite.plugin_settings import settings_for
 from kamengsite.sections import Section
-from kamengsite.themes import format_fen
 
 from . import data
 from .data import ProductView  # noqa: F401
@@ -34,9 +34,9 @@ SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
         "recent_count": {"type": "integer", "minimum": 0, "maximum": data.KEEP_VIEWS, "default": 6,
-                         "title": "「最近浏览」最多显示几个商品（0 = 不显示）"},
+                         "title": _l("At most how many products “Recently viewed” shows (0 = hidden)")},
         "together_count": {"type": "integer", "minimum": 0, "maximum": 12, "default": 4,
-                           "title": "「买了又买」最多显示几个商品（0 = 不显示）"},
+                           "title": _l("At most how many products “Bought together” shows (0 = hidden)")},
     },
     "additionalProperties": False,
 }
@@ -71,8 +71,8 @@ def prepare_site_app(app, site):
 
 @hookimpl
 def theme_sections(site):
-    return [Section("recently_viewed", "最近浏览", render_recently_viewed, pages=("home", "product")),
-            Section("bought_together", "买了又买", render_bought_together, pages=("product",))]
+    return [Section("recently_viewed", _l("Recently viewed"), render_recently_viewed, pages=("home", "product")),
+            Section("bought_together", _l("Bought together"), render_bought_together, pages=("product",))]
 
 
 # -- recording views ----------------------------------------------------------------------
@@ -131,7 +131,7 @@ def _render(heading: str, css: str, products: list[dict]) -> Markup:
         return Markup("")
     items = Markup("").join(
         Markup('<li class="card"><h3><a href="{}">{}</a></h3><div class="price">¥{}</div></li>').format(
-            url_for("storefront.product", product_id=p["id"]), p["name"], format_fen(p["price_fen"]))
+            url_for("storefront.product", product_id=p["id"]), p["name"], format_money(p["price_fen"]))
         for p in products)
     return Markup('<h2>{}</h2><ul class="grid {}">{}</ul>').format(heading, css, items)
 
@@ -149,7 +149,7 @@ def render_recently_viewed(context: dict) -> Markup:
         return Markup("")
     current = _current_product_id(context)
     ids = [i for i in data.recent_views(_site().site_id, visitor) if i != current]
-    return _render("最近浏览", "recently-viewed", shown_products(ids)[:count])
+    return _render(_("Recently viewed"), "recently-viewed", shown_products(ids)[:count])
 
 
 def render_bought_together(context: dict) -> Markup:
@@ -158,8 +158,8 @@ def render_bought_together(context: dict) -> Markup:
     current = _current_product_id(context)
     if not count or current is None:
         return Markup("")
-    ids = [product_id for product_id, _ in data.bought_together(_site().site_id, current)]
-    return _render("买了它的人还买了", "bought-together", shown_products(ids)[:count])
+    ids = [product_id for product_id, _count in data.bought_together(_site().site_id, current)]
+    return _render(_("People who bought this also bought"), "bought-together", shown_products(ids)[:count])
 
 
 __all__ = ["PLUGIN", "ProductView", "SETTINGS_SCHEMA", "plugin_settings_schema", "prepare_site_app",

@@ -284,3 +284,22 @@ def test_concurrent_views_of_one_visitor_keep_one_row_per_product(host, goods):
     assert len(seen) == len(set(seen)) and 1 <= len(seen) <= 3 + 8  # trims race too, but never duplicate
     data.record_view(shop, "gBUSY", ids[0], keep=3)
     assert len(data.recent_views(shop, "gBUSY")) == 3 and data.recent_views(shop, "gBUSY")[0] == ids[0]
+
+
+# -- languages ------------------------------------------------------------------------------
+
+
+def test_the_sections_speak_english_on_request(host, goods):
+    shop = _shop(host)
+    data.record_view(shop, "gMINE", goods[0].id)
+    app = host.app_for("shopx")
+    for query, heading, other in (("", "<h2>最近浏览</h2>", "Recently viewed"),
+                                  ("?lang=en", "<h2>Recently viewed</h2>", "最近浏览")):
+        with app.test_request_context("/" + query, headers={"Host": "shopx.localhost"}), site_scope(shop):
+            from flask import session
+
+            session[SESSION_VISITOR] = "MINE"
+            html = str(render_recently_viewed({"page": "home", "product": None}))
+            assert heading in html and other not in html and _names(html) == ["甲卡"]  # product names are content
+    labels = {s.name: str(s.label) for s in theme_sections(None)}  # outside a request: the English text
+    assert labels == {"recently_viewed": "Recently viewed", "bought_together": "Bought together"}

@@ -10,6 +10,7 @@ import os
 from flask import Blueprint, abort, flash, redirect, render_template_string, request, url_for
 
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _
 from kamengsite.payments import (Channel, Notification, NotifyRequest, PaymentAction, PayType, Rejection,
                                  fen_to_yuan, sign_content, yuan_to_fen)
 
@@ -20,20 +21,20 @@ log = logging.getLogger(__name__)
 PID = "sandbox"
 
 PAGE = """{% extends "base.html" %}
-{% block title %}沙箱收银台 · {{ site.name }}{% endblock %}
+{% block title %}{{ t.title }} · {{ site.name }}{% endblock %}
 {% block body %}
 {% include "storefront/_messages.html" %}
 <article class="card pay sandbox">
-  <h1>沙箱收银台（演示，不会扣款）</h1>
-  <p>订单 {{ order.order_no }} · {{ order.product.name }} · <span class="price">¥{{ order.amount_fen|yuan }}</span> · {{ pay_type }}</p>
+  <h1>{{ t.heading }}</h1>
+  <p>{{ t.order }} · {{ order.product.name }} · <span class="price">¥{{ order.amount_fen|money }}</span> · {{ pay_type }}</p>
   {% if order.status == "created" %}
   <form method="post">
     <input type="hidden" name="csrf_token" value="{{ csrf_token() }}">
     <input type="hidden" name="type" value="{{ pay_type }}">
-    <button type="submit">模拟支付成功</button>
+    <button type="submit">{{ t.pay }}</button>
   </form>
   {% endif %}
-  <p><a href="{{ url_for('storefront.order', order_no=order.order_no) }}">返回订单</a></p>
+  <p><a href="{{ url_for('storefront.order', order_no=order.order_no) }}">{{ t.back }}</a></p>
 </article>
 {% endblock %}
 """
@@ -56,8 +57,15 @@ def sign(fields: dict, key: str) -> dict:
 
 class SandboxChannel(Channel):
     id = "sandbox"
-    name = "沙箱支付（演示）"
-    pay_types = (PayType("alipay", "支付宝（沙箱）"), PayType("wxpay", "微信支付（沙箱）"))
+
+    @property
+    def name(self):
+        return _("Sandbox payment (demo)")
+
+    @property
+    def pay_types(self):
+        return (PayType("alipay", _("Alipay (sandbox)")), PayType("wxpay", _("WeChat Pay (sandbox)")))
+
     devices = ("pc", "mobile")
     settings_schema = {
         "type": "object",
@@ -125,9 +133,20 @@ class SandboxChannel(Channel):
             reply = handle_notification(self.id, profile, NotifyRequest(
                 method="POST", fields=self.notification(found[1], order, pay_type)))
             if reply.get_data() != b"success":
-                flash("沙箱通知被拒绝，请查看日志", "error")
+                flash(_("The sandbox notification was refused; see the log"), "error")
             return redirect(url_for("storefront.order", order_no=order_no))
-        return render_template_string(PAGE, order=order, pay_type=pay_type)
+        return render_template_string(PAGE, order=order, pay_type=pay_type, t=_page_text(order))
+
+
+def _page_text(order) -> dict:
+    """The sandbox page's words in the visitor's language (the page is a string, not a template file)."""
+    return {
+        "title": _("Sandbox checkout"),
+        "heading": _("Sandbox checkout (demo, nothing is charged)"),
+        "order": _("Order %(no)s", no=order.order_no),
+        "pay": _("Simulate a successful payment"),
+        "back": _("Back to the order"),
+    }
 
 
 class _Plugin:

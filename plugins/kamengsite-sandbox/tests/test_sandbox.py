@@ -129,3 +129,18 @@ def test_a_new_demo_instance_pays_through_the_sandbox(cli):
     assert result.exit_code == 0, result.output
     with open(cli.instance_path / "config.toml", "rb") as fh:
         assert tomllib.load(fh)["payments"] == SANDBOX
+
+
+def test_the_sandbox_cashier_speaks_english_on_request(sandbox):
+    host, product = sandbox
+    client = base.SiteClient(host, "shop1.localhost")
+    order_no = buy(client, product)
+    page = client.get(f"/order/{order_no}")
+    started = client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "sandbox",
+                                                    "profile": "demo", "type": "alipay"})
+    gateway_path = started.headers["Location"]
+    assert "<h1>沙箱收银台（演示，不会扣款）</h1>" in client.get(gateway_path).get_data(as_text=True)
+    english = client.get(gateway_path + "&lang=en").get_data(as_text=True)
+    assert "<h1>Sandbox checkout (demo, nothing is charged)</h1>" in english
+    assert "Simulate a successful payment" in english and f"Order {order_no}" in english
+    assert "沙箱收银台" not in english and "模拟支付成功" not in english

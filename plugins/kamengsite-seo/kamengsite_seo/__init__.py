@@ -19,6 +19,7 @@ from markupsafe import Markup
 from kamengsite import storefront
 from kamengsite.catalog import product_on_sale, skus_on_sale, storefront_products
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _l
 
 log = logging.getLogger(__name__)
 bp = Blueprint("seo", __name__)
@@ -32,24 +33,24 @@ _PATH = r"^/[^\s<>]*\Z"  # no whitespace: a newline would inject lines into robo
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
-        "title": {"type": "string", "maxLength": 120, "title": "网站标题（留空用站点名称）"},
-        "description": {"type": "string", "maxLength": 500, "title": "网站描述（留空用站点标语）"},
-        "keywords": {"title": "关键词（逗号分隔）", "anyOf": [
+        "title": {"type": "string", "maxLength": 120, "title": _l("Site title (empty: the site name)")},
+        "description": {"type": "string", "maxLength": 500, "title": _l("Site description (empty: the site tagline)")},
+        "keywords": {"title": _l("Keywords (comma-separated)"), "anyOf": [
             {"type": "string", "maxLength": 300},
             {"type": "array", "items": {"type": "string", "maxLength": 40}, "maxItems": 30},
         ]},
-        "og_image": {"type": "string", "maxLength": 500, "title": "分享图片地址（https:// 或 /static/…）",
+        "og_image": {"type": "string", "maxLength": 500, "title": _l("Share image address (https:// or /static/…)"),
                      "pattern": r"^(https?://[^\s<>\"]+|/[^\s<>\"]*)\Z"},
-        "robots_disallow": {"type": "array", "title": "禁止搜索引擎抓取的路径（多个用逗号分隔，如 /lookup）",
+        "robots_disallow": {"type": "array", "title": _l("Paths search engines may not crawl (comma-separated, e.g. /lookup)"),
                             "items": {"type": "string", "maxLength": 200, "pattern": _PATH},
                             "maxItems": 100},
-        "products": {"type": "array", "maxItems": 500, "title": "单个商品的搜索设置（商品编号见商品链接 /p/编号）",
+        "products": {"type": "array", "maxItems": 500, "title": _l("Search settings of single products (the product number is in its link /p/<number>)"),
                      "items": {"type": "object", "required": ["product_id"], "additionalProperties": False,
                                "properties": {
-                                   "product_id": {"type": "integer", "minimum": 1, "title": "商品编号"},
-                                   "title": {"type": "string", "maxLength": 120, "title": "标题"},
-                                   "description": {"type": "string", "maxLength": 500, "title": "描述"},
-                                   "keywords": {"type": "string", "maxLength": 300, "title": "关键词"}}}},
+                                   "product_id": {"type": "integer", "minimum": 1, "title": _l("Product number")},
+                                   "title": {"type": "string", "maxLength": 120, "title": _l("Title")},
+                                   "description": {"type": "string", "maxLength": 500, "title": _l("Meta description")},
+                                   "keywords": {"type": "string", "maxLength": 300, "title": _l("Keywords")}}}},
     },
     "additionalProperties": False,
 }

@@ -160,3 +160,17 @@ def test_a_product_gets_its_own_title_description_and_keywords_on_one_site(shop,
     assert '<meta name="keywords" content="点卡, 月卡">' in other  # other products keep the site's words
     elsewhere = text(client_for("shop2.localhost").get(f"/p/{card.id}"))
     assert "秒发的月卡" not in elsewhere and '<meta property="og:title" content="测试月卡">' in elsewhere
+
+
+def test_the_settings_form_speaks_english_on_request(shop, client_for):
+    from kamengsite.accounts import create_account
+    from kamengsite.testing import sign_in_console
+
+    site = Site.get(Site.slug == "shop1")
+    create_account(site.id, "owner1", "correct horse battery")
+    client = client_for("shop1.localhost")
+    sign_in_console(client, "owner1", "correct horse battery")
+    assert "网站标题（留空用站点名称）" in text(client.get("/admin/plugins/seo/settings"))
+    english = text(client.get("/admin/plugins/seo/settings?lang=en"))
+    assert "Site title (empty: the site name)" in english and "Keywords (comma-separated)" in english
+    assert "网站标题" not in english and "关键词" not in english

@@ -42,8 +42,10 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 from flask import Blueprint, abort, redirect, render_template_string, request, url_for
+from markupsafe import Markup, escape
 
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _
 from kamengsite.payments import (Channel, Notification, PaymentAction, PaymentError, PayType, Rejection,
                                  yuan_to_fen)
 
@@ -207,31 +209,30 @@ def expiry_seconds(value) -> int:
 
 
 PAGE = """{% extends "base.html" %}
-{% block title %}USDT 支付 {{ order.order_no }} · {{ site.name }}{% endblock %}
+{% block title %}{{ t.title }} · {{ site.name }}{% endblock %}
 {% block body %}
 <article class="card pay usdt-pay">
-  <h1>USDT（TRC20）支付</h1>
-  <p>订单 {{ order.order_no }} · {{ order.product.name }} · <span class="price">¥{{ order.amount_fen|yuan }}</span></p>
+  <h1>{{ t.heading }}</h1>
+  <p>{{ t.order }} · {{ order.product.name }} · <span class="price">¥{{ order.amount_fen|money }}</span></p>
   {% if expired %}
-  <p class="error" role="alert">支付已超时，请不要再向下面的地址转账。请返回订单页重新发起支付。</p>
+  <p class="error" role="alert">{{ t.expired }}</p>
   {% else %}
-  <p>请转账<strong>精确金额</strong>（多一分、少一分都无法自动到账）：</p>
+  <p>{{ t.exact }}</p>
   <p class="usdt-amount"><strong id="usdt-amount">{{ amount }}</strong> USDT</p>
-  <p>收款地址（仅限 TRC20 网络）：</p>
+  <p>{{ t.wallet }}</p>
   <p class="usdt-wallet"><code id="usdt-wallet">{{ wallet }}</code></p>
   {% if qr %}<p class="qrcode" data-qrcode="{{ wallet }}">
-    <span class="qr-image" role="img" aria-label="收款地址二维码">{{ qr }}</span></p>{% endif %}
+    <span class="qr-image" role="img" aria-label="{{ t.qr }}">{{ qr }}</span></p>{% endif %}
   {% if expires %}
-  <p>请在 <time datetime="{{ expires_iso }}">{{ expires_text }}</time>（北京时间）前完成转账，剩余
-    <strong id="usdt-countdown" data-left="{{ left }}">{{ remaining }}</strong>。</p>
+  <p>{{ t.deadline }}</p>
   <script>
   (function () {
     // Counted from the server's "seconds left", not the buyer's clock (which may be off).
     var el = document.getElementById("usdt-countdown"), started = Date.now();
-    var end = started + Number(el.dataset.left) * 1000;
+    var end = started + Number(el.dataset.left) * 1000, shape = {{ t.countdown|tojson }};
     function tick() {
       var left = Math.max(0, Math.floor((end - Date.now()) / 1000));
-      el.textContent = Math.floor(left / 60) + " 分 " + ("0" + left % 60).slice(-2) + " 秒";
+      el.textContent = shape.replace("{m}", Math.floor(left / 60)).replace("{s}", ("0" + left % 60).slice(-2));
       if (left === 0 || Date.now() - started > {{ reload_ms }}) { location.reload(); return; }
       setTimeout(tick, 1000);
     }
@@ -239,10 +240,10 @@ PAGE = """{% extends "base.html" %}
   })();
   </script>
   {% endif %}
-  <p class="muted">到账后页面会自动跳转到订单页（区块确认通常需要 1～3 分钟）。</p>
+  <p class="muted">{{ t.arrives }}</p>
   {% endif %}
-  <p><a href="{{ url_for('storefront.order', order_no=order.order_no) }}">返回订单页</a>
-  {% if payment_url %} · <a href="{{ payment_url }}" rel="noreferrer">打开网关收银台</a>{% endif %}</p>
+  <p><a href="{{ url_for('storefront.order', order_no=order.order_no) }}">{{ t.back }}</a>
+  {% if payment_url %} · <a href="{{ payment_url }}" rel="noreferrer">{{ t.gateway }}</a>{% endif %}</p>
 </article>
 {% endblock %}
 """
@@ -293,7 +294,7 @@ class UsdtChannel(Channel):
         except Exception as exc:  # noqa: BLE001 - network, TLS, HTTP status: the buyer sees one message
             log.warning("usdt gateway call failed: profile=%s order=%s error=%s: %s",
                         profile.name, request.order_no, type(exc).__name__, exc)
-            raise PaymentError("USDT 支付网关暂时无法连接，请稍后再试") from exc
+            raise PaymentError(_("Cannot reach the USDT payment gateway right now; please try again later")) from exc
         try:
             # Decimal: the exact USDT amount is shown to the buyer as the gateway wrote it, never as a float.
             answer = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw, parse_float=Decimal)
@@ -308,7 +309,7 @@ class UsdtChannel(Channel):
         except (ValueError, AttributeError, UnicodeDecodeError) as exc:
             log.warning("usdt gateway refused or answered badly: profile=%s order=%s error=%s",
                         profile.name, request.order_no, exc)
-            raise PaymentError("USDT 支付网关未能创建订单，请稍后再试或联系站长") from exc
+            raise PaymentError(_("The USDT payment gateway could not create the order; please try again later or contact the site owner")) from exc
         wallet, usdt = str(data.get("token") or ""), str(data.get("actual_amount") or "")
         trade_id, expires = str(data.get("trade_id") or ""), str(data.get("expiration_time") or "")
         url = payment_url
@@ -353,12 +354,18 @@ class UsdtChannel(Channel):
         wallet, expires = str(data.get("w", "")), int(data.get("e") or 0)
         left = expires - int(time.time())
         shown = datetime.fromtimestamp(expires, BEIJING) if expires else None
+        seconds = "%02d" % (max(left, 0) % 60)
+        remaining = _("%(m)s min %(s)s s", m=max(left, 0) // 60, s=seconds)
+        sentence = _("Please complete the transfer before %(time)s (Beijing time); time left: %(left)s.")
+        deadline = Markup(escape(sentence)) % {
+            "time": Markup('<time datetime="{}">{}</time>').format(shown.isoformat() if shown else "",
+                                                                 shown.strftime("%H:%M:%S") if shown else ""),
+            "left": Markup('<strong id="usdt-countdown" data-left="{}">{}</strong>').format(max(left, 0), remaining)}
         return render_template_string(
             PAGE, order=order, wallet=wallet, amount=str(data.get("a", "")), qr=qr_image(wallet),
-            expired=bool(expires) and left <= 0, expires=expires, left=max(left, 0), reload_ms=RELOAD_SECONDS * 1000,
-            expires_iso=shown.isoformat() if shown else "", expires_text=shown.strftime("%H:%M:%S") if shown else "",
-            remaining=f"{max(left, 0) // 60} 分 {max(left, 0) % 60:02d} 秒",
-            payment_url=str(data.get("u", "")) if URL_RE.match(str(data.get("u", ""))) else "")
+            expired=bool(expires) and left <= 0, expires=expires, reload_ms=RELOAD_SECONDS * 1000,
+            payment_url=str(data.get("u", "")) if URL_RE.match(str(data.get("u", ""))) else "",
+            t=_page_text(order, deadline))
 
     # -- notifications ----------------------------------------------------------------
 
@@ -390,6 +397,28 @@ class UsdtChannel(Channel):
         return Notification(order_no=fields["order_id"].strip(), amount_fen=amount_fen,
                             trade_no=fields["trade_id"].strip(),
                             status="paid" if status == PAID_STATUS else "unpaid", raw_status=status)
+
+
+def _page_text(order, deadline) -> dict:
+    """The payment page's words in the buyer's language (the page is a string, not a template file)."""
+    exact = Markup("<strong>{}</strong>").format(_("exact amount"))
+    return {
+        "title": _("USDT payment %(no)s", no=order.order_no),
+        "heading": _("USDT (TRC20) payment"),
+        "order": _("Order %(no)s", no=order.order_no),
+        "expired": _("The payment has timed out: do not transfer anything more to the address below. "
+                     "Go back to the order page and start the payment again."),
+        "exact": Markup(escape(_("Please transfer the %(exact)s (one cent more or less cannot be matched "
+                                 "automatically):"))) % {"exact": exact},
+        "wallet": _("Receiving address (TRC20 network only):"),
+        "qr": _("QR code of the receiving address"),
+        "deadline": deadline,
+        "countdown": _("%(m)s min %(s)s s", m="{m}", s="{s}"),
+        "arrives": _("Once the payment arrives, this page moves on to the order page (block confirmation "
+                     "usually takes 1 to 3 minutes)."),
+        "back": _("Back to the order page"),
+        "gateway": _("Open the gateway's checkout"),
+    }
 
 
 class _Plugin:

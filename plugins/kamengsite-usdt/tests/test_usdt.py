@@ -507,3 +507,18 @@ def test_an_answer_without_a_usable_wallet_or_amount_keeps_the_gateways_page(dat
 
 def test_usdt_cannot_refund_through_the_gateway():
     assert UsdtChannel.supports_refund is False
+
+
+# -- languages ------------------------------------------------------------------------------------
+
+
+def test_the_payment_page_speaks_english_on_request(shop, gateway):
+    client, order_no, location = _start(shop, gateway)
+    chinese = client.get(location).get_data(as_text=True)
+    assert "USDT（TRC20）支付" in chinese and "（北京时间）前完成转账" in chinese
+    english = client.get(location + "&lang=en").get_data(as_text=True)
+    assert "<h1>USDT (TRC20) payment</h1>" in english and "Receiving address (TRC20 network only):" in english
+    assert "<strong>exact amount</strong>" in english and "(Beijing time); time left:" in english
+    assert re.search(r'id="usdt-countdown" data-left="\d+">(9|10) min \d\d s<', english)
+    assert '"{m} min {s} s"' in english and '<strong id="usdt-amount">13.89</strong> USDT' in english
+    assert "收款地址" not in english and "北京时间" not in english and "返回订单页" not in english

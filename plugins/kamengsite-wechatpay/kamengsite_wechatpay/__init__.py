@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kamengsite.hookspecs import hookimpl
+from kamengsite.i18n import _
 from kamengsite.payments import (Channel, Notification, PaymentAction, PaymentError, PayType, RefundResult, Rejection,
                                  Reply)
 
@@ -67,25 +68,25 @@ AUTH_SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 TIMESTAMP_WINDOW = 300
 HTTP_TIMEOUT = 10.0
 DESCRIPTION_MAX_BYTES = 127
-FAIL_BODY = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False, separators=(",", ":"))
+FAIL_BODY = json.dumps({"code": "FAIL", "message": "失败"}, ensure_ascii=False, separators=(",", ":"))  # i18n: keep - protocol reply
 
 SETTINGS_SCHEMA = {
     "type": "object",
     "properties": {
-        "label": {"type": "string", "maxLength": 40, "description": "what buyers see, default 微信支付"},
+        "label": {"type": "string", "maxLength": 40, "description": "what buyers see, default 微信支付"},  # i18n: keep - names in the gateway's console
         "appid": {"type": "string", "pattern": r"^[A-Za-z0-9_]{6,32}$",
-                  "description": "AppID bound to the merchant (公众号/小程序/开放平台), e.g. wx8888888888888888"},
-        "mchid": {"type": ["string", "integer"], "pattern": r"^\d{6,32}$", "description": "商户号"},
+                  "description": "AppID bound to the merchant (公众号/小程序/开放平台), e.g. wx8888888888888888"},  # i18n: keep - names in the gateway's console
+        "mchid": {"type": ["string", "integer"], "pattern": r"^\d{6,32}$", "description": "商户号"},  # i18n: keep - names in the gateway's console
         "merchant_private_key": {"type": "string", "minLength": 64, "writeOnly": True,
-                                 "description": "商户API私钥 apiclient_key.pem (PEM or bare base64 PKCS#8)"},
+                                 "description": "商户API私钥 apiclient_key.pem (PEM or bare base64 PKCS#8)"},  # i18n: keep - names in the gateway's console
         "merchant_serial_no": {"type": "string", "pattern": r"^[0-9A-Fa-f]{8,64}$",
-                               "description": "商户API证书序列号"},
+                               "description": "商户API证书序列号"},  # i18n: keep - names in the gateway's console
         "apiv3_key": {"type": "string", "pattern": r"^[\x21-\x7e]{32}$", "writeOnly": True,
-                      "description": "APIv3密钥, exactly 32 characters"},
+                      "description": "APIv3密钥, exactly 32 characters"},  # i18n: keep - names in the gateway's console
         "platform_public_key": {"type": "string", "minLength": 64,
-                                "description": "微信支付公钥 pub_key.pem (PEM or bare base64 SPKI)"},
+                                "description": "微信支付公钥 pub_key.pem (PEM or bare base64 SPKI)"},  # i18n: keep - names in the gateway's console
         "platform_public_key_id": {"type": "string", "pattern": r"^[A-Za-z0-9_]{8,80}$",
-                                   "description": "微信支付公钥ID, e.g. PUB_KEY_ID_0112345678..."},
+                                   "description": "微信支付公钥ID, e.g. PUB_KEY_ID_0112345678..."},  # i18n: keep - names in the gateway's console
         "api_base": {"type": "string", "pattern": r"^https://[A-Za-z0-9.-]+(:\d+)?$",
                      "description": "default https://api.mch.weixin.qq.com (backup: https://api2.mch.weixin.qq.com)"},
     },
@@ -204,14 +205,14 @@ def post_json(url: str, body: bytes, headers: dict, timeout: float = HTTP_TIMEOU
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:500].decode("utf-8", "replace")
         log.error("wechatpay: %s answered HTTP %s: %s", url, exc.code, detail)
-        raise PaymentError("微信支付下单失败，请稍后再试") from exc
+        raise PaymentError(_("WeChat Pay could not create the payment; please try again later")) from exc
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         log.error("wechatpay: %s unreachable: %s", url, exc)
-        raise PaymentError("无法连接微信支付，请稍后再试") from exc
+        raise PaymentError(_("Cannot reach WeChat Pay; please try again later")) from exc
     try:
         return json.loads(raw)
     except ValueError as exc:
-        raise PaymentError("微信支付返回了无法识别的结果") from exc
+        raise PaymentError(_("WeChat Pay returned an unreadable answer")) from exc
 
 
 @dataclass(frozen=True)
@@ -247,12 +248,18 @@ def _truncate_bytes(text: str, limit: int) -> str:
 
 class WechatPayChannel(Channel):
     id = "wechatpay"
-    name = "微信支付"
-    pay_types = (PayType("wxpay", "微信支付"),)
     devices = ("pc", "mobile")
     settings_schema = SETTINGS_SCHEMA
 
     supports_refund = True
+
+    @property
+    def name(self):
+        return _("WeChat Pay")
+
+    @property
+    def pay_types(self):
+        return (PayType("wxpay", _("WeChat Pay")),)
 
     def __init__(self, transport=None, raw_transport=None):
         self.transport = transport  # ``transport(url, body, headers, timeout) -> dict``; default post_json
@@ -281,13 +288,13 @@ class WechatPayChannel(Channel):
             url, body, headers = self.native_request(profile, request)
         except (ValueError, TypeError) as exc:
             log.error("wechatpay profile %s: cannot sign the request: %s", profile.name, type(exc).__name__)
-            raise PaymentError("支付渠道配置有误，请联系站长") from exc
+            raise PaymentError(_("The payment channel is misconfigured; please contact the site owner")) from exc
         answer = (self.transport or post_json)(url, body, headers, HTTP_TIMEOUT)
         code_url = answer.get("code_url") if isinstance(answer, dict) else None
         if not isinstance(code_url, str) or not code_url.startswith("weixin://"):
             log.error("wechatpay profile %s: no code_url in the answer (%s)", profile.name,
                       (answer or {}).get("code") if isinstance(answer, dict) else type(answer).__name__)
-            raise PaymentError("微信支付下单失败，请稍后再试")
+            raise PaymentError(_("WeChat Pay could not create the payment; please try again later"))
         return PaymentAction.qrcode(code_url)
 
     # -- refunds --------------------------------------------------------------------------
@@ -310,17 +317,18 @@ class WechatPayChannel(Channel):
 
     def refund(self, profile, request):
         if not 0 < request.amount_fen <= request.total_fen:
-            return RefundResult(False, message="退款金额必须大于 0 且不超过订单金额")
+            return RefundResult(False, message=_("The refund amount must be more than 0 and at most the order amount"))
         try:
             url, body, headers = self.refund_request(profile, request)
         except (ValueError, TypeError):
-            return RefundResult(False, message="商户API私钥无法签名，请检查微信支付配置")
+            return RefundResult(False, message=_("The merchant API private key cannot sign; check the WeChat Pay settings"))
         try:
             answer = (self.raw_transport or post_raw)(url, body, headers, HTTP_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - network, TLS, timeout: never raise to the caller
             log.warning("wechatpay refund call failed: profile=%s order=%s error=%s",
                         profile.name, request.order_no, type(exc).__name__)
-            return RefundResult(False, message=f"无法连接微信支付（{type(exc).__name__}），请稍后重试")
+            return RefundResult(False, message=_("Cannot reach WeChat Pay (%(error)s); please retry later",
+                                                 error=type(exc).__name__))
         return self._refund_result(profile, request, answer)
 
     def _refund_result(self, profile, request, answer: HttpAnswer) -> RefundResult:
@@ -329,23 +337,28 @@ class WechatPayChannel(Channel):
         except ValueError:
             data = None
         if not isinstance(data, dict):
-            return RefundResult(False, message=f"微信支付返回了无法识别的结果（HTTP {answer.status}）")
+            return RefundResult(False, message=_("WeChat Pay returned an unreadable answer (HTTP %(status)s)",
+                                                 status=answer.status))
         if not 200 <= answer.status < 300:  # a "no" needs no proof: believing it costs nothing
             words = f"{data.get('code') or ''} {data.get('message') or ''}".strip()[:MESSAGE_MAX]
-            return RefundResult(False, message=f"微信支付拒绝退款：{words or f'HTTP {answer.status}'}")
+            words = words or "HTTP %s" % answer.status
+            return RefundResult(False, message=_("WeChat Pay refused the refund: %(reason)s", reason=words))
         why = signature_problem(profile, answer.headers, answer.body, time.time(), type_required=False)
         if why:
             log.warning("wechatpay refund answer refused: profile=%s order=%s reason=%s",
                         profile.name, request.order_no, why)
-            return RefundResult(False, message=f"微信支付应答验签失败（{why[:80]}），退款结果未知，请到商户平台核对")
+            return RefundResult(False, message=_(
+                "WeChat Pay's answer failed signature verification (%(why)s), so the refund's outcome is unknown: "
+                "check it on the merchant platform", why=why[:80]))
         if data.get("out_refund_no") != request.refund_no:
-            return RefundResult(False, message="微信支付应答的退款单号与请求不符")
+            return RefundResult(False, message=_("The refund number in WeChat Pay's answer does not match the request"))
         status, refund_id = str(data.get("status") or ""), str(data.get("refund_id") or "")[:64]
         if status == "SUCCESS":
             return RefundResult(True, gateway_refund_no=refund_id)
         if status == "PROCESSING":
-            return RefundResult(True, gateway_refund_no=refund_id, pending=True, message="退款处理中")
-        return RefundResult(False, gateway_refund_no=refund_id, message=f"微信支付退款状态：{status[:32] or '未知'}")
+            return RefundResult(True, gateway_refund_no=refund_id, pending=True, message=_("Refund in progress"))
+        return RefundResult(False, gateway_refund_no=refund_id,
+                            message=_("WeChat Pay refund status: %(status)s", status=status[:32] or _("unknown")))
 
     # -- notifications --------------------------------------------------------------------
 

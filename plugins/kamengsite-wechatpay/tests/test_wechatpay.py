@@ -617,7 +617,7 @@ def test_a_refund_wechat_pay_refuses_is_not_ok_with_its_reason(refunds, answer, 
 def test_a_success_answer_not_signed_by_wechat_pay_is_not_ok(refunds, answer, why):
     refunds.refund_answer = answer
     result = _refund(refunds)
-    assert not result.ok and "验签失败" in result.message and why in result.message
+    assert not result.ok and "failed signature verification" in result.message and why in result.message
 
 
 def test_a_stale_answer_is_not_ok(refunds, monkeypatch):
@@ -651,3 +651,22 @@ def test_network_errors_and_unreadable_answers_are_not_ok_and_never_raise(refund
 @pytest.mark.parametrize("amount_fen", [0, PRICE_FEN + 1])
 def test_a_refund_amount_outside_the_payment_is_refused_before_any_call(refunds, amount_fen):
     assert not _refund(refunds, amount_fen=amount_fen).ok and refunds.requests == []
+
+
+# -- languages ------------------------------------------------------------------------------------
+
+
+def test_the_buyer_reads_wechat_pays_messages_in_english_on_request(shop, monkeypatch):
+    def fake(url, body, headers, timeout):
+        return {"code": "PARAM_ERROR", "message": "x"}
+
+    monkeypatch.setattr(kamengsite_wechatpay, "post_json", fake)
+    client = shop.client()
+    client.get("/?lang=en")  # the visitor's choice, kept in a cookie
+    order_no = new_order(shop, client=client)
+    page = client.get(f"/order/{order_no}")
+    client.post(f"/pay/{order_no}", data={"csrf_token": token(page), "channel": "wechatpay", "profile": "main"})
+    shown = client.get(f"/order/{order_no}").get_data(as_text=True)
+    assert "WeChat Pay could not create the payment" in shown and "微信支付下单失败" not in shown
+    channel = kamengsite_wechatpay.WechatPayChannel()  # outside a request: the English names
+    assert channel.name == "WeChat Pay" and [t.name for t in channel.pay_types] == ["WeChat Pay"]
