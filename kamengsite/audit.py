@@ -19,6 +19,7 @@ Entries are never deleted by the application (docs/audit.md).
 from __future__ import annotations
 
 import datetime
+import zoneinfo
 import json
 import logging
 import re
@@ -28,6 +29,7 @@ from flask import g, has_request_context, render_template, request, session
 from flask_babel import format_datetime
 
 from . import accounts, admin
+from .app import current_site
 from .hookspecs import hookimpl
 from .i18n import _l, current_locale
 from .models import utcnow
@@ -287,6 +289,12 @@ def _record_login(response):
 bp = admin.console_blueprint("admin_audit", __name__, "/admin/audit")
 
 
+def _day_start(day: datetime.date, tz) -> datetime.datetime:
+    """When ``day`` begins in ``tz``, as a stored (naive UTC) time."""
+    start = datetime.datetime.combine(day, datetime.time(), tz)
+    return start.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+
+
 def _date(text: str | None) -> datetime.date | None:
     try:
         return datetime.date.fromisoformat((text or "").strip()) if text else None
@@ -295,18 +303,20 @@ def _date(text: str | None) -> datetime.date | None:
 
 
 def search(*, account: str = "", action: str = "", since: datetime.date | None = None,
-           until: datetime.date | None = None, text: str = ""):
-    """Entries of the current site scope matching every filter given, newest first."""
+           until: datetime.date | None = None, text: str = "", tz: datetime.tzinfo = datetime.timezone.utc):
+    """Entries of the current site scope matching every filter given, newest first.
+
+    ``since``/``until`` are days of the time zone ``tz`` (the console: the site's; the CLI: UTC).
+    """
     query = AuditEntry.select()
     if account:
         query = query.where(AuditEntry.username == account.strip().lower())
     if action:
         query = query.where(AuditEntry.action.startswith(action.strip()))
     if since:
-        query = query.where(AuditEntry.created_at >= datetime.datetime.combine(since, datetime.time()))
+        query = query.where(AuditEntry.created_at >= _day_start(since, tz))
     if until:
-        end = datetime.datetime.combine(until + datetime.timedelta(days=1), datetime.time())
-        query = query.where(AuditEntry.created_at < end)
+        query = query.where(AuditEntry.created_at < _day_start(until + datetime.timedelta(days=1), tz))
     if text:
         query = query.where(AuditEntry.target.contains(text.strip()) | AuditEntry.details.contains(text.strip()))
     return query.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
@@ -333,7 +343,8 @@ def index():
     bad_date = bool(filters["since"] and since is None) or bool(filters["until"] and until is None)
     page = min(MAX_PAGE, max(1, admin._int_or_none(args.get("page")) or 1))
     found = list(search(account=filters["account"], action=filters["action"], since=since, until=until,
-                        text=filters["q"]).offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1))
+                        text=filters["q"], tz=zoneinfo.ZoneInfo(current_site().config.timezone))
+                 .offset((page - 1) * PER_PAGE).limit(PER_PAGE + 1))
     return render_template("admin/audit.html", entries=found[:PER_PAGE], more=len(found) > PER_PAGE, page=page,
                            filters=filters, bad_date=bad_date, shown_time=shown_time)
 

@@ -27,6 +27,15 @@ from .themes import HOST_TEMPLATES, ThemeRegistry
 log = logging.getLogger(__name__)
 
 
+def _page_language(environ, site_locale: str) -> dict:
+    """``_`` and ``current_locale`` for a page the host renders itself: the visitor's or the site's language."""
+    from .i18n import chosen_locale
+    from .mail import site_gettext
+
+    locale = chosen_locale(environ.get("HTTP_COOKIE"), site_locale)
+    return {"_": site_gettext(locale), "current_locale": lambda: locale}
+
+
 class _Broken:
     """A cached failure to build a site's app, so a broken folder is logged once per version."""
 
@@ -84,7 +93,8 @@ class Host:
             from .opening import closed_page, served_while_off
 
             if not served_while_off(config, environ.get("PATH_INFO", "")):
-                return self._page(closed_page(config), 503, site=config)(environ, start_response)
+                return self._page(closed_page(config), 503, site=config,
+                                  **_page_language(environ, config.locale))(environ, start_response)
         return app(environ, start_response)
 
     def _page(self, template: str, status: int, **context) -> Response:

@@ -54,6 +54,7 @@ AREA_OF_BLUEPRINT = {
     "admin_payments": "plugins",
     "admin_audit": "audit",
     "admin_tickets": "members",
+    "admin_members": "members",
     "owner": "sites",  # a sub-site owner's overview and domains
     "admin_settings": "design",  # the shop's name, logo, language
 }

@@ -212,6 +212,12 @@ def test_the_page_filters_by_account_action_dates_and_text(console, main_id):
     assert targets(action="products.") == {"product:1", "product:2"}
     assert targets(since="2026-01-01", until="2026-01-05") == {"order:K123"}
     assert targets(until="2026-01-04") == set()
+    # Days are the site's (Asia/Shanghai): 2026-01-05 12:00 UTC is 20:00 there, still the 5th;
+    # 2026-01-05 17:00 UTC would be the 6th.
+    with site_scope(main_id):
+        AuditEntry.update(created_at=datetime.datetime(2026, 1, 5, 17, 0)).where(AuditEntry.id == early.id).execute()
+    assert targets(since="2026-01-06", until="2026-01-06") == {"order:K123"}
+    assert targets(since="2026-01-05", until="2026-01-05") == set()
     assert targets(q="季卡") == {"product:2"}
     assert targets(q="K123") == {"order:K123"}
     assert "日期格式不对" in text(console.get("/admin/audit/?since=yesterday"))

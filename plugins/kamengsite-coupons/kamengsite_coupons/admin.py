@@ -48,8 +48,8 @@ class CouponForm(FlaskForm):
                                validators=[Optional(), Length(max=500)])
     total_limit = StringField(_l("Total uses (0 or empty: unlimited)"), validators=[Optional()])
     per_member_limit = StringField(_l("Uses per customer (0 or empty: unlimited)"), validators=[Optional()])
-    starts_at = StringField(_l("Starts (UTC, e.g. 2026-11-22 10:00, optional)"), validators=[Optional()])
-    ends_at = StringField(_l("Ends (UTC, optional)"), validators=[Optional()])
+    starts_at = StringField(_l("Starts (e.g. 2026-11-22 10:00, optional)"), validators=[Optional()])
+    ends_at = StringField(_l("Ends (optional)"), validators=[Optional()])
     stackable = BooleanField(_l("Can be combined with flash sale and newcomer prices"))
     members_only = BooleanField(_l("Only for members"))
     note = StringField(_l("Note"), validators=[Optional(), Length(max=120)])
@@ -60,8 +60,8 @@ class FlashForm(FlaskForm):
     price = StringField(_l("Flash sale price (yuan)"), validators=[InputRequired(_l("Enter the flash sale price"))])
     cap = StringField(_l("Units on sale"), validators=[InputRequired(_l("Enter the quantity"))])
     per_member_limit = StringField(_l("Limit per customer (units, 0 or empty: unlimited)"), validators=[Optional()])
-    starts_at = StringField(_l("Starts (UTC)"), validators=[InputRequired(_l("Enter the start time"))])
-    ends_at = StringField(_l("Ends (UTC)"), validators=[InputRequired(_l("Enter the end time"))])
+    starts_at = StringField(_l("Starts"), validators=[InputRequired(_l("Enter the start time"))])
+    ends_at = StringField(_l("Ends"), validators=[InputRequired(_l("Enter the end time"))])
 
 
 class NewcomerForm(FlaskForm):
@@ -73,6 +73,13 @@ class TierForm(FlaskForm):
     sku = admin.ChoiceField(_l("SKU"), coerce=int)
     min_qty = StringField(_l("Wholesale minimum (units)"), validators=[InputRequired(_l("Enter the quantity"))])
     price = StringField(_l("Wholesale unit price (yuan)"), validators=[InputRequired(_l("Enter the unit price"))])
+
+
+def _when(text: str):
+    """A time typed in the console: the site's time zone (as every time the console shows)."""
+    import zoneinfo
+
+    return rules.parse_local(text, zoneinfo.ZoneInfo(current_site().config.timezone))
 
 
 def _site_id() -> int:
@@ -192,7 +199,7 @@ def coupon_create():
             product_ids=_ids(form.product_ids.data), category_ids=_ids(form.category_ids.data),
             total_limit=_whole(form.total_limit.data, _("Total uses")),
             per_member_limit=_whole(form.per_member_limit.data, _("Uses per customer")),
-            starts_at=rules.parse_local(form.starts_at.data), ends_at=rules.parse_local(form.ends_at.data),
+            starts_at=_when(form.starts_at.data), ends_at=_when(form.ends_at.data),
             stackable=form.stackable.data, members_only=form.members_only.data, note=form.note.data or "")
     except ValueError as exc:
         flash(_("Not saved: %(error)s", error=exc), "error")
@@ -210,7 +217,7 @@ def flash_create():
         return _page(forms, 400)
     try:
         rules.create_flash_sale(_site_id(), form.sku.data, _fen(form.price.data), _whole(form.cap.data, _("Quantity")),
-                                rules.parse_local(form.starts_at.data), rules.parse_local(form.ends_at.data),
+                                _when(form.starts_at.data), _when(form.ends_at.data),
                                 per_member_limit=_whole(form.per_member_limit.data, _("Limit per customer")))
     except ValueError as exc:
         flash(_("Not saved: %(error)s", error=exc), "error")

@@ -416,14 +416,16 @@ def _when(value) -> str:
     return format_when(value) if has_request_context() else f"{value:%Y-%m-%d %H:%M} UTC"
 
 
-def parse_local(text: str) -> datetime.datetime | None:
-    """'2026-11-22 10:00' (or the browser's 'T' form) → naive UTC datetime; '' → None; ValueError otherwise."""
+def parse_local(text: str, tz: datetime.tzinfo = datetime.timezone.utc) -> datetime.datetime | None:
+    """'2026-11-22 10:00' (or the browser's 'T' form) in ``tz`` (the site's time zone in the console)
+    → naive UTC datetime, as stored; '' → None; ValueError otherwise."""
     text = (text or "").strip().replace("T", " ")
     if not text:
         return None
     for fmt in ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"):
         try:
-            return datetime.datetime.strptime(text, fmt)
+            typed = datetime.datetime.strptime(text, fmt)
         except ValueError:
             continue
-    raise ValueError(_("Write times as 2026-11-22 10:00 (UTC)"))
+        return typed.replace(tzinfo=tz).astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    raise ValueError(_("Write times as 2026-11-22 10:00"))

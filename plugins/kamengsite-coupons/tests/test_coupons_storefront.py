@@ -108,7 +108,7 @@ def test_the_owner_creates_and_disables_promotions_in_the_console(host, client_f
         c = Coupon.get(Coupon.code == "NEW10")
     assert (c.site_id, c.kind, c.value, c.min_spend_fen, c.total_limit, c.per_member_limit) == \
         (shop, "percent", 1000, 5000, 100, 1)
-    assert c.ends_at == datetime.datetime(2099, 1, 1)
+    assert c.ends_at == datetime.datetime(2098, 12, 31, 16, 0)  # typed in the shop's time zone (UTC+8), stored in UTC
     bad = client.post("/admin/coupons/coupon", data={"csrf_token": token, "c-code": "x", "c-kind": "fixed",
                                                      "c-value": "5"})
     assert bad.status_code == 400 and "优惠码为" in bad.get_data(as_text=True)
