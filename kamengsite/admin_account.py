@@ -13,7 +13,7 @@ matched together with that account.
 from __future__ import annotations
 
 import segno
-from flask import current_app, flash, g, redirect, render_template, request, session, url_for
+from flask import abort, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 from wtforms import PasswordField, StringField
@@ -253,10 +253,9 @@ def recovery_codes():
 @admin.operator_required
 def end_session(session_id):
     if admin.ActionForm().validate_on_submit():
-        if security.end_session(_site_id(), g.operator.id, session_id[:64]):
-            flash(_("That session is signed out"), "ok")
-        else:
-            flash(_("No such session (it may already be signed out)"), "error")
+        if not security.end_session(_site_id(), g.operator.id, session_id[:64]):
+            abort(404)  # not a session of this account (or already over): nothing to end here
+        flash(_("That session is signed out"), "ok")
     return redirect(url_for("admin_account.overview"))
 
 

@@ -234,6 +234,7 @@ def domain_list():
 @admin.operator_required
 @limited("domain_verify", "10/minute")  # each proof may fetch a URL or query DNS
 def domain_verify(claim_id):
+    _claim_or_404(claim_id)
     form = VerifyForm()
     return _post_action(form, lambda: domains.verify(_registry(), current_site().site_id, claim_id, form.method.data,
                                                      **_checkers()),
@@ -241,9 +242,16 @@ def domain_verify(claim_id):
                         domains.DomainError, url_for("owner.domain_list"), prefix=_("Verification failed: "))
 
 
+def _claim_or_404(claim_id: int):
+    """A domain claim of this site, or a 404 (another site's claim is as absent as none)."""
+    if not any(claim.id == claim_id for claim in domains.claims_of(current_site().site_id)):
+        abort(404)
+
+
 @owner_bp.post("/domains/<int:claim_id>/cancel")
 @admin.operator_required
 def domain_cancel(claim_id):
+    _claim_or_404(claim_id)
     return _post_action(ActionForm(), lambda: domains.cancel(current_site().site_id, claim_id),
                         lambda _result: _("Cancelled"),
                         domains.DomainError, url_for("owner.domain_list"))

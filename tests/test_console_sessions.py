@@ -120,10 +120,9 @@ def test_another_accounts_session_cannot_be_ended(client_for, operator, main_sit
         victim_id = security.ConsoleSession.get(security.ConsoleSession.account != operator.id).id
     mine = signed_in(client_for)
     page = mine.get("/admin/account")
-    mine.post(f"/admin/account/sessions/{victim_id}/end", data={"csrf_token": csrf_token(page)})
+    assert mine.post(f"/admin/account/sessions/{victim_id}/end", data={"csrf_token": csrf_token(page)}).status_code == 404
     mine.post("/admin/account/sessions/end-others", data={"csrf_token": csrf_token(page)})
     assert victim.get("/admin/").status_code == 200
-    assert "没有这个会话" in text(mine.get("/admin/account"))
 
 
 def test_changing_the_password_needs_the_current_one_and_ends_other_sessions(client_for, operator):
