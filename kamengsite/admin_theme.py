@@ -181,9 +181,30 @@ def working_layout(key: str) -> tuple[dict, str, list]:
     return data, source, problems
 
 
+# -- a schema's words in the page's language ---------------------------------------------------------
+
+
+def _schema_word(text: str) -> str:
+    """One interface text of a schema (written in English) in the page's language; "" stays ""
+    (``gettext("")`` would be the catalog's header)."""
+    return _(text) if text else text
+
+
+def shown_schema(stype) -> dict:
+    """``stype.describe()`` with its name, labels, infos, options, block and preset names translated
+    for this request: the one place a section schema's words are translated for display. Ids,
+    defaults and presets' content are unchanged (stored layouts and validation use ids only)."""
+    return layouts.map_section_words(stype.describe(), _schema_word)
+
+
+def shown_settings_groups(theme) -> list:
+    """The theme's ``settings_schema`` groups with their words translated for this request."""
+    return layouts.map_settings_groups(theme.settings_groups, _schema_word)
+
+
 def _section_types(kind: str) -> dict:
-    """The section types that may be placed on pages of type ``kind``, with their schema."""
-    return {name: stype.describe() for name, stype in sorted(_theme().section_types.items()) if kind in stype.pages}
+    """The section types that may be placed on pages of type ``kind``, with their schema (translated)."""
+    return {name: shown_schema(stype) for name, stype in sorted(_theme().section_types.items()) if kind in stype.pages}
 
 
 def _products() -> list:
@@ -365,15 +386,17 @@ def _error_message(key: str, data: dict, exc: ConfigError, where: dict) -> str:
     theme = _theme()
     section = (data.get("sections") or {}).get(where["section"]) if isinstance(data, dict) else None
     stype = theme.section_types.get(section.get("type")) if isinstance(section, dict) else None
+    shown = shown_schema(stype) if stype else None
     parts = []
     if where["section"]:
-        name = stype.name if stype else where["section"]
+        name = shown["name"] if shown else where["section"]
         parts.append(_("Section “%(name)s” (%(id)s)", name=name, id=where["section"]))
-    specs = stype.settings if stype else ()
+    specs = shown["settings"] if shown else ()
     if where["block"]:
         parts.append(_("Block %(id)s", id=where["block"]))
         block = ((section or {}).get("blocks") or {}).get(where["block"]) or {}
-        specs = (stype.blocks.get(block.get("type")) or {}).get("settings", ()) if stype else ()
+        kind = block.get("type") if isinstance(block, dict) else None
+        specs = next((b["settings"] for b in shown["blocks"] if b["type"] == kind), ()) if shown else ()
     if where["setting"]:
         label = next((s.get("label") for s in specs if s["id"] == where["setting"]), None) or where["setting"]
         parts.append(_("Setting “%(label)s” (%(id)s)", label=label, id=where["setting"]))
@@ -611,7 +634,7 @@ def theme_settings():
         else:
             flash(_("Site appearance saved"), "ok")
             return redirect(url_for(".theme_settings"))
-    return render_template("admin/theme_settings.html", theme=theme, groups=theme.settings_groups, values=values,
+    return render_template("admin/theme_settings.html", theme=theme, groups=shown_settings_groups(theme), values=values,
                            errors=errors, action=admin.ActionForm(), products=_products(),
                            categories=_categories(), theme_label=_label(theme))
 

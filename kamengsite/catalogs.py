@@ -1,8 +1,9 @@
 """The gettext catalogs of the host and of each plugin package: extract, update, check.
 
 A *package* is a folder of code with its own ``translations/`` folder: ``kamengsite/``
-itself and each ``plugins/*/<module>/``. ``extract`` reads the strings wrapped in
-``_``/``_l``/``_n``/``gettext``… from its Python files and templates; ``update`` adds
+itself, each ``plugins/*/<module>/`` and each ``themes/<name>/``. ``extract`` reads the strings
+wrapped in ``_``/``_l``/``_n``/``gettext``… from its Python files and templates, and the
+interface texts of its JSON schemas (section types, theme settings: ``extract_schema``); ``update`` adds
 new ones to each catalog (English: the text itself; Chinese: left empty to be
 translated) and drops the ones no longer used; ``missing`` lists what a catalog
 lacks, which ``tests/test_i18n.py`` requires to be nothing.
@@ -10,6 +11,9 @@ lacks, which ``tests/test_i18n.py`` requires to be nothing.
 
 from __future__ import annotations
 
+import json
+import json.decoder
+import json.scanner
 import re
 import tokenize
 from dataclasses import dataclass
@@ -30,6 +34,10 @@ METHODS = [
     ("**.py", "python"),
     ("**/templates/**.html", "jinja2.ext:babel_extract"),
     ("sections/**.html", "jinja2.ext:babel_extract"),  # a theme's own section types
+    # The names, labels and infos of section schemas (the host's and a theme's) and of theme settings.
+    ("**/templates/sections/*.json", "kamengsite.catalogs:extract_schema"),
+    ("sections/*.json", "kamengsite.catalogs:extract_schema"),
+    ("theme.json", "kamengsite.catalogs:extract_schema"),
 ]
 _JINJA = {"trimmed": "true", "newstyle_gettext": "true"}
 OPTIONS = {"**/templates/**.html": _JINJA, "sections/**.html": _JINJA}
@@ -69,6 +77,60 @@ def extract(package: Package) -> Catalog:
             comment_tags=("i18n:",), strip_comment_tags=True):
         catalog.add(message, None, [(filename, lineno)], auto_comments=comments, context=context)
     return catalog
+
+
+# -- JSON schemas ---------------------------------------------------------------------
+
+
+class _Located(str):
+    """A string of a JSON file that knows its line."""
+
+    line = 1
+
+
+def load_located_json(text: str):
+    """``json.loads(text)``, with every string *value* a ``_Located`` carrying its line (keys stay plain)."""
+    decoder = json.JSONDecoder()
+
+    def parse_string(source, end, strict):
+        value, after = json.decoder.scanstring(source, end, strict)
+        located = _Located(value)
+        located.line = source.count("\n", 0, end) + 1
+        return located, after
+
+    decoder.parse_string = parse_string
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # the pure-Python scanner calls parse_string
+    return decoder.decode(text)
+
+
+def is_schema_file(path: Path) -> bool:
+    """A section schema (``sections/<type>.json``) or a theme manifest (``theme.json``)."""
+    return path.suffix == ".json" and (path.name == "theme.json" or path.parent.name == "sections")
+
+
+def schema_texts(path: Path, text: str | None = None) -> list[tuple[int, str]]:
+    """``[(line, text)]`` of the interface texts of a JSON schema file (``layouts.schema_words``).
+
+    ``[]`` for a file that is not valid JSON: loading the theme reports that.
+    """
+    from .layouts import schema_words
+
+    try:
+        data = load_located_json(path.read_text(encoding="utf-8") if text is None else text)
+    except ValueError:
+        return []
+    words = schema_words(data, manifest=path.name == "theme.json")
+    return [(getattr(word, "line", 1), str(word)) for word in words if word]
+
+
+def extract_schema(fileobj, keywords, comment_tags, options):
+    """Babel extractor for JSON schemas: a section type's ``name``, its settings' ``label``/``info``,
+    select options' ``label``, blocks' ``name`` and presets' ``name``; in ``theme.json``, the
+    ``settings_schema`` groups' ``name`` and their settings' texts. Never ``default`` or presets' content."""
+    name = Path(getattr(fileobj, "name", "") or "schema.json")
+    text = fileobj.read().decode(options.get("encoding", "utf-8"))
+    for line, message in schema_texts(name, text):
+        yield line, None, message, []
 
 
 def _read(path: Path, locale: str) -> Catalog:
@@ -141,7 +203,8 @@ CONTENT_FILES = ("demo.py", "scaffold/", "migrations/", "testing.py")
 
 
 def hardcoded(path: Path) -> list[tuple[int, str]]:
-    """``[(line, text)]`` of Chinese written straight into a Python string or a template.
+    """``[(line, text)]`` of Chinese written straight into a Python string, a template or the
+    interface texts of a JSON schema (a section type's labels, a theme's settings).
 
     Interface text is written in English inside ``_()`` and translated by the catalog, so
     Chinese in code means a string nobody can translate. Docstrings and comments don't count.
@@ -150,6 +213,8 @@ def hardcoded(path: Path) -> list[tuple[int, str]]:
         return _hardcoded_python(path)
     if path.suffix in (".html", ".js", ".txt"):
         return _hardcoded_text(path)
+    if is_schema_file(path):  # the interface texts of a schema; its defaults and presets are content
+        return [(row, text) for row, text in schema_texts(path) if _CJK.search(text)]
     return []
 
 

@@ -427,6 +427,77 @@ def load_settings_schema(path, data) -> tuple:
     return tuple(specs)
 
 
+# -- the interface words of a schema ---------------------------------------------------------------
+#
+# A schema's ``name``, settings' ``label``/``info``, options' ``label``, blocks' ``name`` and presets'
+# ``name`` are interface text: written in English, translated by the catalogs when shown
+# (``admin_theme.shown_schema``), extracted by ``catalogs.extract_schema``. ``default`` values and
+# presets' ``settings``/``blocks`` are the owner's starting content and are never translated.
+
+
+def _map_settings(specs, words):
+    mapped = []
+    for spec in specs or ():
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            for key in ("label", "info"):
+                if isinstance(spec.get(key), str):
+                    spec[key] = words(spec[key])
+            if isinstance(spec.get("options"), list):
+                spec["options"] = [dict(o, label=words(o["label"])) if isinstance(o, dict)
+                                   and isinstance(o.get("label"), str) else o for o in spec["options"]]
+        mapped.append(spec)
+    return mapped
+
+
+def _named(entry, words):
+    if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        return dict(entry, name=words(entry["name"]))
+    return entry
+
+
+def map_section_words(schema, words):
+    """A copy of a section schema (a ``sections/<type>.json`` or ``SectionType.describe()``) with
+    ``words(text)`` applied to each of its interface texts; ids, defaults and presets' content unchanged."""
+    if not isinstance(schema, dict):
+        return schema
+    mapped = _named(schema, words)
+    if isinstance(mapped.get("settings"), (list, tuple)):
+        mapped["settings"] = _map_settings(mapped["settings"], words)
+    if isinstance(mapped.get("blocks"), (list, tuple)):
+        mapped["blocks"] = [dict(_named(b, words), settings=_map_settings(b.get("settings"), words))
+                            if isinstance(b, dict) else b for b in mapped["blocks"]]
+    if isinstance(mapped.get("presets"), (list, tuple)):
+        mapped["presets"] = [_named(p, words) for p in mapped["presets"]]
+    return mapped
+
+
+def map_settings_groups(groups, words) -> list:
+    """A copy of ``settings_schema`` groups (theme.json) with ``words`` applied to group names and settings' texts."""
+    return [dict(_named(g, words), settings=_map_settings(g.get("settings"), words)) if isinstance(g, dict) else g
+            for g in groups or ()]
+
+
+def map_manifest_words(manifest, words):
+    """A copy of a theme.json with ``words`` applied to its ``settings_schema`` texts (its ``label`` and
+    ``description`` carry every language already)."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings_schema"), list):
+        return manifest
+    return dict(manifest, settings_schema=map_settings_groups(manifest["settings_schema"], words))
+
+
+def schema_words(data, *, manifest: bool = False) -> list:
+    """Every interface text of a section schema (or of a theme.json, with ``manifest``), in file order."""
+    found = []
+
+    def keep(text):
+        found.append(text)
+        return text
+
+    (map_manifest_words if manifest else map_section_words)(data, keep)
+    return found
+
+
 # -- layouts ---------------------------------------------------------------------------------------
 
 

@@ -360,3 +360,84 @@ def test_the_editor_speaks_chinese_by_default_and_english_on_request(owner):
     flashed = owner.client.get("/admin/theme/").get_data(as_text=True)
     assert "Published: the shop now shows the new layout" in flashed and "已发布" not in flashed
     assert "(theme default)" in flashed and "（主题默认）" not in flashed  # the earlier version's author
+
+
+def _state(client, query):
+    html = client.get(f"/admin/theme/?{query}").get_data(as_text=True)
+    return json.loads(STATE_RE.search(html).group(1))
+
+
+def test_section_schemas_are_shown_in_the_page_language(owner):
+    """The schemas are written in English; the editor shows their words in the page's language
+    (names, labels, infos, options, blocks, presets), while defaults and presets' content stay as written."""
+    for lang, words in (("zh_CN", {"name": "公告栏", "label": "背景颜色",
+                                   "info": "https:// 开头的网址，或以 / 开头的本站路径", "option": "靠左", "block": "保障项",
+                                   "block_label": "图标（一个字或表情）",
+                                   "preset": "热门商品", "product_grid": "商品列表"}),
+                        ("en", {"name": "Announcement bar", "label": "Background colour",
+                                "info": "An address starting with https://, or a path on this site starting with /",
+                                "option": "Left", "block": "Guarantee", "block_label": "Icon (one character or emoji)",
+                                "preset": "Popular products", "product_grid": "Product list"})):
+        types = _state(owner.client, f"page=home&lang={lang}")["types"]
+        announcement = types["announcement"]
+        assert announcement["name"] == words["name"] and announcement["presets"][0]["name"] == words["name"]
+        settings = {s["id"]: s for s in announcement["settings"]}
+        assert settings["background"]["label"] == words["label"] and settings["link"]["info"] == words["info"]
+        assert settings["text"]["default"] == "全场自动发货，24 小时客服在线"  # content: never translated
+        align = next(s for s in types["hero"]["settings"] if s["id"] == "align")
+        assert [o["value"] for o in align["options"]] == ["left", "center"]
+        assert align["options"][0]["label"] == words["option"]
+        block = types["features"]["blocks"][0]
+        assert block["type"] == "feature" and block["name"] == words["block"]
+        assert block["settings"][0]["label"] == words["block_label"]
+        assert types["features"]["presets"][0]["blocks"][0]["settings"]["title"] == "自动发货"
+        assert types["product_grid"]["name"] == words["product_grid"]
+        assert types["product_grid"]["presets"][0]["name"] == words["preset"]
+    # editor.js builds the section list, the settings forms and the add-section list from these types:
+    # in English, none of their words is Chinese, on any page.
+    for key in layouts.page_keys(owner.folder):
+        for kind, schema in _state(owner.client, f"page={key}&lang=en")["types"].items():
+            chinese = [w for w in layouts.schema_words(schema) if re.search(r"[\u4e00-\u9fff]", w)]
+            assert chinese == [], (key, kind, chinese)
+    english = _state(owner.client, "page=product")["types"]  # the ks_lang cookie keeps the visitor's choice
+    assert english["main_product"]["name"] == "Product details and purchase"
+    assert _state(owner.client, "page=product&lang=zh_CN")["types"]["main_product"]["name"] == "商品详情与购买"
+
+
+def test_a_refused_value_names_the_section_and_setting_in_the_page_language(owner):
+    layout = owner.open()["layout"]
+    layout["sections"]["announcement"]["settings"]["background"] = "red"
+    error = owner.draft(layout).get_json()["error"]
+    assert "“公告栏”" in error and "“背景颜色”" in error
+    block = layout["sections"]["features"]["block_order"][0]
+    layout["sections"]["announcement"]["settings"]["background"] = "#ffffff"
+    layout["sections"]["features"]["blocks"][block]["settings"]["title"] = "x" * 501
+    error = owner.draft(layout).get_json()["error"]
+    assert "“服务保障”" in error and "“标题”" in error
+
+    owner.client.get("/admin/theme/?lang=en")  # the choice is kept in a cookie: the editor's requests follow it
+    error = owner.draft(layout).get_json()["error"]
+    assert "“Service guarantees”" in error and "“Heading”" in error and "服务保障" not in error
+    layout["sections"]["features"]["blocks"][block]["settings"]["title"] = "闪电发货"
+    layout["sections"]["announcement"]["settings"]["background"] = "red"
+    error = owner.draft(layout).get_json()["error"]
+    assert "Section “Announcement bar” (announcement)" in error and "Setting “Background colour” (background)" in error
+    assert layout_files(owner.folder) == {}
+
+
+def test_theme_settings_are_labelled_in_the_page_language(owner):
+    chinese = owner.client.get("/admin/theme/settings").get_data(as_text=True)
+    for words in ("<h2>颜色</h2>", "<h2>字体</h2>", ">主色（按钮、价格、链接）</label>", ">黑体（无衬线）</option>"):
+        assert words in chinese, words
+    english = owner.client.get("/admin/theme/settings?lang=en").get_data(as_text=True)
+    for words in ("<h2>Colours</h2>", "<h2>Font</h2>", ">Accent colour (buttons, prices, links)</label>",
+                  ">Sans-serif (Hei)</option>", 'value="serif"'):
+        assert words in english, words
+    form = english.split('class="editor-page">', 1)[1].split("</form>", 1)[0]
+    assert not re.search(r"[\u4e00-\u9fff]", form)
+    # The form still posts ids: a save in English stores the same values.
+    fields = {"csrf_token": csrf_token(owner.client.get("/admin/theme/settings?lang=en")), "accent": "#ff0000",
+              "background": "#000000", "text": "#ffffff", "card": "#111111", "font": "rounded"}
+    assert owner.client.post("/admin/theme/settings", data=fields).status_code == 302
+    stored = json.loads((owner.folder / layouts.THEME_SETTINGS_FILE).read_text(encoding="utf-8"))
+    assert stored["font"] == "rounded"

@@ -10,7 +10,8 @@ import pytest
 from babel.messages.mofile import read_mo
 
 from kamengsite import i18n
-from kamengsite.catalogs import Package, hardcoded, missing, packages, shadowed_gettext, untranslatable, update
+from kamengsite.catalogs import (Package, extract, hardcoded, missing, packages, shadowed_gettext, untranslatable,
+                                 update)
 from kamengsite.pagecache import page_key
 
 PACKAGES = packages()
@@ -111,6 +112,82 @@ def test_a_stale_catalog_is_recompiled_and_a_read_only_one_compiles_elsewhere(tm
     target = i18n.compile_catalogs(folder)  # an installed, read-only package
     assert not mo.exists()
     assert target != folder and (target / "zh_Hans_CN" / "LC_MESSAGES" / "messages.mo").exists()
+
+
+# -- JSON schemas: section types and theme settings ------------------------------------------
+
+SECTION_SCHEMA = """{
+  "name": "Countdown",
+  "pages": ["home"],
+  "settings": [
+    {"type": "text", "id": "heading", "label": "Countdown heading", "default": "距离活动结束",
+     "info": "Shown above the clock"},
+    {"type": "select", "id": "size", "label": "Size", "default": "large",
+     "options": [{"value": "small", "label": "Small"}, {"value": "large", "label": "Large"}]}
+  ],
+  "blocks": [{"type": "step", "name": "Step", "settings": [{"type": "text", "id": "label", "label": "Step text"}]}],
+  "presets": [{"name": "Sale countdown", "settings": {"heading": "限时特惠"},
+               "blocks": [{"type": "step", "settings": {"label": "第一步"}}]}]
+}
+"""
+THEME_JSON = """{
+  "name": "tiny", "version": "1.0",
+  "label": {"zh_CN": "小主题", "en": "Tiny"},
+  "settings_schema": [{"name": "Colours", "settings": [
+    {"type": "color", "id": "accent", "label": "Accent colour", "default": "#123456"}]}]
+}
+"""
+
+
+@pytest.fixture
+def tiny_theme(tmp_path):
+    folder = tmp_path / "tiny"
+    (folder / "sections").mkdir(parents=True)
+    (folder / "templates").mkdir()
+    (folder / "theme.json").write_text(THEME_JSON, encoding="utf-8")
+    (folder / "sections" / "countdown.json").write_text(SECTION_SCHEMA, encoding="utf-8")
+    (folder / "templates" / "home.json").write_text('{"sections": {"a": {"type": "countdown", "settings": '
+                                                    '{"heading": "模板内容"}}}, "order": ["a"]}', encoding="utf-8")
+    return Package("theme-tiny", folder)
+
+
+def test_the_words_of_json_schemas_are_extracted_but_not_their_content(tiny_theme):
+    catalog = extract(tiny_theme)
+    found = {message.id: message.locations for message in catalog if message.id}
+    assert set(found) == {"Countdown", "Countdown heading", "Shown above the clock", "Size", "Small", "Large", "Step",
+                          "Step text", "Sale countdown", "Colours", "Accent colour"}
+    assert found["Countdown heading"] == [("sections/countdown.json", 5)]  # file and line, like any string
+    assert found["Large"] == [("sections/countdown.json", 8)]
+    assert found["Accent colour"] == [("theme.json", 5)]
+    # Until translated, `kamengsite i18n check` lists them with where they are.
+    update(tiny_theme)
+    gaps = missing(tiny_theme, "zh_CN")
+    assert "'Sale countdown' (sections/countdown.json:11)" in gaps and len(gaps) == 11
+    assert missing(tiny_theme, "en") == []
+
+
+def test_the_host_section_schemas_are_extracted_and_translated():
+    host = next(p for p in PACKAGES if p.name == "kamengsite")
+    catalog = extract(host)
+    assert ("templates/sections/announcement.json", 2) in catalog.get("Announcement bar").locations
+    assert catalog.get("Background colour") is not None and catalog.get("全场自动发货，24 小时客服在线") is None
+    gaps = [gap for locale in i18n.LOCALES for gap in missing(host, locale) if ".json:" in gap]
+    assert gaps == []
+
+
+def test_scan_finds_chinese_in_the_words_of_a_schema_but_not_in_its_content(tiny_theme):
+    schema = tiny_theme.folder / "sections" / "countdown.json"
+    assert hardcoded(schema) == []  # Chinese defaults and presets' settings are the owner's starting content
+    schema.write_text(SECTION_SCHEMA.replace('"label": "Size"', '"label": "字号"')
+                      .replace('"name": "Step"', '"name": "步骤"'), encoding="utf-8")
+    assert hardcoded(schema) == [(7, "字号"), (10, "步骤")]
+    manifest = tiny_theme.folder / "theme.json"
+    assert hardcoded(manifest) == []  # its label names the theme in each language
+    manifest.write_text(THEME_JSON.replace('"Colours"', '"颜色"'), encoding="utf-8")
+    assert hardcoded(manifest) == [(4, "颜色")]
+    assert hardcoded(tiny_theme.folder / "templates" / "home.json") == []  # a layout: content only
+    found = untranslatable(tiny_theme)
+    assert any(line.endswith("countdown.json:7: 字号") for line in found) and len(found) == 3
 
 
 # -- the language of a request ----------------------------------------------------------
@@ -226,3 +303,16 @@ def test_an_order_refused_in_a_request_says_why_in_the_buyers_language(host):
             with pytest.raises(InvalidOrder) as refused:
                 create_order(site_id=main.id, sku_id=product.skus[0].id, quantity=1, contact="a@example.com")
             assert str(refused.value) == reason
+
+
+def test_the_closed_page_speaks_the_sites_language_or_the_visitors(host, client_for):
+    host.registry.create("shut", template="shop", name="<b>关门小店</b>")
+    host.registry.update("shut", enabled=False)
+    chinese = client_for("shut.localhost").get("/")
+    assert chinese.status_code == 503
+    page = chinese.get_data(as_text=True)
+    assert "暂停营业" in page and "&lt;b&gt;关门小店&lt;/b&gt;" in page and "<b>" not in page
+    client = client_for("shut.localhost")
+    client.set_cookie("ks_lang", "en", domain="shut.localhost")
+    english = client.get("/").get_data(as_text=True)
+    assert "is closed for now" in english and "暂停营业" not in english and '<html lang="en">' in english

@@ -528,3 +528,25 @@ def test_theme_check_lists_what_to_fix(cli):
     assert "layouts/home.json" in count and "section 'products'" in count and "default is used" in count
     assert any("'ghost'" in line and "no section of this type" in line for line in lines)
     assert cli("theme", "check", "--site", "nosuch").exit_code == 1
+
+
+def test_mapping_a_schemas_words_leaves_ids_defaults_and_presets_content_alone():
+    """What the editor translates for display (``map_section_words``): a copy, its words only."""
+    theme = load_theme(PROJECT_ROOT / "themes" / "dark")
+    features = theme.section_types["features"]
+    before = json.dumps(features.describe(), sort_keys=True)
+    shown = layouts.map_section_words(features.describe(), lambda text: f"<{text}>")
+    assert json.dumps(features.describe(), sort_keys=True) == before  # the loaded schema is unchanged
+    assert shown["name"] == "<Service guarantees>" and shown["presets"][0]["name"] == "<Service guarantees>"
+    assert shown["type"] == "features" and shown["max_blocks"] == features.max_blocks
+    block = shown["blocks"][0]
+    assert block["type"] == "feature" and block["name"] == "<Guarantee>"
+    assert [(s["id"], s["label"], s.get("default")) for s in block["settings"]][:2] == [
+        ("icon", "<Icon (one character or emoji)>", "✓"), ("title", "<Heading>", "自动发货")]
+    assert shown["presets"][0]["blocks"] == list(features.presets[0]["blocks"])  # content, as written
+    hero = layouts.map_section_words(theme.section_types["hero"].describe(), str.upper)
+    align = next(s for s in hero["settings"] if s["id"] == "align")
+    assert align["options"] == [{"value": "left", "label": "LEFT"}, {"value": "center", "label": "CENTRED"}]
+    groups = layouts.map_settings_groups(theme.settings_groups, str.upper)
+    assert groups[0]["name"] == "COLOURS" and groups[0]["settings"][0]["id"] == "accent"
+    assert theme.settings_groups[0]["name"] == "Colours"
