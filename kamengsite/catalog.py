@@ -37,6 +37,7 @@ class Product(StampedModel):
     summary = peewee.CharField(max_length=255, default="")
     description = peewee.TextField(default="")
     kind = peewee.CharField(max_length=16, default="card")
+    supplier = peewee.CharField(max_length=32, default="")  # the plugin whose upstream supplies the goods; "" = own stock
     image = peewee.CharField(max_length=255, default="")
     members_only = peewee.BooleanField(default=False)
     per_buyer_limit = peewee.IntegerField(default=0)  # 0: no limit

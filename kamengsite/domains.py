@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime
 import hmac
 import http.client
-import ipaddress
 import logging
 import secrets
 import socket
@@ -38,6 +37,7 @@ from urllib.parse import urlsplit
 
 import peewee
 
+from . import outbound
 from .config import DOMAIN_RE
 from .errors import ConfigError, KamengsiteError
 from .i18n import _, _l
@@ -322,7 +322,7 @@ class HttpFetcher:
         self.max_bytes = max_bytes
         self.max_redirects = max_redirects
         self.allow_private = allow_private
-        self.resolve = resolve or _resolve
+        self.resolve = resolve or outbound.resolve
         self.port = port  # tests: a local server's port instead of 80/443
 
     def fetch(self, domain: str, path: str) -> str:
@@ -366,7 +366,7 @@ class HttpFetcher:
         if not addresses:
             raise DomainError(_("Cannot resolve the domain %(domain)s", domain=domain))
         for address in addresses:
-            if not self.allow_private and not _is_public(address):
+            if not self.allow_private and not outbound.is_public(address):
                 raise DomainError(_("%(domain)s points to a private or reserved address: refused", domain=domain))
         return addresses[0]
 
@@ -376,7 +376,7 @@ class HttpFetcher:
             raise DomainError(_("The request timed out"))
         address = self._address(domain)
         port = self.port or (443 if scheme == "https" else 80)
-        connection_class = _PinnedHTTPS if scheme == "https" else _PinnedHTTP
+        connection_class = outbound.PinnedHTTPS if scheme == "https" else outbound.PinnedHTTP
         connection = connection_class(domain, address, port, timeout=min(remaining, self.timeout))
         try:
             connection.request("GET", path, headers={"User-Agent": "kamengsite-domain-check/1",
@@ -404,42 +404,6 @@ class HttpFetcher:
             body += chunk
             if len(body) > self.max_bytes:
                 raise DomainError(_("The verification file is too large (over %(n)s bytes)", n=self.max_bytes))
-
-
-def _resolve(domain: str) -> list[str]:
-    infos = socket.getaddrinfo(domain, None, type=socket.SOCK_STREAM)
-    return list(dict.fromkeys(info[4][0] for info in infos))
-
-
-def _is_public(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-class _PinnedHTTP(http.client.HTTPConnection):
-    """HTTP to a fixed address, whatever the host name resolves to by now."""
-
-    def __init__(self, host, address, port, timeout):
-        super().__init__(host, port, timeout=timeout)
-        self._address = address
-
-    def connect(self):
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
-
-
-class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host, address, port, timeout):
-        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
-
-    def connect(self):
-        sock = socket.create_connection((self._address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
 
 
 # -- DNS ---------------------------------------------------------------------------------------

@@ -147,5 +147,10 @@ def notify(hook: str, order, **kwargs) -> list:
     return call_isolated(getattr(relay, hook), hook, site_id=order.site_id, order=order, **kwargs)
 
 
+def supply(order) -> list:
+    """``supply_order`` for every installed plugin (suppliers are instance-wide), each alone."""
+    return call_isolated(instance_plugins().pm.hook.supply_order, "supply_order", site_id=order.site_id, order=order)
+
+
 def _argnames(hook: str) -> tuple:
     return tuple(inspect.signature(getattr(hookspecs, hook)).parameters)

@@ -192,6 +192,35 @@ def order_refunded(order, refund, site):
     """
 
 
+# -- upstream suppliers (docking, see docs/upstreams.md) --------------------------------------
+
+
+@hookspec
+def supply_order(order):
+    """A paid order of a product an upstream supplies (``product.supplier`` names the plugin): start supplying it.
+
+    Exact signature: ``supply_order(order) -> None``. Called for every installed plugin (not
+    per site: the operator docks upstreams for all sites) after the payment committed; the
+    plugin whose name is ``order.product.supplier`` queues the forwarding and the others
+    return. It must not raise for the buyer's sake: the supplier plugin's own periodic sweep
+    picks up every paid order it has not forwarded yet, so a failure here only delays.
+    Deliver with ``kamengsite.orders.deliver_supplied`` when the upstream answers.
+    """
+
+
+@hookspec
+def upstream_connectors(instance):
+    """Protocols this plugin can dock to as upstream suppliers: return a list of connector classes.
+
+    Exact signature: ``upstream_connectors(instance) -> list[type]``. Each class has a unique
+    ``protocol`` id (``[a-z0-9_-]``), a ``label``, a ``settings_schema`` (JSON schema of one
+    upstream's connection settings; secrets ``"writeOnly": true``) and the methods of
+    ``kamengsite_upstreams.connectors.Connector``: ``products()``, ``stock(refs)``,
+    ``place_order(ref, quantity, idempotency_key, fields)`` and ``query_order(idempotency_key)``.
+    The upstreams plugin instantiates one per docked upstream.
+    """
+
+
 # -- what a plugin adds to sites, consoles, the worker and the CLI ---------------------------
 
 

@@ -151,7 +151,7 @@ def _model(model, fields, row):
 SKU_FIELDS = (Sku.id, Sku.status, Sku.price_fen)
 PRODUCT_FIELDS = (Product.id, Product.name, Product.status, Product.kind, Product.loop_key, Product.members_only,
                   Product.min_qty, Product.max_qty, Product.per_buyer_limit, Product.delivery_order,
-                  Product.low_stock_threshold, Product.low_stock_alerted)
+                  Product.low_stock_threshold, Product.low_stock_alerted, Product.supplier)
 ORDER_FIELDS = (Order.id, Order.site, Order.order_no, Order.product, Order.sku, Order.quantity, Order.unit_price_fen,
                 Order.amount_fen, Order.status, Order.contact, Order.query_hash, Order.member_id, Order.channel,
                 Order.channel_profile, Order.fields, Order.note, Order.goods_fen, Order.fee_fen, Order.fee_bearer,
@@ -376,7 +376,8 @@ def _check_quantity(product: Product, quantity):
 
 
 def _uses_key_rows(product: Product) -> bool:
-    return product.kind == "card" and not product.loop_key
+    """Whether the order reserves key rows of our own (an upstream's goods arrive with its answer)."""
+    return product.kind == "card" and not product.loop_key and not product.supplier
 
 
 def _take_stock(sku_id: int, quantity: int) -> bool:
@@ -507,6 +508,9 @@ def _deliver(order: Order, payment: Payment) -> PaymentResult:
         return PaymentResult(order.order_no, "paid")
     now = utcnow()
     product = order.product
+    if product.supplier:  # the supplier plugin forwards it and delivers with deliver_supplied
+        ADD_SOLD.rowcount(sku=order.sku_id, qty=order.quantity)
+        return PaymentResult(order.order_no, "paid")
     if _uses_key_rows(product):
         sold = SELL_KEYS.rowcount(order=order.id, now=now)
         if sold != order.quantity:
@@ -553,6 +557,45 @@ def deliver_held(order_no: str, hold: str) -> PaymentResult | None:
                 if payment is None:  # paid orders always have one; refuse to deliver goods unpaid
                     raise OrderError(f"order {order_no} is paid but has no applied payment")
                 return _deliver(order, payment)
+
+        return retry_transient(run)
+
+
+DELIVER_SUPPLIED = _unscoped(lambda: Order.update(status="delivered", delivered_at=arg("now"), updated_at=arg("now"))
+                              .where((Order.id == arg("order")) & (Order.status == "paid") & (Order.hold == "")))
+
+
+def deliver_supplied(order_no: str, supplier: str, keys: list[str], cipher) -> bool:
+    """Deliver a paid order of a supplied product with the goods its upstream answered; exactly once.
+
+    ``keys`` are the card keys the upstream returned (sealed here into sold key rows of the
+    order, so the buyer's page, mails and the console show them like our own); [] for a
+    代充 the upstream fulfilled. One transaction: the conditional paid → delivered update
+    (not held, not refunded meanwhile) and the key rows commit together, so a second or
+    concurrent call writes nothing and returns False.
+    """
+    with all_sites():
+        order = find_order(order_no)
+        if order is None or order.product.supplier != supplier:
+            raise OrderError(f"order {order_no} is not supplied by {supplier!r}")
+        if order.product.kind == "card" and len(keys) != order.quantity:
+            raise OrderError(f"order {order_no} needs {order.quantity} keys, the upstream gave {len(keys)}")
+        if not all(isinstance(k, str) and k.strip() for k in keys):
+            raise OrderError(f"order {order_no}: the upstream gave an empty key")
+
+        def run() -> bool:
+            now = utcnow()
+            with database.atomic():
+                if DELIVER_SUPPLIED.rowcount(order=order.id, now=now) != 1:
+                    return False
+                # The digest names the order too: an upstream may sell one loop key many times.
+                rows = [{CardKey.sku: order.sku_id, CardKey.sealed: cipher.seal(key.strip(), order.sku_id),
+                         CardKey.digest: cipher.digest(f"supplied:{order_no}:{i}:{key}"), CardKey.status: "sold",
+                         CardKey.order: order.id, CardKey.batch: f"supplied:{supplier}"[:32], CardKey.created_at: now,
+                         CardKey.sold_at: now} for i, key in enumerate(keys)]
+                if rows:
+                    CardKey.insert_many(rows).execute()
+                return True
 
         return retry_transient(run)
 

@@ -29,7 +29,8 @@ CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", 
                 "kamengsite.admin_dashboard", "kamengsite.audit",
                 "kamengsite.admin_account", "kamengsite.admin_staff", "kamengsite.password_reset",
                 "kamengsite.ticket_routes", "kamengsite.admin_tickets", "kamengsite.admin_jobs",
-                "kamengsite.admin_settings", "kamengsite.admin_members")
+                "kamengsite.admin_settings", "kamengsite.admin_members",
+                "kamengsite.api.routes", "kamengsite.api.callbacks", "kamengsite.api.console")
 
 
 class PluginHost:

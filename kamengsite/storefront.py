@@ -465,6 +465,8 @@ def after_payment(result, order=None):
     hooks.notify("order_paid", order, site=site)  # each plugin alone: a failure never undoes the payment
     if result.status == "delivered":
         hooks.notify("order_delivered", order, site=site)
+    elif product.supplier:
+        hooks.supply(order)  # the supplier plugin forwards it upstream (its sweep would, later)
     _watch_stock(product, order.sku_id)
 
 
