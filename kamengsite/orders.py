@@ -653,9 +653,22 @@ def expire_due(now: datetime.datetime | None = None, limit: int = 500, expiring=
     return expired
 
 
-def _expire_one(order: Order, expiring=None) -> int:
+def cancel_unpaid(order_no: str, expiring=None) -> bool:
+    """Cancel an unpaid order now (its payment failed for good): its stock and keys go back; once.
+
+    Like expiry, with ``cancelled`` as the end state: False if the order was paid, expired or
+    cancelled meanwhile. ``expiring(order)`` gives back what plugins reserved (``order_expiring``).
+    """
+    with all_sites():
+        order = find_order(order_no)
+        if order is None:
+            return False
+        return bool(retry_transient(lambda: _expire_one(order, expiring, to_status="cancelled")))
+
+
+def _expire_one(order: Order, expiring=None, to_status: str = "expired") -> int:
     with database.atomic():
-        if not _transition(order.id, "created", "expired"):
+        if not _transition(order.id, "created", to_status):
             return 0  # paid or expired meanwhile
         _release(order.id, order.sku_id, order.quantity)
         settlement.release_prepay(order.order_no)
