@@ -14,9 +14,10 @@ installed — the channel plugins depend on it); without it the page shows the p
 from __future__ import annotations
 
 import logging
+import threading
 
-from flask import (Blueprint, Response, abort, current_app, flash, has_request_context, redirect, render_template,
-                   request, url_for)
+from flask import (Blueprint, Response, abort, current_app, flash, has_app_context, has_request_context, redirect,
+                   render_template, request, url_for)
 from markupsafe import Markup
 
 from . import notice_log
@@ -33,6 +34,30 @@ bp = Blueprint("payments", __name__)
 def registry() -> PaymentRegistry:
     """The payment registry of the current site app (channels from every installed plugin)."""
     return current_app.extensions["kamengsite.payments"]
+
+
+_registries: dict = {}
+_registries_lock = threading.Lock()
+
+
+def payment_registry(instance=None) -> PaymentRegistry | None:
+    """The payment channels outside a site request too (a worker's refunds): the site app's, or built
+    once per process for ``instance`` (the bound instance when not given); None when none is known."""
+    if has_app_context() and "kamengsite.payments" in current_app.extensions:
+        return current_app.extensions["kamengsite.payments"]
+    if instance is None:
+        from . import jobs
+
+        instance = jobs.current_instance()
+    if instance is None:
+        return None
+    key = str(instance.path)
+    with _registries_lock:
+        if key not in _registries:
+            from . import hooks
+
+            _registries[key] = PaymentRegistry.from_hook(hooks.instance_plugins().pm.hook, instance)
+        return _registries[key]
 
 
 def buyer_options() -> list[tuple[str, str]]:

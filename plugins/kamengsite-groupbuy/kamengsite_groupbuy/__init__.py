@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import threading
 from functools import cache
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from markupsafe import Markup
 from wtforms import StringField
 from wtforms.validators import Length, Optional
 
-from kamengsite import admin, hooks
+from kamengsite import admin
+from kamengsite.payment_routes import payment_registry
 from kamengsite.checkout import CheckoutInput, CheckoutRefused
 from kamengsite.hookspecs import hookimpl
 from kamengsite.i18n import _, _l, _n
@@ -167,31 +167,6 @@ def register_commands(cli):
 
 
 # -- payment channels outside a request ----------------------------------------------------
-
-_registries: dict = {}
-_registries_lock = threading.Lock()
-
-
-def payment_registry(instance=None):
-    """The payment channels (for refunds to the original channel): the site app's, or built for ``instance``."""
-    from flask import has_app_context
-
-    if has_app_context() and "kamengsite.payments" in current_app.extensions:
-        return current_app.extensions["kamengsite.payments"]
-    if instance is None:
-        from kamengsite import jobs
-
-        instance = jobs.current_instance()
-    if instance is None:
-        return None
-    key = str(instance.path)
-    with _registries_lock:
-        if key not in _registries:
-            from kamengsite.payments import PaymentRegistry
-
-            _registries[key] = PaymentRegistry.from_hook(hooks.instance_plugins().pm.hook, instance)
-        return _registries[key]
-
 
 # -- the product page's section and the share page -----------------------------------------
 
