@@ -60,17 +60,26 @@ def is_loopback(address: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
 def _ip(address: str):
+    """The address to judge: an IPv6 address that carries an IPv4 one (mapped, NAT64, 6to4) is judged by that."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip.sixtofour is not None:
+            return ip.sixtofour
+        if ip in NAT64:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip
 
 
-def check_url(url: str, *, allow_loopback: bool = False, resolver=resolve) -> tuple[str, str, int, str, str]:
+def check_url(url: str, *, allow_loopback: bool = False, resolver=None) -> tuple[str, str, int, str, str]:
     """(scheme, host, port, path with query, the checked address) of an http(s) URL; OutboundError if refused."""
     if not isinstance(url, str) or len(url) > 2000:
         raise OutboundError("the URL must be at most 2000 characters", refused=True)
@@ -80,12 +89,15 @@ def check_url(url: str, *, allow_loopback: bool = False, resolver=resolve) -> tu
     if parts.username or parts.password:
         raise OutboundError("the URL must not carry a user name or password", refused=True)
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port
     except ValueError:
-        raise OutboundError("the URL's port is not a number from 1 to 65535", refused=True) from None
+        port = 0
+    if port == 0 or (port is None and ":" in parts.netloc.rsplit("]", 1)[-1]):
+        raise OutboundError("the URL's port is not a number from 1 to 65535", refused=True)
+    port = port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname
     try:
-        addresses = resolver(host)
+        addresses = (resolver or resolve)(host)
     except (OSError, UnicodeError):
         raise OutboundError(f"cannot resolve {host}") from None
     if not addresses:
@@ -100,7 +112,7 @@ def check_url(url: str, *, allow_loopback: bool = False, resolver=resolve) -> tu
 
 def request(method: str, url: str, *, body: bytes = b"", headers: dict | None = None,
             timeout: float = DEFAULT_TIMEOUT, max_bytes: int = MAX_BYTES, allow_loopback: bool = False,
-            resolver=resolve) -> Response:
+            resolver=None) -> Response:
     """Send one request through the guard; the answer whatever its status (OutboundError when none came)."""
     scheme, host, port, path, address = check_url(url, allow_loopback=allow_loopback, resolver=resolver)
     deadline = time.monotonic() + timeout

@@ -14,6 +14,8 @@ import pytest
 from kamengsite import background, domains, members, tickets, withdrawals
 from kamengsite.account_security import ConsoleSession
 from kamengsite.accounts import Account, create_account
+from kamengsite.api import keys as api_keys
+from kamengsite.api.models import ApiCallback, ApiKey
 from kamengsite.cardkeys import CardKey, import_keys
 from kamengsite.catalog import Product, create_product
 from kamengsite.crypto import CardKeyCipher
@@ -46,6 +48,10 @@ def two_shops(host, client_for):
     order = create_order(site_id=b, sku_id=product.skus[0].id, quantity=1, contact="b@example.com", channel="demo")
     mark_paid(order.order_no, channel="demo", trade_no="T-B-1", amount_fen=order.amount_fen)
     member = members.register(b, "member-b@example.com", PASSWORD)
+    api_key, _secret = api_keys.issue_key(b, member.id, host.instance.secret_key, label="B 的密钥")
+    with site_scope(b):
+        callback = ApiCallback.create(site=b, api_key=api_key.id, order=order.id, event="order.delivered",
+                                      url="https://b.example.com/cb", payload="{}", state="failed", attempts=7)
     tickets.post(b, order.order_no, "buyer", "B 的留言")
     rule = set_rule(b, "all", markup_percent_bp=1000)
     job = background.start_order_export(host.instance, b, staff_b.id)
@@ -59,6 +65,7 @@ def two_shops(host, client_for):
         "product_id": product.id, "order_no": order.order_no, "member_id": member.id, "account_id": staff_b.id,
         "job_id": job.id, "rule_id": rule.id, "claim_id": claim.id, "session_id": session_b,
         "refund_no": "R-none", "withdrawal_id": 999_999, "application_id": 999_999,
+        "key_id": api_key.id, "callback_id": callback.id,
     }
     owner = sign_in_console(client_for("shopa.localhost"), "owner-a", PASSWORD)
     return host.app_for("shopa"), owner, values, b
@@ -78,6 +85,8 @@ def snapshot(b: int) -> tuple:
             [(c.id, c.status) for c in domains.DomainClaim.select().where(domains.DomainClaim.site == b)],
             [c.id for c in ConsoleSession.select().where(ConsoleSession.site == b)],
             withdrawals.Withdrawal.select().count(),
+            [(k.id, k.status, k.callback_url) for k in ApiKey.select().where(ApiKey.site == b)],
+            [(c.id, c.state, c.attempts, c.next_at) for c in ApiCallback.select().where(ApiCallback.site == b)],
         )
 
 
