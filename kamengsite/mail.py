@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 from . import jobs
 from .errors import KamengsiteError
 from .hookspecs import hookimpl
-from .i18n import DEFAULT_LOCALE, DOMAIN, HOST_TRANSLATIONS, LOCALES, catalog_folder, compile_catalogs
+from .i18n import DEFAULT_LOCALE, DOMAIN, LOCALES, catalog_folder, compile_catalogs
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +233,21 @@ def site_gettext(locale: str | None):
 
 @functools.lru_cache(maxsize=None)
 def _host_translations(code: str):
-    """The host's compiled catalog of ``code`` (compiled first if stale), once per process like Flask-Babel's."""
+    """The host's and the installed plugins' catalogs of ``code`` merged (compiled first if stale),
+    once per process like Flask-Babel's: a plugin's notices are written in the owner's language too."""
     from babel.support import Translations
 
-    folder = compile_catalogs(HOST_TRANSLATIONS)
-    return Translations.load(str(folder), [catalog_folder(code)], DOMAIN)
+    from .hooks import instance_plugins
+    from .i18n import translation_dirs
+
+    merged = None
+    for source in translation_dirs(instance_plugins()):
+        catalog = Translations.load(str(compile_catalogs(source)), [catalog_folder(code)], DOMAIN)
+        if merged is None:
+            merged = catalog
+        elif isinstance(catalog, Translations):
+            merged.merge(catalog)
+    return merged
 
 
 def order_message(instance, order, product_name: str, keys: list[str], site: dict) -> EmailMessage:
