@@ -280,12 +280,17 @@ def _uses_pipeline() -> bool:
     return _per_app("pipeline", lambda: checkouts.has_pipeline(_hook()))
 
 
-def _checkout(item, sku_id: int, quote, quantity: int, inputs: dict, *, preview: bool, contact: str = "") -> checkouts.Checkout:
-    """A ``Checkout`` of ``quantity`` × SKU at this site's quote, priced by the site's plugins."""
+def _checkout(item, sku_id: int, quote, quantity: int, inputs: dict, *, preview: bool, contact: str = "",
+              member_id: int | None = None) -> checkouts.Checkout:
+    """A ``Checkout`` of ``quantity`` × SKU at this site's quote, priced by the site's plugins.
+
+    ``member_id``: the buyer (the reseller API's key holder); None means the signed-in member, if any.
+    """
     checkout = checkouts.Checkout(
         site_id=current_site().site_id, site=current_site().config, product=item, sku_id=sku_id,
         quantity=quantity, list_unit_fen=quote.unit_price_fen,
-        floor_unit_fen=quote.costs[0][1] if quote.costs else 0, member_id=current_member_id(),
+        floor_unit_fen=quote.costs[0][1] if quote.costs else 0,
+        member_id=current_member_id() if member_id is None else member_id,
         contact=contact, buyer_ip=request.remote_addr or "", inputs=inputs, preview=preview)
     if _uses_pipeline():
         checkouts.price(_hook(), checkout)
