@@ -16,6 +16,7 @@ from .pricing import PriceRule, set_rule
 from .tenancy import site_scope
 
 DEMO_OPERATOR = "admin"
+DEMO_RESELLER = "reseller@example.com"
 
 DEMO_SITES = (
     # slug, template, name, level, the owner's markup (basis points, rounding)
@@ -25,7 +26,7 @@ DEMO_SITES = (
 
 #: The built-in plugins each demo site turns on (those installed), and what they show there.
 DEMO_PLUGINS = {
-    "main": ("seo", "coupons", "recommendations", "member_levels", "crm"),
+    "main": ("seo", "coupons", "recommendations", "member_levels", "crm", "upstreams"),
     "shop1": ("seo", "coupons", "groupbuy", "distribution", "recommendations"),
     "shop2": ("seo", "coupons", "member_levels"),
 }
@@ -79,6 +80,7 @@ def setup_demo(instance, port: int = 8000):
         for slug, *_ in DEMO_SITES:
             yield from _demo_operator(Site.get(Site.slug == slug), label=f"{slug} owner")
         yield from _demo_markups()
+        yield from _demo_reseller(main, instance)
     yield from _demo_plugins(registry, instance.main_site)
     port_hint = f":{port}"
     yield f"main site:  http://{instance.main_site}.{instance.base_domain}{port_hint}/"
@@ -197,6 +199,22 @@ def _demo_operator(site, label="operator"):
     password = generate_password()
     create_account(site.id, DEMO_OPERATOR, password, role="operator")
     yield f"{label} account: {DEMO_OPERATOR} / password: {password}  (shown once)"
+
+
+def _demo_reseller(main, instance):
+    """A reseller member of the main site with ¥500 in the wallet and an API key, printed this one time."""
+    from .api.keys import issue_key
+    from .members import credit_wallet, find_member, register
+
+    if find_member(main.id, DEMO_RESELLER) is not None:
+        yield f"reseller {DEMO_RESELLER} already present (new key: sign in and open 我的账户 → API 对接)"
+        return
+    password = generate_password()
+    member = register(main.id, DEMO_RESELLER, password, display_name="演示分销商")
+    credit_wallet(main.id, member.id, 50000, "demo-reseller-topup", memo="demo")
+    key, secret = issue_key(main.id, member.id, instance.secret_key, label="demo")
+    yield f"reseller member: {DEMO_RESELLER} / password: {password}, wallet ¥500.00  (shown once)"
+    yield f"reseller API key: {key.app_key} / secret: {secret}  (shown once; docs at /api/docs)"
 
 
 def _fake_code() -> str:

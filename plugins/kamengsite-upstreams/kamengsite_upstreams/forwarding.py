@@ -354,9 +354,8 @@ def _tell_stuck(instance, order):
 
 
 def _tell_operator(instance, kind: str, ref: str, title: str, body: str, **values):
-    """A notice on the main site's console (the operator docks upstreams there), in its language."""
-    from kamengsite import jobs
-    from kamengsite.mail import site_gettext, site_locale
+    """A notice on the main site's console (the operator docks upstreams there) and a mail, in its language."""
+    from kamengsite import jobs, mail
 
     try:
         instance = instance or jobs.current_instance()
@@ -366,8 +365,10 @@ def _tell_operator(instance, kind: str, ref: str, title: str, body: str, **value
             if main is None or alerts.Notice.select().where(
                     (alerts.Notice.site == main.id) & (alerts.Notice.kind == kind) & (alerts.Notice.ref == ref)).exists():
                 return
-        gettext = site_gettext(site_locale(main.id, instance))
-        alerts.add_notice(main.id, kind=kind, title=gettext(title, **values), body=gettext(body, **values), ref=ref)
+        gettext = mail.site_gettext(mail.site_locale(main.id, instance))
+        title, body = gettext(title, **values), gettext(body, **values)
+        alerts.add_notice(main.id, kind=kind, title=title, body=body, ref=ref)
+        mail.queue_operator_mail(instance, title, body)
     except Exception:  # noqa: BLE001 - a notice must never undo the forward's bookkeeping
         log.exception("notice %s about %s could not be written", kind, ref)
 

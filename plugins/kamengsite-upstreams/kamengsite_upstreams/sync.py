@@ -23,10 +23,8 @@ or idempotent update, so two syncs at once do no harm.
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from kamengsite.catalog import Product, Sku
 from kamengsite.db import retry_transient
@@ -40,7 +38,6 @@ log = logging.getLogger(__name__)
 ALERT_RATIO_PERCENT = 20
 MAX_BACKOFF_MINUTES = 60
 MAX_ERROR = 500
-TRANSLATIONS = Path(__file__).parent / "translations"
 
 
 # -- pure rules -------------------------------------------------------------------------------
@@ -203,7 +200,7 @@ def notify_operator(link: UpstreamLink, old_fen: int, new_fen: int, via_fallback
         product = Product.get_or_none(Product.id == link.product_id)
         if main is None or product is None:
             return
-        gettext = plugin_gettext(mail.site_locale(main.id, instance))
+        gettext = mail.site_gettext(mail.site_locale(main.id, instance))
         title = gettext("Upstream price changed by more than 20%%: %(product)s", product=product.name)
         body = gettext("The upstream's price of %(product)s went from %(old)s to %(new)s; the selling price "
                        "follows the rule. Check the link on the Upstreams page.", product=product.name,
@@ -215,27 +212,6 @@ def notify_operator(link: UpstreamLink, old_fen: int, new_fen: int, via_fallback
             mail.queue_operator_mail(instance, title, body)
     except Exception:  # noqa: BLE001 - the alert is recorded on the link; the notice is best effort
         log.exception("upstream price alert for link %s could not be sent", link.id)
-
-
-@functools.lru_cache(maxsize=None)
-def _translations(code: str):
-    from babel.support import Translations
-
-    from kamengsite.i18n import DOMAIN, LOCALES, DEFAULT_LOCALE, catalog_folder, compile_catalogs
-
-    code = code if code in LOCALES else DEFAULT_LOCALE
-    return Translations.load(str(compile_catalogs(TRANSLATIONS)), [catalog_folder(code)], DOMAIN)
-
-
-def plugin_gettext(locale: str | None):
-    """``gettext`` over this plugin's catalog in ``locale``, outside a request (the worker's notices)."""
-    translations = _translations(locale or "")
-
-    def gettext(string: str, **variables) -> str:
-        text = translations.ugettext(string)
-        return text % variables if variables else text
-
-    return gettext
 
 
 def clear_alert(link_id: int) -> bool:
