@@ -216,8 +216,11 @@ def upstream_connectors(instance):
     ``protocol`` id (``[a-z0-9_-]``), a ``label``, a ``settings_schema`` (JSON schema of one
     upstream's connection settings; secrets ``"writeOnly": true``) and the methods of
     ``kamengsite_upstreams.connectors.Connector``: ``products()``, ``stock(refs)``,
-    ``place_order(ref, quantity, idempotency_key, fields)`` and ``query_order(idempotency_key)``.
-    The upstreams plugin instantiates one per docked upstream.
+    ``place_order(ref, quantity, idempotency_key, fields)`` and ``query_order(idempotency_key,
+    upstream_order_no="")`` (the upstream's own order number is passed when it is known: some
+    upstreams find orders only by it). A refusal raises ``UpstreamError`` (``retryable`` for
+    transport failures; ``already_placed`` when the upstream already holds an order under that
+    key, which is never refunded). The upstreams plugin instantiates one per docked upstream.
     """
 
 
