@@ -30,7 +30,8 @@ CORE_PLUGINS = ("kamengsite.storefront", "kamengsite.mail", "kamengsite.admin", 
                 "kamengsite.admin_account", "kamengsite.admin_staff", "kamengsite.password_reset",
                 "kamengsite.ticket_routes", "kamengsite.admin_tickets", "kamengsite.admin_jobs",
                 "kamengsite.admin_settings", "kamengsite.admin_members",
-                "kamengsite.api.routes", "kamengsite.api.callbacks", "kamengsite.api.console")
+                "kamengsite.api.routes", "kamengsite.api.callbacks", "kamengsite.api.console",
+                "kamengsite.admin_risk", "kamengsite.incidents", "kamengsite.backup")
 
 
 class PluginHost:
