@@ -3,7 +3,8 @@
 The main site's operator sees the whole platform (GMV, orders, conversion, refunds, top products,
 the sub-site rankings, new members and sub-sites); a sub-site's owner sees the same for the orders
 sold on their own site only, plus their margin and balances. Which site is always the request's
-(its host), never a parameter: a ``site`` in the query string is ignored.
+(its host), never a parameter: a ``site`` in the query string is ignored. The main site's page also
+lists the operational alerts (``incidents.py``): open incidents and the ones cleared recently.
 
 The numbers come from ``dashboard.py`` (SQL aggregates), the charts from ``charts.py`` (inline SVG,
 no script), each with a table of the same numbers.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from flask import flash, render_template, request
 from flask_babel import format_date
 
-from . import admin, charts, dashboard, pricing
+from . import admin, charts, dashboard, incidents, pricing
 from .app import current_site
 from .catalog import Product
 from .hookspecs import hookimpl
@@ -100,11 +101,15 @@ def dashboard_page():
     by_quantity = dashboard.top_products(rng, site_id, by="quantity")
     names = _product_names(by_revenue + by_quantity, site_id)
     ranking = (dashboard.sites_by_gmv(rng), dashboard.sites_by_margin(rng)) if main else None
+    # Operational alerts are the platform's: the main site's operator sees them, with the worker's
+    # heartbeat judged by this request (the worker cannot report its own absence).
+    alerts = incidents.dashboard_view(current_site().instance) if main else None
     return render_template(
         "admin/dashboard.html", rng=rng, totals=totals, days=days, by_revenue=by_revenue, by_quantity=by_quantity,
         names=names, ranking=ranking, charts=_charts(days, by_revenue, by_quantity, names, ranking), main=main,
         balances=None if main else site_balances(site_id), balance_labels=BALANCE_LABELS,
-        presets=dashboard.PRESETS, preset=request.args.get("preset", ""), max_days=dashboard.MAX_DAYS)
+        presets=dashboard.PRESETS, preset=request.args.get("preset", ""), max_days=dashboard.MAX_DAYS,
+        incidents=alerts)
 
 
 # -- plugin -------------------------------------------------------------------------------------------

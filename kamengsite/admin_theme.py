@@ -234,7 +234,7 @@ def _plugin_sections() -> list:
     from . import storefront
 
     try:
-        return [[s.name, s.label] for s in storefront._site_sections()]
+        return [[s.name, str(s.label)] for s in storefront._site_sections()]  # lazy labels: tojson needs text
     except Exception:  # noqa: BLE001
         return []
 

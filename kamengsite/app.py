@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from flask import Flask, g, render_template
+from flask import Flask, g, render_template, request
 from flask.sessions import SecureCookieSessionInterface
 
 from . import csp, i18n, pagecache
@@ -47,6 +47,11 @@ class SiteSessionInterface(SecureCookieSessionInterface):
         if self._serializer is None:
             self._serializer = super().get_signing_serializer(app)
         return self._serializer
+
+    def get_cookie_secure(self, app) -> bool:
+        # Secure in production, and on any request that came over HTTPS — behind nginx that is what
+        # a trusted proxy's X-Forwarded-Proto says (ProxyFix in host.py); an untrusted one is ignored.
+        return bool(app.config["SESSION_COOKIE_SECURE"]) or request.is_secure
 
 
 def site_secret(instance_secret: str, slug: str, purpose: str = "session") -> str:
@@ -105,11 +110,19 @@ def create_site_app(config: SiteConfig, *, site_id: int, instance, themes, plugi
 
     @app.errorhandler(500)
     def _server_error(exc):
-        return render_template("500.html"), 500
+        # Never the exception's text or a traceback (Flask has logged it); if even the page fails
+        # (a broken theme or plugin context), a fixed plain sentence rather than the server's default.
+        try:
+            return render_template("500.html"), 500
+        except Exception:  # noqa: BLE001 - the error page must not raise
+            app.logger.exception("the 500 page itself failed")
+            return "Internal Server Error\n", 500, {"Content-Type": "text/plain; charset=utf-8"}
 
     i18n.install(app, plugins, themes)
     csp.install(app)  # before the plugins: their after_request (console, editor) set their own policy first
     app.wsgi_app = pagecache.FrontDoor(app, app.wsgi_app)  # cached anonymous pages skip Flask's request
+    # Outermost: cached pages and standalone sites get the baseline headers too (the host adds them as well).
+    app.wsgi_app = csp.SecurityHeaders(app.wsgi_app, production=instance.production)
     hook.prepare_site_app(app=app, site=config)
     return app
 

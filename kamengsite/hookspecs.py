@@ -139,6 +139,19 @@ def assess_risk(checkout):
     """
 
 
+@hookspec
+def risk_rules(site):
+    """Return risk rules (a list) that ``kamengsite.risk`` runs on each new order of ``site``.
+
+    Exact signature: ``risk_rules(site) -> list``. Each rule has a ``name`` and
+    ``evaluate(facts) -> Verdict | "hold" | "refuse" | None`` (``facts``: a
+    ``kamengsite.risk.OrderFacts``, inside the order's creating transaction after the
+    buyer's gate is locked, so ``facts.count_orders(seconds, buyer_ip=…)`` includes this
+    order). "hold" puts the order in the review queue; "refuse" rolls it back with a generic
+    message. A rule that raises holds the order; a plugin whose hook raises is skipped.
+    """
+
+
 # -- order lifecycle ----------------------------------------------------------------------
 
 
@@ -268,6 +281,22 @@ def register_jobs(huey, instance):
     Exact signature: ``register_jobs(huey, instance) -> None``. Called once per process when
     the job queue is built; use ``@huey.periodic_task(crontab(...))``. Tasks must be safe to
     run twice or concurrently. A plugin that raises here is reported and skipped.
+    """
+
+
+@hookspec
+def operational_checks(instance):
+    """Problems this plugin sees in its own operation, for the operator's alerts (故障预警).
+
+    Exact signature: ``operational_checks(instance) -> list[tuple[str, str, str]]``. Return
+    ``[(kind, key, detail), …]``, one tuple per problem that exists *now* (``[]`` when all is
+    well): ``kind`` names the check (1-32 chars, e.g. ``"upstream_failing"``), ``key`` what it is
+    about (at most 120 chars, e.g. ``"upstream/3"``), ``detail`` a line for the operator. Called
+    for every installed plugin by the incidents job every minute (``kamengsite.incidents``), so
+    it must only read and be quick. A problem reported opens an incident and notifies the
+    operator once; when it is no longer reported the incident clears (one "cleared" notice).
+    A plugin that raises is reported and skipped, and no incident of a plugin is cleared in
+    that run.
     """
 
 

@@ -19,7 +19,7 @@ from werkzeug.wrappers import Response
 from .app import create_site_app
 from .db import database, init_database
 from .errors import ConfigError
-from . import hooks, pagecache
+from . import csp, hooks, pagecache
 from .plugins import PluginHost
 from .sites import SiteRegistry, normalize_host
 from .themes import HOST_TEMPLATES, ThemeRegistry
@@ -62,7 +62,10 @@ class Host:
         self._build_locks: dict[str, threading.Lock] = {}
         # Behind nginx the client's address arrives in X-Forwarded-For; believe only the proxies we were told of.
         proxies = instance.trusted_proxies
-        self._entry = ProxyFix(self._dispatch, x_for=proxies, x_proto=proxies) if proxies else self._dispatch
+        # Every answer (the host's own pages too) gets the baseline security headers; inside ProxyFix,
+        # so HSTS sees the scheme a trusted proxy reported.
+        guarded = csp.SecurityHeaders(self._dispatch, production=instance.production)
+        self._entry = ProxyFix(guarded, x_for=proxies, x_proto=proxies) if proxies else guarded
         self._pages = jinja2.Environment(loader=jinja2.FileSystemLoader(str(HOST_TEMPLATES)), autoescape=True)
 
     # -- WSGI ---------------------------------------------------------------
@@ -99,7 +102,9 @@ class Host:
 
     def _page(self, template: str, status: int, **context) -> Response:
         body = self._pages.get_template(template).render(**context)
-        return Response(body, status=status, mimetype="text/html")
+        response = Response(body, status=status, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = csp.HOST_PAGE_POLICY
+        return response
 
     # -- site apps ----------------------------------------------------------
 

@@ -50,6 +50,18 @@ ALLOWED_KEYS = {
     "trusted_proxies": int,
     # payment channel profiles: {channel id = {profile name = {settings}}}; see docs/payments.md
     "payments": dict,
+    # scheduled backups (kamengsite/backup.py, docs/backup.md): every N hours (0 = off), keep the newest M
+    "backup_every_hours": int,
+    "backup_keep": int,
+    # operational alerts (故障预警, kamengsite/incidents.py, docs/dashboard.md): webhook and thresholds
+    "alert_webhook_url": str,
+    "alert_payment_minutes": int,
+    "alert_payment_min_orders": int,
+    "alert_signature_failures": int,
+    "alert_signature_minutes": int,
+    "alert_heartbeat_minutes": int,
+    "alert_disk_min_percent": int,
+    "alert_disk_min_mb": int,
 }
 
 
@@ -78,6 +90,17 @@ class Instance:
     operator_email: str = ""
     redis_url: str = ""
     payments: dict = field(default_factory=dict)
+    backup_every_hours: int = 24
+    backup_keep: int = 7
+    # operational alerts (故障预警): see kamengsite/incidents.py
+    alert_webhook_url: str = ""
+    alert_payment_minutes: int = 30
+    alert_payment_min_orders: int = 3
+    alert_signature_failures: int = 20
+    alert_signature_minutes: int = 10
+    alert_heartbeat_minutes: int = 5
+    alert_disk_min_percent: int = 5
+    alert_disk_min_mb: int = 1024
 
     def __post_init__(self):
         self.path = Path(self.path).resolve()
@@ -175,10 +198,28 @@ def _check_types(config_file, values):
     if not 1 <= ttl <= 24 * 60:
         raise ConfigError(config_file, "order_ttl_minutes", f"must be between 1 and 1440 minutes, got {ttl}")
     _check_payments_shape(config_file, values.get("payments", {}))
+    _check_ranges(config_file, values)
     for name, rule in values.get("rate_limits", {}).items():
         if not _is_rate_rule(rule):
             raise ConfigError(config_file, f"rate_limits.{name}",
                               f"{rule!r} is not a rate like '10/minute' or '100 per hour'")
+
+
+#: (lowest, highest) accepted value of the numeric settings of backups and operational alerts.
+RANGES = {"backup_every_hours": (0, 24 * 365), "backup_keep": (1, 1000),
+          "alert_payment_minutes": (5, 24 * 60), "alert_payment_min_orders": (1, 100_000),
+                "alert_signature_failures": (1, 100_000), "alert_signature_minutes": (1, 24 * 60),
+                "alert_heartbeat_minutes": (2, 24 * 60), "alert_disk_min_percent": (0, 50),
+                "alert_disk_min_mb": (0, 1024 * 1024)}
+
+
+def _check_ranges(config_file, values):
+    for key, (low, high) in RANGES.items():
+        if key in values and not low <= values[key] <= high:
+            raise ConfigError(config_file, key, f"must be between {low} and {high}, got {values[key]}")
+    url = values.get("alert_webhook_url", "")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(config_file, "alert_webhook_url", "must be an http:// or https:// URL")
 
 
 def _check_payments_shape(config_file, payments: dict):

@@ -166,11 +166,17 @@ def register():
         return redirect(url_for("member.account"))
     form = RegisterForm()
     if form.validate_on_submit():
+        from . import risk  # many accounts from one IP: refused (kamengsite/risk.py)
+
+        refusal = risk.signup_refusal(_site_id(), request.remote_addr or "")
         try:
+            if refusal:
+                raise members.MemberError(refusal)
             member = members.register(_site_id(), form.email.data, form.password.data, form.display_name.data)
         except members.MemberError as exc:
             getattr(form, exc.field or "email", form.email).errors.append(str(exc))
         else:
+            risk.record_signup(_site_id(), request.remote_addr or "")
             _log_in(member)
             flash(_("Welcome! Your account is ready."), "ok")
             return redirect(_safe_next(request.args.get("next")))

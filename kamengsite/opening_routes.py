@@ -144,7 +144,7 @@ def _submit(form: OpenForm, registry, settings, parent):
 @bp.get("/open/status/<submit_key>")
 def status(submit_key):
     application = opening.find_by_submit_key(submit_key)
-    if application is None:
+    if application is None or application.parent_id != current_site().site_id:  # filed with another site
         abort(404)
     host = f"{application.slug}.{_registry().base_domain}"
     return render_template("opening/status.html", application=application, site_host=host)

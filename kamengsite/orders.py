@@ -416,7 +416,8 @@ def _locked_ids(query) -> list[int]:
 
 
 def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
-              channel_profile: str | None = None, within=None, order: Order | None = None) -> PaymentResult:
+              channel_profile: str | None = None, within=None, order: Order | None = None,
+              hold_if=None) -> PaymentResult:
     """Record a verified payment and deliver the order: the one entry point for payment channels.
 
     Idempotent by (channel, trade_no): N identical calls, even concurrent, write one
@@ -426,7 +427,9 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
     ``within(order)``, if given, runs inside the payment's database transaction before the
     payment row is written (the balance channel debits the wallet there): whatever it
     raises rolls the whole payment back. ``order``: the order as the caller already loaded it
-    with ``find_order`` (saves a query); it is looked up otherwise.
+    with ``find_order`` (saves a query); it is looked up otherwise. ``hold_if(order)`` (default:
+    ``payment_hold_check``, the risk rules) runs in the same transaction before delivery and
+    returns a hold name to keep the paid order undelivered for review, or "".
     """
     if not isinstance(amount_fen, int) or isinstance(amount_fen, bool):
         raise PaymentRejected("amount must be whole fen")
@@ -455,7 +458,7 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
                 payment = Payment(order=order.id, channel=channel, trade_no=trade_no, amount_fen=amount_fen)
                 payment.id = INSERT_PAYMENT.insert(order=order.id, channel=channel, trade_no=trade_no,
                                                    amount=amount_fen, now=utcnow())
-                result = _apply_payment(order, payment)
+                result = _apply_payment(order, payment, hold_if or payment_hold_check)
                 # The money's split is written with the payment, or not at all.
                 if result.refund_due:
                     if order.fee_bearer != DIRECT:  # a direct site's buyer paid the site: the site owes it
@@ -477,9 +480,10 @@ def mark_paid(order_no: str, *, channel: str, trade_no: str, amount_fen: int,
                                  refund_due=existing.state == "refund_due")
 
 
-def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
+def _apply_payment(order: Order, payment: Payment, hold_if=None) -> PaymentResult:
     now = utcnow()
     if _transition(order.id, "created", "paid", paid_at=now):
+        _hold_if_asked(order, hold_if)
         return _deliver(order, payment)
     if _transition(order.id, "expired", "paid", paid_at=now):
         # Late payment: the reservation was released; take stock again if there is any.
@@ -496,11 +500,27 @@ def _apply_payment(order: Order, payment: Payment) -> PaymentResult:
                 # Undo the re-reservation by hand (no savepoint, see create_order) and keep the payment.
                 _release(order.id, order.sku_id, order.quantity)
                 return _owe_refund(order, payment, f"paid after expiry and {exc}")
+        _hold_if_asked(order, hold_if)
         return _deliver(order, payment)
     # Already paid by another trade: this money is owed back, visibly.
     Payment.update(state="refund_due").where(Payment.id == payment.id).execute()
     current = Order.get_by_id(order.id)
     return PaymentResult(order.order_no, current.status, refund_due=True)
+
+
+#: Set by ``kamengsite.risk``: ``check(order) -> hold name or ""`` for payments given no ``hold_if``.
+payment_hold_check = None
+HOLD_AT_PAYMENT = _unscoped(lambda: Order.update(hold=arg("hold"), updated_at=arg("now")).where(
+    (Order.id == arg("order")) & (Order.hold == "")))
+
+
+def _hold_if_asked(order: Order, hold_if):
+    """Before delivery, inside the payment's transaction: hold the order if ``hold_if`` names a hold."""
+    if hold_if is None or order.hold:
+        return
+    hold = hold_if(order)
+    if hold and HOLD_AT_PAYMENT.rowcount(order=order.id, hold=hold, now=utcnow()) == 1:
+        order.hold = hold
 
 
 def _deliver(order: Order, payment: Payment) -> PaymentResult:

@@ -19,7 +19,7 @@ from pathlib import Path
 import peewee
 import tomli_w
 
-from .config import DOMAIN_RE, SITE_FILE, SiteConfig, check_slug, read_site_config, validate_site_config
+from .config import DOMAIN_RE, SITE_FILE, SLUG_RE, SiteConfig, check_slug, read_site_config, validate_site_config
 from .db import database
 from .errors import ConfigError, KamengsiteError
 from .models import Site, SiteDomain
@@ -70,7 +70,9 @@ class SiteRegistry:
         return self.root / check_slug(slug)
 
     def version(self, slug: str):
-        """A token that changes whenever the site's config changes; None if gone."""
+        """A token that changes whenever the site's config changes; None if gone (or not a site name)."""
+        if not SLUG_RE.match(slug):  # never stat a path built from "../x", "a/" or a NUL
+            return None
         # Plain string paths: this runs on every request, and pathlib's joins cost more than the stat()s.
         folder = f"{self._root_prefix}{slug}"
         try:

@@ -17,6 +17,7 @@ from wtforms import IntegerField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, NumberRange, Optional, Regexp
 
 from . import alerts, checkout as checkouts, hooks, layouts, orders, payment_routes, topup
+from . import risk as risk_control
 from .pagecache import cached_page
 from .app import current_site, site_secret
 from .catalog import Category, Product, product_on_sale, sku_stock, skus_on_sale, storefront_products
@@ -355,9 +356,12 @@ def _place_order(item, form, quote, inputs: dict, pay_options, topup_values):
                 current_app.logger.warning("checkout on %s refused as risky: %s", site.slug, risk)
                 flash(_("Cannot place the order: it was flagged as risky. Please try again later or contact support"), "error")
                 return None
+        risk_control.screen(site.site_id, buyer_ip=request.remote_addr or "", contact=form.contact.data,
+                            member_id=checkout.member_id)  # blacklists: refused with a generic message
         order = orders.create_order(
-            unit_price_fen=checkout.unit_price_fen, discount_fen=checkout.discount_fen,
-            hold=checkout.hold_delivery, reserving=checkouts.reserver(relay, checkout) if _uses_pipeline() else None,
+            unit_price_fen=checkout.unit_price_fen, discount_fen=checkout.discount_fen, hold=checkout.hold_delivery,
+            reserving=risk_control.reserving(checkout, checkouts.reserver(relay, checkout) if _uses_pipeline() else None,
+                                             relay=relay, device=risk_control.device_of(request)),
             costs=quote.costs, fee=_channel_fee(channel, profile, checkout.goods_fen),
             prepaid=site.config.settlement == "direct" and bool(quote.costs),
             site_id=site.site_id, sku_id=form.sku.data, quantity=form.quantity.data,

@@ -26,7 +26,7 @@ from flask import Blueprint, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from .. import checkout as checkouts
-from .. import hooks, members, orders, outbound, ratelimit, refunds, storefront, topup, wallet_pay
+from .. import hooks, members, orders, outbound, ratelimit, refunds, risk, storefront, topup, wallet_pay
 from ..app import current_site
 from ..catalog import Category, Product, Sku, product_on_sale, skus_on_sale, storefront_products
 from ..hookspecs import hookimpl
@@ -396,9 +396,12 @@ def _create(wanted: OrderRequest):
     try:
         if pipeline and checkouts.vet(relay, checkout):
             raise ApiError("forbidden", _("The order was flagged as risky and refused"))
+        risk.screen(site.site_id, buyer_ip=request.remote_addr or "", contact=g.api_member.email,
+                    member_id=g.api_key.member_id)  # blacklists: refused with a generic message
         order = orders.create_order(
             unit_price_fen=checkout.unit_price_fen, discount_fen=checkout.discount_fen, hold=checkout.hold_delivery,
-            reserving=_reserving(checkouts.reserver(relay, checkout) if pipeline else None, wanted),
+            reserving=_reserving(risk.reserving(checkout, checkouts.reserver(relay, checkout) if pipeline else None,
+                                                relay=relay), wanted),
             costs=quote.costs, prepaid=site.config.settlement == "direct" and bool(quote.costs),
             site_id=site.site_id, sku_id=sku.id, quantity=wanted.quantity, contact=g.api_member.email,
             fields=fields or None, ttl=datetime.timedelta(minutes=site.instance.order_ttl_minutes),

@@ -130,6 +130,19 @@ def supply_order(order):
     return forwarding.on_supply_order(order)
 
 
+#: An active upstream whose sync failed this many times in a row is an operational problem (故障预警).
+ALERT_FAILURES = 3
+
+
+@hookimpl
+def operational_checks(instance):
+    """``("upstream_failing", "upstream/<id>", detail)`` for each active upstream failing ``ALERT_FAILURES``+ times."""
+    failing = Upstream.select().where((Upstream.status == "active") & (Upstream.failures >= ALERT_FAILURES))
+    return [("upstream_failing", f"upstream/{u.id}",
+             f"{u.name} ({u.protocol}): {u.failures} × {' '.join((u.last_error or '').split())[:300]}")
+            for u in failing.order_by(Upstream.id)]
+
+
 @hookimpl
 def register_jobs(huey, instance):
     from huey import crontab
