@@ -54,12 +54,12 @@ def prepare(instance, keys: int) -> int:
 class Buyer:
     def __init__(self, port: int, product_id: int):
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.cookie = ""
+        self.cookies: dict[str, str] = {}
         self.product_path = f"/p/{product_id}"
         self.token = self.sku = None
 
     def request(self, method, path, form=None):
-        headers = {"Host": "shop1.localhost", "Cookie": self.cookie}
+        headers = {"Host": "shop1.localhost", "Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
         body = None
         if form is not None:
             body = urllib.parse.urlencode(form)
@@ -67,9 +67,9 @@ class Buyer:
         self.conn.request(method, path, body=body, headers=headers)
         resp = self.conn.getresponse()
         data = resp.read().decode()
-        cookie = resp.getheader("Set-Cookie")
-        if cookie:
-            self.cookie = cookie.split(";", 1)[0]
+        for cookie in resp.headers.get_all("Set-Cookie") or ():  # the session and the risk rules' device cookie
+            name, _, value = cookie.split(";", 1)[0].partition("=")
+            self.cookies[name.strip()] = value
         return resp.status, resp.getheader("Location") or "", data
 
     def start(self):
