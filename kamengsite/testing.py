@@ -193,3 +193,33 @@ class ApiClient:
         headers = self.headers("POST", path, body, **signing_options)
         headers["Content-Type"] = "application/json"
         return self.client.post(path, data=body, headers=headers)
+
+
+def at_once(task, threads: int) -> tuple[list, list]:
+    """Run ``task(n)`` for n in range(threads), each in its own thread, released together at a barrier.
+
+    Returns (results, errors), in completion order. Each thread closes its own database
+    connection when it is done (back to a server backend's pool).
+    """
+    import threading
+
+    from .db import database
+
+    results, errors, barrier = [], [], threading.Barrier(threads)
+
+    def run(n):
+        try:
+            barrier.wait()
+            results.append(task(n))
+        except Exception as exc:  # noqa: BLE001 - collected for the test to assert on
+            errors.append(exc)
+        finally:
+            if not database.is_closed():
+                database.close()  # this thread's connection only
+
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return results, errors

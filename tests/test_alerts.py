@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import pytest
 from click.testing import CliRunner
@@ -14,7 +13,8 @@ from kamengsite.cardkeys import import_keys
 from kamengsite.catalog import Product, Sku, create_product
 from kamengsite.cli import main
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import database, init_database, is_sqlite, release_connections
+from kamengsite.db import init_database, is_sqlite, release_connections
+from kamengsite.testing import at_once
 from kamengsite.models import Site
 from kamengsite.orders import create_order, mark_paid
 from kamengsite.tenancy import all_sites
@@ -178,24 +178,7 @@ def test_concurrent_checks_alert_once(local):
         pytest.skip("threads share one SQLite file here")
     product = local.product(n_keys=5, threshold=3)
     local.sell(local.sku(product), 3)
-    results, errors = [], []
-    barrier = threading.Barrier(4)
-
-    def check():
-        try:
-            barrier.wait()
-            results.append(check_low_stock(product.id, instance=local.instance))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            if not database.is_closed():
-                database.close()
-
-    threads = [threading.Thread(target=check) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = at_once(lambda _n: check_low_stock(product.id, instance=local.instance), 4)
     assert errors == []
     assert sorted(results, key=str) == [None, None, None, alerts.ALERTED]
     assert len(local.notices()) == 1

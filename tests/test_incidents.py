@@ -29,7 +29,7 @@ from kamengsite.models import Site, utcnow
 from kamengsite.notice_log import ACKNOWLEDGED, REJECTED, record_notice
 from kamengsite.orders import Order, create_order, mark_paid
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import SiteClient, sign_in_console
+from kamengsite.testing import SiteClient, at_once, sign_in_console
 
 from mailhelpers import SmtpServer
 
@@ -381,24 +381,7 @@ def test_concurrent_runs_open_one_incident_and_notify_once(db_world, monkeypatch
     monkeypatch.setattr(incidents.shutil, "disk_usage", lambda path: Usage(100 * GB, 99 * GB, GB // 2))
     for _ in range(3):
         db_world.order()
-    results, errors = [], []
-    barrier = threading.Barrier(4)
-
-    def check():
-        try:
-            barrier.wait()
-            results.append(incidents.run_checks(db_world.instance))
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-        finally:
-            if not database.is_closed():
-                database.close()
-
-    threads = [threading.Thread(target=check) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = at_once(lambda _n: incidents.run_checks(db_world.instance), 4)
     assert errors == []
     opened = sorted(key for result in results for key in result["opened"])
     assert opened == ["disk_low:instance", "payment_stalled:epay/main"]  # each opened by one run only

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import threading
 
 import pytest
 
@@ -13,7 +12,7 @@ from kamengsite.catalog import Sku
 from kamengsite.hookspecs import hookimpl
 from kamengsite.ratelimit import reset as reset_limits
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import SiteClient, csrf_token, open_channel_shop, sign_in_console, site_id
+from kamengsite.testing import SiteClient, at_once, csrf_token, open_channel_shop, sign_in_console, site_id
 
 PASSWORD = "correct horse battery staple"
 GENERIC = ("cannot be accepted", "无法受理")  # the generic refusal (English until the catalog is merged, zh_CN)
@@ -266,22 +265,17 @@ def test_rejecting_an_unpaid_held_order_cancels_it(host, shop, client_for):
     assert load(order_no).status == "cancelled" and stock(shop) == before + 1
 
 
+def _decide(shop, order_no: str, action: str) -> tuple[str, str]:
+    decide = risk.approve if action == "approve" else risk.reject
+    return action, decide(shop.site_id, order_no, by="t")
+
+
 def test_concurrent_approve_and_reject_have_exactly_one_outcome(host, shop):
     for round_ in range(3):
         _client, order_no = held_paid_order(shop, limit=1) if round_ == 0 else _another_held(shop)
-        barrier = threading.Barrier(4)
-        outcomes = []
-
-        def decide(action):
-            barrier.wait()
-            fn = risk.approve if action == "approve" else risk.reject
-            outcomes.append((action, fn(shop.site_id, order_no, by="t")))
-
-        threads = [threading.Thread(target=decide, args=(a,)) for a in ("approve", "reject", "approve", "reject")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        actions = ("approve", "reject", "approve", "reject")
+        outcomes, errors = at_once(lambda n, order_no=order_no: _decide(shop, order_no, actions[n]), 4)
+        assert errors == []
         winners = [a for a, outcome in outcomes if outcome == risk.DONE]
         assert len(winners) == 1, outcomes
         order = load(order_no)
@@ -429,7 +423,6 @@ def test_reseller_api_orders_are_held_and_blacklisted_resellers_refused(host):
 
 
 def test_concurrent_decisions_have_one_outcome_on_every_database(db_host):
-    from kamengsite.db import database, is_sqlite
 
     reset_limits()
     shop = open_channel_shop(db_host, 1500, keys=20)
@@ -443,23 +436,9 @@ def test_concurrent_decisions_have_one_outcome_on_every_database(db_host):
         assert load(order_no).hold == "risk"
         numbers.append(order_no)
     for order_no in numbers:
-        barrier = threading.Barrier(4)
-        outcomes = []
-
-        def decide(action, order_no=order_no):
-            barrier.wait()
-            try:
-                fn = risk.approve if action == "approve" else risk.reject
-                outcomes.append((action, fn(shop.site_id, order_no, by="t")))
-            finally:
-                if not is_sqlite() and not database.is_closed():
-                    database.close()
-
-        threads = [threading.Thread(target=decide, args=(a,)) for a in ("approve", "reject", "reject", "approve")]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        actions = ("approve", "reject", "reject", "approve")
+        outcomes, errors = at_once(lambda n, order_no=order_no: _decide(shop, order_no, actions[n]), 4)
+        assert errors == []
         assert [a for a, outcome in outcomes if outcome == risk.DONE] in (["approve"], ["reject"]), outcomes
         order = load(order_no)
         with all_sites():

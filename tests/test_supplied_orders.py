@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from kamengsite import orders
 from kamengsite.cardkeys import CardKey
 from kamengsite.catalog import Sku, create_product
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import backend_name, database, init_database, is_sqlite, release_connections
+from kamengsite.db import backend_name, init_database, release_connections
 from kamengsite.models import Site
 from kamengsite.orders import Order, create_order, deliver_supplied, delivered_keys, mark_paid
 from kamengsite.tenancy import all_sites
+from kamengsite.testing import at_once
 
 
 @pytest.fixture
@@ -91,21 +90,8 @@ def test_a_refunded_order_is_not_delivered_afterwards(shop):
 def test_concurrent_upstream_answers_deliver_exactly_once(shop):
     site, sku, cipher, backend = shop
     order, _ = _paid_order(site, sku)
-    results, barrier = [], threading.Barrier(4)
-
-    def answer(n):
-        barrier.wait()
-        try:
-            results.append(deliver_supplied(order.order_no, "upstreams", [f"R{n}-a", f"R{n}-b"], cipher))
-        finally:
-            if not is_sqlite() and not database.is_closed():
-                database.close()  # this thread's connection only
-
-    threads = [threading.Thread(target=answer, args=(n,)) for n in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = at_once(lambda n: deliver_supplied(order.order_no, "upstreams", [f"R{n}-a", f"R{n}-b"], cipher), 4)
+    assert errors == []
     assert sorted(results) == [False, False, False, True], backend
     assert CardKey.select().where(CardKey.order == order.id).count() == 2
 

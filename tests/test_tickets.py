@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 
 import pytest
 
 from kamengsite import jobs, tickets
 from kamengsite.accounts import create_account
-from kamengsite.db import database, is_sqlite
 from kamengsite.ratelimit import reset as reset_limits
-from kamengsite.testing import SiteClient, csrf_token, new_order, open_channel_shop, sign_in_console, site_id
+from kamengsite.testing import SiteClient, at_once, csrf_token, new_order, open_channel_shop, sign_in_console, site_id
 
 from mailhelpers import SmtpServer
 
@@ -143,23 +141,7 @@ def test_first_messages_sent_at_once_make_one_thread(db_host):
     from kamengsite.models import Site
 
     shop_id = Site.get(Site.slug == "main").id
-    errors, barrier = [], threading.Barrier(6)
-
-    def send(n):
-        try:
-            barrier.wait()
-            tickets.post(shop_id, "K20260101000001", "buyer", f"message {n}")
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-        finally:
-            if not is_sqlite() and not database.is_closed():
-                database.close()
-
-    threads = [threading.Thread(target=send, args=(n,)) for n in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _posted, errors = at_once(lambda n: tickets.post(shop_id, "K20260101000001", "buyer", f"message {n}"), 6)
     assert errors == []
     found = tickets.ticket_for(shop_id, "K20260101000001")
     assert found.messages == 6 and len(tickets.thread(found)) == 6

@@ -12,12 +12,11 @@ from kamengsite import ledger, members, orders, refunds
 from kamengsite.alerts import Notice
 from kamengsite.catalog import Product, Sku, create_product
 from kamengsite.crypto import CardKeyCipher
-from kamengsite.db import database, is_sqlite
 from kamengsite.hookspecs import hookimpl
 from kamengsite.models import Site, utcnow
 from kamengsite.orders import Order
 from kamengsite.tenancy import all_sites
-from kamengsite.testing import csrf_token
+from kamengsite.testing import at_once, csrf_token
 from kamengsite_upstreams import forwarding
 from kamengsite_upstreams.connectors import Connector, UpstreamError, UpstreamOrder
 from kamengsite_upstreams.models import Upstream, UpstreamForward, UpstreamLink
@@ -343,30 +342,14 @@ def test_concurrent_workers_buy_one_order_once(db_host, monkeypatch):
     docked = type("D", (), {"main": main, "sku": sku})
     order = _paid_order(docked)
     forwarding.ensure_forward(order.id)
-    results, errors, barrier, claiming = [], [], threading.Barrier(4), threading.Barrier(4, timeout=10)
-    claim = forwarding._claim
+    claiming, claim = threading.Barrier(4, timeout=10), forwarding._claim
 
     def claim_together(seen, now):  # every worker has read the row as due before any claims it
         claiming.wait()
         return claim(seen, now)
 
     monkeypatch.setattr(forwarding, "_claim", claim_together)
-
-    def worker():
-        try:
-            barrier.wait()
-            results.append(forwarding.sweep(db_host.instance))
-        except Exception as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
-        finally:
-            if not is_sqlite() and not database.is_closed():
-                database.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results, errors = at_once(lambda _n: forwarding.sweep(db_host.instance), 4)
     assert errors == []
     assert SCRIPTS["primary"].places() == 1
     assert sum(r.get("delivered", 0) for r in results) == 1

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import datetime
-import threading
 
 import pytest
 
 from kamengsite import mail
 from kamengsite.alerts import Notice
 from kamengsite.catalog import Product, Sku
-from kamengsite.db import database, init_database, release_connections
+from kamengsite.db import init_database, release_connections
+from kamengsite.testing import at_once
 from kamengsite.models import Site
 from kamengsite.tenancy import all_sites
 from kamengsite_upstreams import map_product, sync
@@ -224,24 +224,7 @@ def test_two_syncs_at_once_reprice_and_alert_once(db_instance, monkeypatch):
         up = world.upstream()
         link = world.link(up, "C", 1000, 5, "percent", 1000)
         world.fakes[up.id].set("C", 2000, 6)
-        barrier = threading.Barrier(2)
-        errors = []
-
-        def run():
-            try:
-                barrier.wait()
-                world.sync()
-            except Exception as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
-            finally:
-                if not database.is_closed():
-                    database.close()  # this thread's connection only
-
-        threads = [threading.Thread(target=run) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _results, errors = at_once(lambda _n: world.sync(), 2)
         assert errors == []
         assert (sku_of(link).price_fen, sku_of(link).stock) == (2200, 6)
         assert len(notices()) == 1
